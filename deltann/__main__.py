@@ -1,0 +1,3 @@
+from deltann.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""TVM Relax frontends: import a materialised artifact into a Relax IRModule by the most
+direct route its framework has (torch exported program, ONNX)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("deltann.compile")
+
+
+def _fold_onnx(path: Path) -> Any:
+    """Constant-fold an ONNX file with onnxruntime's basic (semantics-preserving) graph
+    optimisations. Relax's ONNX frontend refuses shape-computed ``Pad`` inputs ("Dynamic
+    pads are not supported yet"), which exporters emit for TF-style 'same' padding;
+    folding turns them into constants. Returns the folded ``onnx.ModelProto``."""
+    import onnx
+    import onnxruntime as ort
+
+    folded = path.with_name(path.stem + ".folded.onnx")
+    if not folded.exists():
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        tmp = folded.with_suffix(".tmp")
+        opts.optimized_model_filepath = str(tmp)
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        tmp.replace(folded)
+    return onnx.load(str(folded))
+
+
+def from_onnx(path: Path) -> Any:
+    import tvm.relax.frontend.onnx as relax_onnx
+
+    return relax_onnx.from_onnx(_fold_onnx(path), keep_params_in_input=False)
+
+
+def from_torch(module: Any, input_shape: tuple[int, ...]) -> Any:
+    import torch
+    import tvm.relax.frontend.torch as relax_torch
+
+    example = torch.zeros(input_shape, dtype=torch.float32)
+    with torch.no_grad():
+        program = torch.export.export(module, (example,))
+    return relax_torch.from_exported_program(program, keep_params_as_input=False)
+
+
+def import_relax(frontend: str, payload: Any, input_shape: tuple[int, ...]) -> Any:
+    """Relax IRModule of ``payload`` through ``frontend`` (``onnx`` or ``torch.export``)."""
+    if frontend == "onnx":
+        return from_onnx(Path(payload))
+    if frontend == "torch.export":
+        return from_torch(payload, input_shape)
+    raise ValueError(f"no TVM frontend {frontend!r}")

@@ -1,0 +1,56 @@
+"""Turn a named setting's pass list into a TVM pipeline and build it for a target."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def make_pass(name: str) -> Any:
+    """A Relax pass by its catalogue name (``tvm.relax.transform.<name>()``)."""
+    from tvm import relax
+
+    factory = getattr(relax.transform, name, None)
+    if factory is None:
+        raise ValueError(f"TVM has no Relax pass {name!r}")
+    return factory()
+
+
+def make_target(target_json: str, host_json: str) -> Any:
+    import tvm
+
+    target = json.loads(target_json)
+    host = json.loads(host_json) if host_json else None
+    return tvm.target.Target(target, host=host)
+
+
+def _dataflow_lower_passes(target: Any) -> list[Any]:
+    # TVM 0.27 quirk: relax.pipeline.dataflow_lower_passes looks the function up on
+    # relax.backend.cpu_generic, whose __init__ does not export it; the function itself
+    # lives in relax.backend.cpu_generic.pipeline.
+    from tvm import relax
+
+    try:
+        return relax.pipeline.dataflow_lower_passes(target)
+    except AttributeError:
+        if target.kind.name != "llvm":
+            raise
+        from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+
+        return cpu_pipeline.dataflow_lower_passes(target)
+
+
+def build(mod: Any, passes: tuple[str, ...], target: Any) -> Any:
+    """Apply ``passes`` in order, then TVM's lowering tail for ``target``
+    (see :data:`deltann.compile.settings.LOWERING`), and build a VM executable."""
+    import tvm
+    from tvm import relax
+
+    dispatch = relax.pipeline.library_dispatch_passes(target)
+    lowering = _dataflow_lower_passes(target) + relax.pipeline.finalize_passes(target)
+    # LegalizeOps is idempotent: a setting that omits it still gets a buildable module.
+    chosen = [make_pass(p) for p in passes]
+    seq = tvm.transform.Sequential(dispatch + chosen + [relax.transform.LegalizeOps()] + lowering)
+    with target:
+        lowered = seq(mod)
+    return tvm.compile(lowered, target=target, relax_pipeline=None)

@@ -1,0 +1,157 @@
+"""Datasets: a folder of images with an optional ``labels.csv``, or the built-in
+``samples`` (scikit-image's photos, offline). Each image is decoded once, then every
+model family's :class:`~deltann.zoo.Preprocess` recipe turns it into a tensor whose
+SHA-256 travels with every prediction row, so the report can prove that two variants
+saw the same input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deltann.errors import DatasetError
+from deltann.zoo.base import Preprocess
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+# scikit-image photos that ship inside the package (no download): name -> loader name.
+SAMPLES: dict[str, str] = {
+    "chelsea": "chelsea",
+    "coffee": "coffee",
+    "astronaut": "astronaut",
+    "rocket": "rocket",
+    "motorcycle": "stereo_motorcycle",
+    "camera": "camera",
+    "hubble": "hubble_deep_field",
+    "immunohistochemistry": "immunohistochemistry",
+    "retina": "retina",
+    "colorwheel": "colorwheel",
+}
+
+
+@dataclass(frozen=True)
+class Image:
+    """One decoded RGB image (uint8 HWC) with its identity and optional label."""
+
+    id: str
+    rgb: np.ndarray
+    source_sha256: str
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A batch of preprocessed inputs for one recipe, in canonical NCHW float32."""
+
+    ids: list[str]
+    tensors: np.ndarray  # (N, 3, S, S) float32
+    hashes: list[str]
+    labels: list[int | None]
+    recipe: str
+
+
+def tensor_hash(x: np.ndarray) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (C order), first 16 hex digits."""
+    x = np.ascontiguousarray(x)
+    h = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
+    h.update(x.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _to_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    return np.ascontiguousarray(arr.astype(np.uint8))
+
+
+def load_samples(limit: int | None = None) -> list[Image]:
+    import skimage.data
+
+    images = []
+    for name, loader in list(SAMPLES.items())[:limit]:
+        arr = getattr(skimage.data, loader)()
+        if isinstance(arr, tuple):  # stereo pairs: take the left view
+            arr = arr[0]
+        rgb = _to_rgb(arr)
+        images.append(Image(name, rgb, hashlib.sha256(rgb.tobytes()).hexdigest()))
+    return images
+
+
+def _read_labels(folder: Path) -> dict[str, int]:
+    path = folder / "labels.csv"
+    if not path.exists():
+        return {}
+    labels: dict[str, int] = {}
+    with path.open(newline="") as fh:
+        for lineno, row in enumerate(csv.DictReader(fh), start=2):
+            try:
+                labels[row["file"]] = int(row["label"])
+            except (KeyError, TypeError, ValueError):
+                raise DatasetError(
+                    f"{path}:{lineno}: expected columns 'file,label' with an integer ImageNet "
+                    "label (0-999)"
+                ) from None
+    return labels
+
+
+def load_folder(folder: Path, limit: int | None = None) -> list[Image]:
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: dataset folder not found; give an existing folder of images or 'samples'")
+    labels = _read_labels(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not files:
+        raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the dataset folder")
+    images = []
+    for path in files:
+        data = path.read_bytes()
+        try:
+            with PILImage.open(path) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DatasetError(f"{path}: not a readable image ({exc}); remove it or replace it") from None
+        images.append(Image(path.name, _to_rgb(rgb), hashlib.sha256(data).hexdigest(), labels.get(path.name)))
+    return images
+
+
+def preprocess_one(rgb: np.ndarray, recipe: Preprocess) -> np.ndarray:
+    """Resize the shorter side to ``resize_shorter`` keeping the aspect ratio, centre-crop
+    ``size``, scale and normalise; returns (3, S, S) float32 (CHW)."""
+    from PIL import Image as PILImage
+
+    h, w = rgb.shape[:2]
+    ratio = recipe.resize_shorter / min(h, w)
+    new_w, new_h = max(recipe.size, round(w * ratio)), max(recipe.size, round(h * ratio))
+    resample = {"bilinear": PILImage.BILINEAR, "bicubic": PILImage.BICUBIC}[recipe.interpolation]
+    im = PILImage.fromarray(rgb).resize((new_w, new_h), resample=resample)
+    left, top = (new_w - recipe.size) // 2, (new_h - recipe.size) // 2
+    crop = np.asarray(im.crop((left, top, left + recipe.size, top + recipe.size)), dtype=np.float32)
+    x = (crop * np.float32(recipe.scale) - np.asarray(recipe.mean, np.float32)) / np.asarray(recipe.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess(images: list[Image], recipe: Preprocess) -> Inputs:
+    tensors = np.stack([preprocess_one(im.rgb, recipe) for im in images])
+    return Inputs(
+        ids=[im.id for im in images],
+        tensors=tensors,
+        hashes=[tensor_hash(t) for t in tensors],
+        labels=[im.label for im in images],
+        recipe=recipe.key(),
+    )
+
+
+def loader_for(source: str, root: Path) -> Callable[[int | None], list[Image]]:
+    """``samples`` or a folder path (relative to the study file's folder)."""
+    if source == "samples":
+        return load_samples
+    return lambda limit: load_folder((root / source).resolve(), limit)

@@ -1,0 +1,27 @@
+"""Typed errors. The library raises these; only the CLI turns them into exit codes."""
+
+from __future__ import annotations
+
+
+class DeltannError(Exception):
+    """Base of every error deltann raises on purpose (never an internal bug)."""
+
+
+class StudyError(DeltannError):
+    """A study file is invalid. The message is one line naming the file, the key and the fix."""
+
+
+class WeightsNotFound(DeltannError):
+    """Pretrained weights are neither cached nor downloadable; says which file to put where."""
+
+
+class DatasetError(DeltannError):
+    """A dataset folder or image cannot be used; names the file."""
+
+
+class StoreError(DeltannError):
+    """A results folder cannot be read or written as asked."""
+
+
+class ConversionError(DeltannError):
+    """A conversion hop is not available or failed."""

@@ -1,0 +1,137 @@
+"""Plan: expand a study into units of work, each with a content key.
+
+A unit is one (model variant, runtime, setting, device kind) over the study's inputs.
+Its key hashes everything that determines its result — model and weights, conversion
+chain and tool versions, runtime and compiler versions, passes, target, device kind,
+the exact input tensors and the timing protocol — and nothing else (not the study's
+name, not the order of its lists). A unit whose key is in the store is not run again.
+Pure: no framework is imported, nothing is executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+from deltann import SCHEMA_VERSION, __version__, convert, zoo
+from deltann.compile import settings as compile_settings
+from deltann.convert.base import FRAMEWORK_DIST
+from deltann.dataset import Inputs
+from deltann.fleet.devices import DeviceKind
+from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST, TVM_FRONTEND
+from deltann.study import Study
+
+
+@cache
+def dist_version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+@dataclass(frozen=True)
+class Unit:
+    key: str
+    model: str
+    variant: str  # conversion chain, e.g. "torch->onnx"
+    runtime: str  # torch | onnxruntime | tvm
+    setting: str  # "native" or a compile setting
+    passes: tuple[str, ...]
+    frontend: str  # TVM frontend, "" for native runtimes
+    device: str
+    target: str  # JSON of the TVM target ("" for native runtimes)
+    host: str
+    recipe: str  # preprocessing recipe key
+    warmup: int
+    number: int
+    repeat: int
+    min_repeat_ms: int
+
+    @property
+    def framework(self) -> str:
+        return self.variant.split("->")[-1]
+
+    @property
+    def config(self) -> str:
+        """Human name of the configuration (without device): ``torch->onnx [tvm:basic]``."""
+        how = self.runtime if self.setting == compile_settings.NATIVE else f"tvm:{self.setting}"
+        return f"{self.variant} [{how}]"
+
+
+def content_key(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _chain_identity(chain: str) -> list[list[str]]:
+    steps = chain.split("->")
+    out = []
+    for a, b in zip(steps, steps[1:], strict=False):
+        hop = convert.get(a, b)
+        out.append([a, b, hop.tool, dist_version(hop.tool)])
+    return out
+
+
+def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]) -> list[Unit]:
+    """Every unit of the study, in a stable order. ``inputs`` maps model name to its
+    preprocessed inputs; ``kinds`` is the device catalogue."""
+    units: list[Unit] = []
+    timing = study.timing
+    for model in study.models:
+        spec = zoo.get(model)
+        batch = inputs[model]
+        for chain in study.variants:
+            framework = chain.split("->")[-1]
+            ways: list[tuple[str, str, tuple[str, ...], str]] = []
+            if "native" in study.runtimes and framework in NATIVE_RUNTIME:
+                ways.append((NATIVE_RUNTIME[framework], compile_settings.NATIVE, (), ""))
+            if "tvm" in study.runtimes and framework in TVM_FRONTEND:
+                for setting in study.settings:
+                    ways.append(("tvm", setting, compile_settings.SETTINGS[setting], TVM_FRONTEND[framework]))
+            for runtime, setting, passes, frontend in ways:
+                for kind_name in study.devices:
+                    kind = kinds[kind_name]
+                    compiled = runtime == "tvm"
+                    identity = {
+                        "schema": SCHEMA_VERSION,
+                        "deltann": __version__,
+                        "model": model,
+                        "weights": spec.weights_id(),
+                        "source": [chain.split("->")[0], dist_version(FRAMEWORK_DIST[chain.split("->")[0]])],
+                        "chain": _chain_identity(chain),
+                        "runtime": [runtime, dist_version(RUNTIME_DIST[runtime])],
+                        "setting": setting,
+                        "passes": list(passes),
+                        "frontend": frontend,
+                        "target": kind.target if compiled else None,
+                        "host": kind.host if compiled else None,
+                        "device": kind_name,
+                        "preprocess": asdict(spec.preprocess),
+                        "inputs": batch.hashes,
+                        "timing": timing.model_dump(),
+                    }
+                    units.append(
+                        Unit(
+                            key=content_key(identity),
+                            model=model,
+                            variant=chain,
+                            runtime=runtime,
+                            setting=setting,
+                            passes=passes,
+                            frontend=frontend,
+                            device=kind_name,
+                            target=json.dumps(kind.target, sort_keys=True) if compiled else "",
+                            host=json.dumps(kind.host, sort_keys=True) if compiled else "",
+                            recipe=batch.recipe,
+                            warmup=timing.warmup,
+                            number=timing.number,
+                            repeat=timing.repeat,
+                            min_repeat_ms=timing.min_repeat_ms,
+                        )
+                    )
+    return units

@@ -1,0 +1,103 @@
+"""Runner: the one interface every runtime implements (after Polygraphy's BaseRunner).
+
+``activate`` loads (and for TVM, builds), ``infer`` maps one NCHW float32 batch to
+logits in the model's own label space, ``measure`` times ``infer`` under TVM's
+``time_evaluator`` protocol, ``deactivate`` frees. Subclasses write only the ``*_impl``
+methods; the public ones check state and record how long activation took.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def time_evaluator_protocol(
+    fn: Callable[[], Any], *, warmup: int, number: int, repeat: int, min_repeat_ms: int
+) -> list[int]:
+    """Time ``fn`` exactly as TVM's ``time_evaluator`` does (src/runtime/profiling.cc):
+    ``warmup`` extra calls plus one discarded call, then ``repeat`` samples, each the mean
+    over ``number`` calls, where ``number`` grows by max(golden ratio, what reaches
+    ``min_repeat_ms``) until one sample lasts at least ``min_repeat_ms`` and keeps its
+    grown value for later samples. Returns per-call nanoseconds, one per sample."""
+    for _ in range(warmup + 1):
+        fn()
+    samples: list[int] = []
+    duration_ms = 0.0
+    for _ in range(repeat):
+        duration_ms = 0.0
+        while True:
+            if duration_ms > 0.0:
+                number = int(max(min_repeat_ms / (duration_ms / number) + 1, number * 1.618))
+            start = time.perf_counter_ns()
+            for _ in range(number):
+                fn()
+            elapsed = time.perf_counter_ns() - start
+            duration_ms = elapsed / 1e6
+            if duration_ms >= min_repeat_ms:
+                break
+        samples.append(math.floor(elapsed / number))
+    return samples
+
+
+class Runner:
+    """Base runner; a context manager."""
+
+    name = "runner"
+
+    def __init__(self) -> None:
+        self.active = False
+        self.activate_s = 0.0
+
+    def activate(self) -> None:
+        if self.active:
+            raise RuntimeError(f"{self.name} runner is already active")
+        start = time.perf_counter()
+        self.activate_impl()
+        self.activate_s = time.perf_counter() - start
+        self.active = True
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        if not self.active:
+            raise RuntimeError(f"{self.name} runner must be activated before infer")
+        return np.asarray(self.infer_impl(np.ascontiguousarray(x, dtype=np.float32)))
+
+    def measure(self, x: np.ndarray, *, warmup: int, number: int, repeat: int, min_repeat_ms: int) -> list[int]:
+        if not self.active:
+            raise RuntimeError(f"{self.name} runner must be activated before measure")
+        return self.measure_impl(
+            np.ascontiguousarray(x, dtype=np.float32),
+            warmup=warmup,
+            number=number,
+            repeat=repeat,
+            min_repeat_ms=min_repeat_ms,
+        )
+
+    def deactivate(self) -> None:
+        if self.active:
+            self.deactivate_impl()
+        self.active = False
+
+    def __enter__(self) -> Runner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    # --- to implement -------------------------------------------------------
+    def activate_impl(self) -> None:
+        raise NotImplementedError
+
+    def infer_impl(self, x: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def measure_impl(self, x: np.ndarray, **protocol: int) -> list[int]:
+        return time_evaluator_protocol(lambda: self.infer_impl(x), **protocol)
+
+    def deactivate_impl(self) -> None:
+        pass

@@ -1,0 +1,250 @@
+"""The results store: a hive-partitioned Parquet dataset plus a manifest.
+
+Layout (the unit people share: copy the folder)::
+
+    DIR/manifest.json
+    DIR/table=predictions/model=<m>/device=<d>/part-<unit key>-<seq>.parquet
+    DIR/table=timings/...
+    DIR/table=builds/...
+
+Every file is written to a temporary name and renamed into place, so a reader never sees
+half a file. File names are deterministic per (unit, table, sequence), so a unit rerun
+after a crash replaces its own partial files instead of duplicating rows. A unit is
+complete once its ``builds`` row exists; readers keep only complete units' rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from deltann import SCHEMA_VERSION, __version__
+from deltann.errors import StoreError
+
+PARTITIONS = ("model", "device")
+
+#: Columns every table carries: which unit, which configuration, which board.
+UNIT_FIELDS = [
+    pa.field("unit_key", pa.string()),
+    pa.field("study", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("variant", pa.string()),
+    pa.field("runtime", pa.string()),
+    pa.field("setting", pa.string()),
+    pa.field("config", pa.string()),
+    pa.field("device", pa.string()),
+    pa.field("board", pa.string()),
+    pa.field("hostname", pa.string()),
+]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "predictions": pa.schema(
+        UNIT_FIELDS
+        + [
+            pa.field("image_index", pa.int32()),
+            pa.field("image_id", pa.string()),
+            pa.field("input_hash", pa.string()),
+            pa.field("label", pa.int32()),
+            pa.field("top1", pa.int32()),
+            pa.field("top5", pa.list_(pa.int32())),
+            pa.field("top5_prob", pa.list_(pa.float32())),
+            pa.field("logits", pa.list_(pa.float32())),
+            pa.field("latency_ns", pa.int64()),
+        ]
+    ),
+    "timings": pa.schema(
+        UNIT_FIELDS
+        + [
+            pa.field("image_id", pa.string()),
+            pa.field("warmup", pa.int32()),
+            pa.field("number", pa.int32()),
+            pa.field("repeat", pa.int32()),
+            pa.field("min_repeat_ms", pa.int32()),
+            pa.field("threads", pa.int32()),
+            pa.field("samples_ns", pa.list_(pa.int64())),
+            pa.field("median_ns", pa.int64()),
+        ]
+    ),
+    "builds": pa.schema(
+        UNIT_FIELDS
+        + [
+            pa.field("status", pa.string()),  # ok | failed
+            pa.field("stage", pa.string()),  # "" | convert | build | load | execute | verify
+            pa.field("outcome", pa.string()),  # ok | exception | crash | timeout | mismatch
+            pa.field("error_type", pa.string()),
+            pa.field("message", pa.string()),
+            pa.field("frontend", pa.string()),
+            pa.field("passes", pa.list_(pa.string())),
+            pa.field("target", pa.string()),
+            pa.field("hops", pa.string()),  # JSON list of {src, dst, tool, version, seconds}
+            pa.field("convert_s", pa.float64()),
+            pa.field("import_s", pa.float64()),
+            pa.field("compile_s", pa.float64()),
+            pa.field("load_s", pa.float64()),
+            pa.field("total_s", pa.float64()),
+            pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ),
+}
+
+TABLES = tuple(SCHEMAS)
+
+
+def tag(table: pa.Table, name: str, unit_key: str, seq: int) -> pa.Table:
+    """Attach the routing metadata the store needs to a batch an actor produced."""
+    meta = {b"deltann.table": name.encode(), b"deltann.unit": unit_key.encode(), b"deltann.seq": str(seq).encode()}
+    return table.replace_schema_metadata(meta)
+
+
+def _safe(value: str) -> str:
+    """Partition values become folder names: keep them to a safe alphabet."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value) or "_"
+
+
+def environment() -> dict[str, Any]:
+    """Machine facts recorded once per run (asv's machine.json)."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib import metadata
+
+    packages = {}
+    for dist in ("torch", "torchvision", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "tensorflow-cpu",
+                 "keras", "tf2onnx", "ai-edge-litert", "ray", "pyarrow", "polars", "numpy"):
+        try:
+            packages[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "packages": packages,
+    }
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Store:
+    """A results folder."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # --- writing ------------------------------------------------------------
+    def write(self, table: pa.Table) -> Path:
+        """Write one tagged batch (see :func:`tag`) atomically into its partition."""
+        meta = table.schema.metadata or {}
+        try:
+            name = meta[b"deltann.table"].decode()
+            unit = meta[b"deltann.unit"].decode()
+            seq = int(meta[b"deltann.seq"])
+        except KeyError as exc:
+            raise StoreError(f"batch without routing metadata {exc}; produce batches with store.tag()") from None
+        if name not in SCHEMAS:
+            raise StoreError(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
+        if table.num_rows == 0:
+            raise StoreError(f"empty {name} batch for unit {unit}")
+        table = table.cast(SCHEMAS[name].with_metadata(meta))
+        parts = {col: table.column(col)[0].as_py() for col in PARTITIONS}
+        folder = self.root / f"table={name}"
+        for col in PARTITIONS:
+            folder = folder / f"{col}={_safe(parts[col])}"
+        path = folder / f"part-{unit}-{seq:04d}.parquet"
+        body = table.drop_columns(list(PARTITIONS))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            pq.write_table(body, tmp, compression="zstd")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def write_manifest(self, study: dict[str, Any], run: dict[str, Any]) -> None:
+        """Create or extend ``manifest.json``: schema version, study, environment, runs."""
+        manifest = self.read_manifest() if (self.root / "manifest.json").exists() else {
+            "schema_version": SCHEMA_VERSION,
+            "created": dt.datetime.now(dt.UTC).isoformat(),
+            "study": study,
+            "runs": [],
+        }
+        manifest["deltann_version"] = __version__
+        manifest["environment"] = environment()
+        manifest["runs"].append(run)
+        _atomic_write_bytes(self.root / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+
+    # --- reading ------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any]:
+        path = self.root / "manifest.json"
+        try:
+            manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"{path}: no manifest; is {self.root} a deltann results folder?") from None
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{path}: manifest is not valid JSON ({exc})") from None
+        version = manifest.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path}: schema version {version!r} is newer than this deltann's ({SCHEMA_VERSION}); upgrade deltann"
+            )
+        return manifest
+
+    def files(self, table: str) -> list[Path]:
+        return sorted((self.root / f"table={table}").glob("*/*/part-*.parquet"))
+
+    def scan(self, table: str, *, complete_only: bool = True) -> Any:
+        """Lazy Polars frame over one table (empty with the right schema if absent).
+
+        ``complete_only`` keeps rows of units whose ``builds`` row exists."""
+        import polars as pl
+
+        if table not in SCHEMAS:
+            raise StoreError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+        files = self.files(table)
+        if not files:
+            return pl.from_arrow(SCHEMAS[table].empty_table()).lazy()
+        frame = pl.scan_parquet(
+            [str(f) for f in files],
+            hive_partitioning=True,
+            hive_schema={"table": pl.String, "model": pl.String, "device": pl.String},
+        )
+        columns = SCHEMAS[table].names
+        frame = frame.select(columns)
+        if complete_only and table != "builds":
+            frame = frame.join(self.scan("builds").select("unit_key"), on="unit_key", how="semi")
+        return frame
+
+    def completed_keys(self) -> set[str]:
+        if not self.files("builds"):
+            return set()
+        return set(self.scan("builds").select("unit_key").collect().to_series().to_list())

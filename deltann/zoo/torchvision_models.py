@@ -1,0 +1,83 @@
+"""torchvision's ImageNet classifiers with their pretrained weights.
+
+The weights come from torch hub's cache (``$TORCH_HOME/hub/checkpoints``), downloaded on
+first use where the machine can reach download.pytorch.org. Offline with an empty cache,
+:class:`WeightsNotFound` says which file to put where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deltann.errors import WeightsNotFound
+from deltann.zoo import register
+from deltann.zoo.base import LabelSpace, ModelSpec, Preprocess
+
+# name -> (torchvision builder, weights enum member, checkpoint file, preprocessing, architecture)
+# The checkpoint file names are checked against torchvision's own metadata in the tests.
+_MODELS: dict[str, tuple[str, str, str, Preprocess, str]] = {
+    "mobilenet_v2": (
+        "mobilenet_v2",
+        "MobileNet_V2_Weights.IMAGENET1K_V1",
+        "mobilenet_v2-b0353104.pth",
+        Preprocess(size=224, resize_shorter=256),
+        "MobileNetV2 (torchvision)",
+    ),
+    "resnet101": (
+        "resnet101",
+        "ResNet101_Weights.IMAGENET1K_V1",
+        "resnet101-63fe2227.pth",
+        Preprocess(size=224, resize_shorter=256),
+        "ResNet101 v1 (torchvision; Keras has ResNet101V2, a different architecture)",
+    ),
+    "inception_v3": (
+        "inception_v3",
+        "Inception_V3_Weights.IMAGENET1K_V1",
+        "inception_v3_google-0cc3c7bd.pth",
+        Preprocess(size=299, resize_shorter=342),
+        "InceptionV3 (torchvision port of the Google weights)",
+    ),
+}
+
+
+def checkpoint_dir() -> Path:
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _loader(builder: str, weights: str, filename: str) -> Callable[[], Any]:
+    def load() -> Any:
+        import torchvision.models as tvm_models
+
+        enum_name, member = weights.split(".")
+        weights_obj = getattr(getattr(tvm_models, enum_name), member)
+        try:
+            model = getattr(tvm_models, builder)(weights=weights_obj)
+        except Exception as exc:  # the download is the only network access here
+            target = checkpoint_dir() / filename
+            raise WeightsNotFound(
+                f"{builder} weights are not cached and cannot be downloaded ({type(exc).__name__}); "
+                f"put {weights_obj.url.rsplit('/', 1)[-1]} (from {weights_obj.url}) at {target}"
+            ) from exc
+        return model.eval()
+
+    return load
+
+
+for _name, (_builder, _weights, _file, _pre, _arch) in _MODELS.items():
+    register(
+        ModelSpec(
+            name=_name,
+            description=f"{_arch}, {_weights}",
+            architecture=_arch,
+            preprocess=_pre,
+            labels=LabelSpace(1000, 0),
+            layout="NCHW",
+            loaders={"torch": _loader(_builder, _weights, _file)},
+            weights_id=(lambda w=_weights, f=_file: f"{w}:{f}"),
+            input_shape=(1, 3, _pre.size, _pre.size),
+        )
+    )
