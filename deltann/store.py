@@ -177,7 +177,7 @@ class Store:
         folder = self.root / f"table={name}"
         for col in PARTITIONS:
             folder = folder / f"{col}={_safe(parts[col])}"
-        path = folder / f"part-{unit}-{seq:04d}.parquet"
+        path = folder / f"part-{_safe(unit)}-{seq:04d}.parquet"
         body = table.drop_columns(list(PARTITIONS))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -236,6 +236,7 @@ class Store:
         frame = pl.scan_parquet(
             [str(f) for f in files],
             hive_partitioning=True,
+            glob=False,
             hive_schema={"table": pl.String, "model": pl.String, "device": pl.String},
         )
         columns = SCHEMAS[table].names

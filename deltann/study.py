@@ -66,7 +66,6 @@ class Study(_Strict):
     devices: list[str] = Field(["local"], min_length=1, max_length=64)
     dataset: Dataset = Dataset()
     timing: Timing = Timing()
-    seed: int = 0
 
     @field_validator("models")
     @classmethod
@@ -101,34 +100,48 @@ class Study(_Strict):
 
     @model_validator(mode="after")
     def _combinations(self) -> Study:
+        # Messages start with the key they are about (see _one_line).
         for model in self.models:
             spec = zoo.get(model)
-            for chain in self.variants:
+            for i, chain in enumerate(self.variants):
                 source = chain.split("->")[0]
                 if source not in spec.loaders:
                     raise ValueError(
-                        f"variant {chain!r} starts from {source!r} but model {model!r} exists natively in: "
-                        f"{', '.join(spec.frameworks)}"
+                        f"variants.{i}: {chain!r} starts from {source!r} but model {model!r} exists natively "
+                        f"only in: {', '.join(spec.frameworks)}"
                     )
         if "tvm" in self.runtimes and not self.settings:
-            raise ValueError("runtime 'tvm' needs at least one entry in 'settings'")
+            raise ValueError("settings: runtime 'tvm' needs at least one setting; allowed: "
+                             + ", ".join(compile_settings.names()))
         if "tvm" not in self.runtimes and self.settings and "settings" in self.model_fields_set:
-            raise ValueError("'settings' given but runtime 'tvm' is not in 'runtimes'")
+            raise ValueError("settings: given, but runtime 'tvm' is not in 'runtimes'; add it or drop 'settings'")
         for name in ("models", "variants", "settings", "devices"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
-                raise ValueError(f"'{name}' lists an entry twice")
+                raise ValueError(f"{name}: lists an entry twice; remove the duplicate")
         return self
 
 
 def _one_line(path: Path, exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "study"
+    loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown key; remove it or check its spelling"
+        allowed = ", ".join(_fields_at(err["loc"][:-1]))
+        msg = f"unknown key; allowed keys here: {allowed}"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{path}: {loc}: {msg}{more}"
+    return f"{path}: {loc + ': ' if loc else ''}{msg}{more}"
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed at a location of the study (top level, dataset, timing)."""
+    model: type[BaseModel] = Study
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
 
 
 def parse_study(data: dict[str, Any], path: Path, catalogue: dict[str, Any] | None = None) -> Study:

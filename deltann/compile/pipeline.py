@@ -7,13 +7,18 @@ from typing import Any
 
 
 def make_pass(name: str) -> Any:
-    """A Relax pass by its catalogue name (``tvm.relax.transform.<name>()``)."""
+    """A pass by the name a setting lists: deltann's own (:data:`schedules.PASSES`) or
+    ``tvm.relax.transform.<name>(**catalogue.PASS_ARGS.get(name, {}))``."""
     from tvm import relax
 
+    from deltann.compile import catalogue, schedules
+
+    if name in schedules.PASSES:
+        return schedules.PASSES[name]()
     factory = getattr(relax.transform, name, None)
     if factory is None:
         raise ValueError(f"TVM has no Relax pass {name!r}")
-    return factory()
+    return factory(**catalogue.PASS_ARGS.get(name, {}))
 
 
 def make_target(target_json: str, host_json: str) -> Any:
@@ -24,20 +29,31 @@ def make_target(target_json: str, host_json: str) -> Any:
     return tvm.target.Target(target, host=host)
 
 
+def _backend(target: Any) -> str:
+    """The ``tvm.relax.backend`` package serving ``target`` (as relax.pipeline dispatches)."""
+    kind = target.kind.name
+    if kind == "llvm":
+        return "cpu_generic"
+    if kind in ("cuda", "rocm"):
+        return kind
+    if kind == "opencl" and "adreno" in target.keys:
+        return "adreno"
+    return "gpu_generic"
+
+
 def _dataflow_lower_passes(target: Any) -> list[Any]:
     # TVM 0.27 quirk: relax.pipeline.dataflow_lower_passes looks the function up on
-    # relax.backend.cpu_generic, whose __init__ does not export it; the function itself
-    # lives in relax.backend.cpu_generic.pipeline.
+    # relax.backend.<backend>, whose __init__ does not export it; the function itself
+    # lives in relax.backend.<backend>.pipeline.
+    import importlib
+
     from tvm import relax
 
     try:
         return relax.pipeline.dataflow_lower_passes(target)
     except AttributeError:
-        if target.kind.name != "llvm":
-            raise
-        from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
-
-        return cpu_pipeline.dataflow_lower_passes(target)
+        module = importlib.import_module(f"tvm.relax.backend.{_backend(target)}.pipeline")
+        return module.dataflow_lower_passes(target)
 
 
 def build(mod: Any, passes: tuple[str, ...], target: Any) -> Any:

@@ -44,7 +44,7 @@ def make_runner(unit: Unit, payload: Any) -> Runner:
     if unit.runtime == "tvm":
         from deltann.runtimes.tvm_rt import TvmRunner
 
-        return TvmRunner(payload)
+        return TvmRunner(payload, device=json.loads(unit.target)["kind"])
     raise ValueError(f"no runner for runtime {unit.runtime!r}")
 
 

@@ -38,7 +38,7 @@ class TvmBuild:
 class TvmRunner(Runner):
     name = "tvm"
 
-    def __init__(self, executable: Any, device: str = "cpu") -> None:
+    def __init__(self, executable: Any, device: str = "llvm") -> None:
         super().__init__()
         self.executable = executable
         self.device_name = device
@@ -48,7 +48,8 @@ class TvmRunner(Runner):
         import tvm
         from tvm import relax
 
-        self.dev = tvm.device(self.device_name, 0)
+        # The device a target kind runs on: llvm -> cpu; cuda, opencl, vulkan, ... by name.
+        self.dev = tvm.device("cpu" if self.device_name == "llvm" else self.device_name, 0)
         self.vm = relax.VirtualMachine(self.executable, self.dev)
 
     def _tensor(self, x: np.ndarray) -> Any:

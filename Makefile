@@ -1,0 +1,39 @@
+# DeltaNN. `make run` and `make test` do all the set-up themselves (they depend on `setup`).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+OUT    ?= results/quickstart
+
+.PHONY: setup run report test test-slow test-all bench clean
+
+setup: $(STAMP)
+
+# Idempotent: rebuilt only when pyproject.toml changes (or the venv is missing).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/deltann run studies/quickstart.toml --out $(OUT)
+	$(VENV)/bin/deltann report $(OUT)
+
+report: setup
+	$(VENV)/bin/deltann report $(OUT)
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-slow: setup
+	$(VENV)/bin/pytest -q -m slow
+
+test-all: setup
+	$(VENV)/bin/pytest -q -m "slow or not slow"
+
+bench: setup
+	$(PY) bench/quickstart.py
+
+clean:
+	rm -rf results .pytest_cache

@@ -1,0 +1,43 @@
+"""``deltann`` command line. Parses arguments and calls one function per subcommand
+(``deltann/commands/<name>.py``); typed errors become a one-line message and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from deltann import __version__
+from deltann.errors import DeltannError
+
+SUBCOMMANDS = ("run", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="deltann",
+        description="Does my model still give the same answers, at the same speed, after a framework "
+        "change, a conversion, a compiler setting or a new board?",
+    )
+    parser.add_argument("--version", action="version", version=f"deltann {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"deltann.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except DeltannError as exc:
+        print(f"deltann: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deltann: interrupted; rerun the same command to finish the missing units", file=sys.stderr)
+        return 130

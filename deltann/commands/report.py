@@ -1,0 +1,26 @@
+"""``deltann report DIR``: print the Markdown tables and write them as .md and .csv."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from deltann.report import build_report
+
+
+def print_report(results: Path | str, out: Path | str | None = None) -> None:
+    report = build_report(results, out)
+    print(report.markdown)
+    print(f"\nreport written to {report.files[0].parent} ({len(report.files)} files)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="tables from a results folder (Markdown, CSV)")
+    p.add_argument("results", help="results folder written by 'deltann run'")
+    p.add_argument("--out", help="where to write the report (default: RESULTS/report)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    print_report(args.results, args.out)
+    return 0
