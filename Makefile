@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= results/quickstart
 
-.PHONY: setup run report test test-slow test-all bench clean
+.PHONY: setup run report test test-slow test-all bench bench-fleet clean
 
 setup: $(STAMP)
 
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 	$(PY) -m pip install -q -e '.[dev]'
+	# Converters whose exact pins would downgrade TF/torch/onnx (NOTES.md): without deps;
+	# their real dependencies are in pyproject.toml.
+	$(PY) -m pip install -q --no-deps onnx2tf==1.29.24 onnx2torch==1.5.15 tf-keras==2.21.0
 	touch $(STAMP)
 
 run: setup
@@ -34,6 +37,9 @@ test-all: setup
 
 bench: setup
 	$(PY) bench/quickstart.py
+
+bench-fleet: setup
+	$(PY) bench/fleet.py
 
 clean:
 	rm -rf results .pytest_cache

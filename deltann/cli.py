@@ -10,7 +10,7 @@ import sys
 from deltann import __version__
 from deltann.errors import DeltannError
 
-SUBCOMMANDS = ("run", "report")
+SUBCOMMANDS = ("run", "report", "compare", "localize", "passes", "bisect", "devices", "images")
 
 
 def build_parser() -> argparse.ArgumentParser:

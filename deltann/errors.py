@@ -25,3 +25,7 @@ class StoreError(DeltannError):
 
 class ConversionError(DeltannError):
     """A conversion hop is not available or failed."""
+
+
+class FleetError(DeltannError):
+    """The fleet cannot do what was asked: no container engine, an image build failed, ..."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from deltann import SCHEMA_VERSION, __version__, convert, zoo
 from deltann.compile import settings as compile_settings
-from deltann.convert.base import FRAMEWORK_DIST
+from deltann.convert.base import FRAMEWORK_DIST, chain_framework, chain_quantize, parse_chain
 from deltann.dataset import Inputs
 from deltann.fleet.devices import DeviceKind
 from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST, TVM_FRONTEND
@@ -38,7 +38,7 @@ def dist_version(dist: str) -> str:
 class Unit:
     key: str
     model: str
-    variant: str  # conversion chain, e.g. "torch->onnx"
+    variant: str  # conversion chain, e.g. "torch->onnx" or "torch->onnx->tf->tflite:dynamic-range"
     runtime: str  # torch | onnxruntime | tvm
     setting: str  # "native" or a compile setting
     passes: tuple[str, ...]
@@ -51,10 +51,18 @@ class Unit:
     number: int
     repeat: int
     min_repeat_ms: int
+    #: key of the unit's batch in the inputs mapping: the model name, or
+    #: ``model@source`` where the source framework's model needs its own recipe
+    inputs: str = ""
 
     @property
     def framework(self) -> str:
-        return self.variant.split("->")[-1]
+        return chain_framework(self.variant)
+
+    @property
+    def quantize(self) -> str:
+        """``none`` or the quantize modes the chain's hops applied (see convert.base)."""
+        return chain_quantize(self.variant)
 
     @property
     def config(self) -> str:
@@ -69,12 +77,24 @@ def content_key(identity: dict[str, Any]) -> str:
 
 
 def _chain_identity(chain: str) -> list[list[str]]:
-    steps = chain.split("->")
+    steps = parse_chain(chain)
     out = []
     for a, b in zip(steps, steps[1:], strict=False):
-        hop = convert.get(a, b)
-        out.append([a, b, hop.tool, dist_version(hop.tool)])
+        hop = convert.get(a.framework, b.framework)
+        # The quantize mode is part of the identity only when set: full-precision chains
+        # keep the keys they had before quantisation existed.
+        quant = [] if b.quantize == "none" else [b.quantize]
+        out.append([a.framework, b.framework, hop.tool, dist_version(hop.tool), *quant])
     return out
+
+
+def inputs_key(model: str, source: str) -> str:
+    """Key of the preprocessed batch a variant of ``model`` starting from ``source`` reads:
+    the model name when the source uses the family's recipe (the common case: every
+    variant sees the same tensor), ``model@source`` when its framework's model needs its
+    own (recorded, so the report can say the tensors differ)."""
+    spec = zoo.get(model)
+    return model if spec.preprocess_for(source) == spec.preprocess else f"{model}@{source}"
 
 
 def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]) -> list[Unit]:
@@ -84,15 +104,17 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
     timing = study.timing
     for model in study.models:
         spec = zoo.get(model)
-        batch = inputs[model]
         for chain in study.variants:
-            framework = chain.split("->")[-1]
+            framework = chain_framework(chain)
+            source = parse_chain(chain)[0].framework
+            batch_key = inputs_key(model, source)
+            batch = inputs[batch_key]
             ways: list[tuple[str, str, tuple[str, ...], str]] = []
             if "native" in study.runtimes and framework in NATIVE_RUNTIME:
                 ways.append((NATIVE_RUNTIME[framework], compile_settings.NATIVE, (), ""))
             if "tvm" in study.runtimes and framework in TVM_FRONTEND:
-                for setting in study.settings:
-                    ways.append(("tvm", setting, compile_settings.SETTINGS[setting], TVM_FRONTEND[framework]))
+                for setting in compile_settings.expand(study.settings, study.ablation):
+                    ways.append(("tvm", setting, compile_settings.passes_of(setting), TVM_FRONTEND[framework]))
             for runtime, setting, passes, frontend in ways:
                 for kind_name in study.devices:
                     kind = kinds[kind_name]
@@ -102,7 +124,7 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                         "deltann": __version__,
                         "model": model,
                         "weights": spec.weights_id(),
-                        "source": [chain.split("->")[0], dist_version(FRAMEWORK_DIST[chain.split("->")[0]])],
+                        "source": [source, dist_version(FRAMEWORK_DIST[source])],
                         "chain": _chain_identity(chain),
                         "runtime": [runtime, dist_version(RUNTIME_DIST[runtime])],
                         "setting": setting,
@@ -111,7 +133,7 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                         "target": kind.target if compiled else None,
                         "host": kind.host if compiled else None,
                         "device": kind_name,
-                        "preprocess": asdict(spec.preprocess),
+                        "preprocess": asdict(spec.preprocess_for(source)),
                         "inputs": batch.hashes,
                         "timing": timing.model_dump(),
                     }
@@ -132,6 +154,7 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                             number=timing.number,
                             repeat=timing.repeat,
                             min_repeat_ms=timing.min_repeat_ms,
+                            inputs=batch_key,
                         )
                     )
     return units

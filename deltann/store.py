@@ -38,6 +38,9 @@ UNIT_FIELDS = [
     pa.field("study", pa.string()),
     pa.field("model", pa.string()),
     pa.field("variant", pa.string()),
+    # "none", or the quantize modes the variant's hops applied ("dynamic-range", "float16"):
+    # a quantised variant is marked in every table.
+    pa.field("quantize", pa.string()),
     pa.field("runtime", pa.string()),
     pa.field("setting", pa.string()),
     pa.field("config", pa.string()),
@@ -85,13 +88,48 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("frontend", pa.string()),
             pa.field("passes", pa.list_(pa.string())),
             pa.field("target", pa.string()),
-            pa.field("hops", pa.string()),  # JSON list of {src, dst, tool, version, seconds}
+            pa.field("hops", pa.string()),  # JSON list of {src, dst, tool, version, quantize, seconds}
+            pa.field("layout", pa.string()),  # the artifact's input layout (NCHW | NHWC), "" if never made
             pa.field("convert_s", pa.float64()),
             pa.field("import_s", pa.float64()),
             pa.field("compile_s", pa.float64()),
             pa.field("load_s", pa.float64()),
             pa.field("total_s", pa.float64()),
             pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ),
+    # Fault localization (deltann localize): one row per layer of an aligned pair of
+    # configurations; unit fields are side A's (the reference), so rows join its build.
+    "layers": pa.schema(
+        UNIT_FIELDS
+        + [
+            pa.field("pair", pa.string()),  # "<config A>@<device A> | <config B>@<device B>"
+            pa.field("config_b", pa.string()),
+            pa.field("device_b", pa.string()),
+            pa.field("unit_key_b", pa.string()),
+            pa.field("image_ids", pa.list_(pa.string())),
+            pa.field("order", pa.int32()),
+            pa.field("layer_a", pa.string()),
+            pa.field("layer_b", pa.string()),
+            pa.field("op_a", pa.string()),
+            pa.field("op_b", pa.string()),
+            pa.field("shape_a", pa.list_(pa.int64())),
+            pa.field("shape_b", pa.list_(pa.int64())),
+            pa.field("matched", pa.bool_()),
+            pa.field("reason", pa.string()),  # why a layer has no partner ("" when matched)
+            pa.field("permuted", pa.bool_()),  # compared after an NHWC/NCHW permutation
+            pa.field("quantized_b", pa.bool_()),
+            pa.field("max_abs", pa.float64()),
+            pa.field("mean_abs", pa.float64()),
+            pa.field("std_diff", pa.float64()),
+            pa.field("rel_err", pa.float64()),
+            pa.field("cosine", pa.float64()),
+            pa.field("param_max_abs", pa.float64()),
+            pa.field("within_tol", pa.bool_()),
+            pa.field("first_divergent", pa.bool_()),
+            pa.field("atol", pa.float64()),
+            pa.field("rtol", pa.float64()),
+            pa.field("alignment_rate", pa.float64()),
         ]
     ),
 }
@@ -233,8 +271,14 @@ class Store:
         files = self.files(table)
         if not files:
             return pl.from_arrow(SCHEMAS[table].empty_table()).lazy()
+        # Files written by an older deltann may lack newer columns (read as null) or
+        # carry ones this version does not know (ignored): the schema is this version's.
+        file_schema = pl.from_arrow(SCHEMAS[table].empty_table()).drop(list(PARTITIONS)).schema
         frame = pl.scan_parquet(
             [str(f) for f in files],
+            schema=file_schema,
+            missing_columns="insert",
+            extra_columns="ignore",
             hive_partitioning=True,
             glob=False,
             hive_schema={"table": pl.String, "model": pl.String, "device": pl.String},

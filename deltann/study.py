@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deltann import convert, zoo
 from deltann.compile import settings as compile_settings
-from deltann.convert.base import FRAMEWORKS
+from deltann.convert.base import parse_chain
 from deltann.errors import StudyError
 
 RUNTIME_KINDS = ("native", "tvm")
@@ -63,9 +63,14 @@ class Study(_Strict):
     variants: list[str] = Field(["torch"], min_length=1, max_length=64)
     runtimes: list[Literal["native", "tvm"]] = Field(["native", "tvm"], min_length=1)
     settings: list[str] = Field(default_factory=lambda: ["default"], max_length=64)
+    ablation: bool = Field(False, description="add every catalogue pass alone on top of 'basic' and every "
+                           "pass removed from 'extended' (settings 'basic+X', 'extended-X')")
     devices: list[str] = Field(["local"], min_length=1, max_length=64)
     dataset: Dataset = Dataset()
     timing: Timing = Timing()
+    replicate: bool = Field(False, description="run every unit on every board of its kind (board-to-board variance)")
+    unit_timeout_s: float | None = Field(None, gt=0, le=86_400,
+                                         description="a unit still running after this many seconds fails as 'timeout'")
 
     @field_validator("models")
     @classmethod
@@ -78,23 +83,33 @@ class Study(_Strict):
     @field_validator("variants")
     @classmethod
     def _variants_known(cls, v: list[str]) -> list[str]:
+        """Each entry is a chain (``torch->onnx``, ``torch->tf->tflite:dynamic-range``;
+        see :mod:`deltann.convert.base`). A pair with no direct tool is expanded to the
+        route it really takes (``torch->tf`` is ``torch->onnx->tf``), so the variant names
+        every hop; a quantize mark must be one its hop can apply."""
         available = convert.hops()
+        resolved = []
         for chain in v:
-            steps = [s.strip() for s in chain.split("->")]
-            for fw in steps:
-                if fw not in FRAMEWORKS:
-                    raise _allowed("framework", fw, FRAMEWORKS)
+            parse_chain(chain)  # ValueError names the unknown framework or quantize mode
+            try:
+                full = convert.resolve(chain)
+            except KeyError:
+                hops = [f"{x}->{y}" for x, y in sorted(available)]
+                raise _allowed("conversion", chain, hops) from None
+            steps = parse_chain(full)
             for a, b in zip(steps, steps[1:], strict=False):
-                if (a, b) not in available:
-                    hops = [f"{x}->{y}" for x, y in sorted(available)]
-                    raise _allowed("conversion", f"{a}->{b}", hops)
-        return ["->".join(s.strip() for s in c.split("->")) for c in v]
+                hop = available[(a.framework, b.framework)]
+                if b.quantize not in hop.quantize:
+                    raise ValueError(f"{chain!r}: hop {a.framework}->{b.framework} ({hop.tool}) cannot apply "
+                                     f"quantize {b.quantize!r}; allowed: {', '.join(hop.quantize)}")
+            resolved.append(full)
+        return resolved
 
     @field_validator("settings")
     @classmethod
     def _settings_known(cls, v: list[str]) -> list[str]:
         for s in v:
-            if s not in compile_settings.SETTINGS:
+            if not compile_settings.is_known(s):  # a named setting, or an ablation one ('basic+FastMath')
                 raise _allowed("setting", s, compile_settings.names())
         return v
 

@@ -60,3 +60,11 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory, ray_session: None) ->
     summary = run_study(study, out, progress=False)
     assert summary.ran == 6 and summary.failed == 0, summary
     return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Load triton before any test imports TensorFlow: the other order segfaults once torch
+    reaches torch._dynamo (see deltann/_native.py)."""
+    from deltann._native import before_tensorflow
+
+    before_tensorflow()

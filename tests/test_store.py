@@ -63,3 +63,15 @@ def test_manifest_records_runs_and_refuses_newer_schema(tmp_path: Path) -> None:
 def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no manifest"):
         Store(tmp_path).read_manifest()
+
+
+def test_files_from_an_older_version_read_with_nulls(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    store = Store(tmp_path)
+    path = store.write(_build_row("k1"))
+    old = pq.read_table(path).drop_columns(["message"]).append_column("retired", pa.array([1]))
+    pq.write_table(old, path)
+    frame = store.scan("builds").collect()
+    assert frame["message"].to_list() == [None] and "retired" not in frame.columns
+    assert frame["unit_key"].to_list() == ["k1"]

@@ -2,15 +2,51 @@
 one function here returning a DataFrame; nothing here imports a framework."""
 
 from deltann.analysis.failures import failures
-from deltann.analysis.labels import dissimilarity_matrix, pairwise_agreement
-from deltann.analysis.timing import SPEEDUP_CONVENTION, SETTING_ORDER, latency_table, speedup_table
+from deltann.analysis.labels import (
+    MARGIN_EDGES,
+    accuracy,
+    device_pairs,
+    dissimilarity_matrix,
+    framework_pairs,
+    heatmap_matrix,
+    label_stability,
+    margin_flips,
+    pairwise_agreement,
+    top1_disagreement,
+)
+from deltann.analysis.stability import stability
+from deltann.analysis.timing import (
+    SETTING_ORDER,
+    SPEEDUP_CONVENTION,
+    latency_matrix,
+    latency_table,
+    noise_floor,
+    pass_table,
+    speedup_stats,
+    speedup_table,
+    timing_stability,
+)
 
 __all__ = [
+    "MARGIN_EDGES",
     "SETTING_ORDER",
     "SPEEDUP_CONVENTION",
+    "accuracy",
+    "device_pairs",
     "dissimilarity_matrix",
     "failures",
+    "framework_pairs",
+    "heatmap_matrix",
+    "label_stability",
+    "latency_matrix",
     "latency_table",
+    "margin_flips",
+    "noise_floor",
     "pairwise_agreement",
+    "pass_table",
+    "speedup_stats",
     "speedup_table",
+    "stability",
+    "timing_stability",
+    "top1_disagreement",
 ]

@@ -3,8 +3,10 @@ sign convention everywhere."""
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
+from deltann.analysis import aligned, stats
 from deltann.store import Store
 
 SPEEDUP_CONVENTION = "speedup_pct(A→B) = (t_A / t_B − 1) × 100 — positive means B is faster (median latencies)."
@@ -59,3 +61,157 @@ def speedup_table(latency: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("model", "device", "variant", "A", "B")
     )
+
+
+def speedup_stats(
+    store: Store,
+    latency: pl.DataFrame | None = None,
+    *,
+    alpha: float = stats.ALPHA,
+    min_factor: float = stats.MIN_FACTOR,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """:func:`speedup_table` with the statistics that decide whether a change is real:
+
+    ``ratio`` = t_A / t_B (medians of the timing samples) and its bootstrap 95 % CI, also as
+    ``ci_low_pct``/``ci_high_pct`` in the speedup convention; ``n_paired`` images with a
+    latency on both sides (``predictions.latency_ns``, paired by ``image_id``), the paired
+    Wilcoxon ``p_value``, ``p_holm`` (Holm across every row of this table), the effect size
+    ``effect_rb`` (matched-pairs rank-biserial, positive when B is faster) and
+    ``significant``: ``p_holm ≤ alpha`` and a change of at least ``min_factor`` either way."""
+    latency = latency if latency is not None else latency_table(store)
+    table = speedup_table(latency)
+    extra = {"ratio": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "ci_low_pct": pl.Float64,
+             "ci_high_pct": pl.Float64, "n_paired": pl.Int64, "p_value": pl.Float64, "p_holm": pl.Float64,
+             "effect_rb": pl.Float64, "significant": pl.Boolean}
+    if table.is_empty():
+        return table.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in extra.items()])
+    wanted = sorted(set(table["A"].to_list()) | set(table["B"].to_list()))
+    samples = {
+        (m, d, c): np.asarray(s, float) / 1e6
+        for m, d, c, s in store.scan("timings")
+        .select("model", "device", "config", "samples_ns")
+        .filter(pl.col("config").is_in(wanted))
+        .group_by("model", "device", "config")
+        .agg(pl.col("samples_ns").explode())
+        .collect()
+        .iter_rows()
+    }
+    found: dict[tuple[str, str, str, str], dict[str, object]] = {}
+    pairs = table.select("model", "device", "A", "B")
+    empty = np.zeros(0)
+    # one (model, device) group's per-image latencies at a time
+    for (model, device), parts in aligned.scan_groups(store, ["model", "device"], ["image_id", "latency_ns"],
+                                                      pl.col("config").is_in(wanted), side="config"):
+        sides = aligned.align_parts(parts, ("latency_ns",))
+        for a_cfg, b_cfg in pairs.filter((pl.col("model") == model) & (pl.col("device") == device)).select(
+                "A", "B").iter_rows():
+            la, lb = (sides[a_cfg].arrays["latency_ns"], sides[b_cfg].arrays["latency_ns"]) if (
+                a_cfg in sides and b_cfg in sides) else (empty, empty)
+            both = np.isfinite(la) & np.isfinite(lb)
+            p_value, effect = stats.paired_test(la[both], lb[both])
+            found[(model, device, a_cfg, b_cfg)] = {"n_paired": int(both.sum()), "p_value": p_value,
+                                                    "effect_rb": effect}
+    rows: list[dict[str, object]] = []
+    for model, device, a_cfg, b_cfg in pairs.iter_rows():
+        sa, sb = samples.get((model, device, a_cfg), empty), samples.get((model, device, b_cfg), empty)
+        low, high = stats.bootstrap_ratio_ci(sa, sb, n_resamples=n_resamples, seed=seed)
+        test = found.get((model, device, a_cfg, b_cfg), {"n_paired": 0, "p_value": float("nan"),
+                                                         "effect_rb": float("nan")})
+        rows.append({"ratio": float(np.median(sa) / np.median(sb)) if sa.size and sb.size else float("nan"),
+                     "ci_low": low, "ci_high": high, **test})
+    out = pl.concat(
+        [table, pl.DataFrame(rows, schema={k: extra[k] for k in rows[0]})],  # rows in the table's order
+        how="horizontal",
+    )
+    p_holm = stats.holm(out["p_value"].to_numpy())
+    flags = [stats.significant(p, r, alpha=alpha, min_factor=min_factor) for p, r in zip(p_holm, out["ratio"], strict=True)]
+    return out.with_columns(
+        ((pl.col("ci_low") - 1) * 100).alias("ci_low_pct"),
+        ((pl.col("ci_high") - 1) * 100).alias("ci_high_pct"),
+        pl.Series("p_holm", p_holm, dtype=pl.Float64),
+        pl.Series("significant", flags, dtype=pl.Boolean),
+    ).select(*table.columns, *extra)
+
+
+def noise_floor(store: Store) -> pl.DataFrame:
+    """The A/A noise floor: each configuration's raw timing samples split into even and odd
+    positions (interleaved, so slow drift lands on both halves) and compared with itself,
+    ``aa_speedup_pct = (median_even / median_odd − 1) × 100``. ``noise_pct`` is its size:
+    a time change between two configurations smaller than both sides' floors is noise,
+    whatever a test says."""
+    half = pl.col("samples_ns").list
+    return (
+        store.scan("timings")
+        .select("model", "device", "config", "samples_ns")
+        .group_by("model", "device", "config")
+        .agg(pl.col("samples_ns").explode())
+        .select(
+            "model", "device", "config",
+            half.len().alias("samples"),
+            ((half.gather_every(2).list.median() / half.gather_every(2, offset=1).list.median() - 1) * 100)
+            .alias("aa_speedup_pct"),
+        )
+        .with_columns(pl.col("aa_speedup_pct").abs().alias("noise_pct"))
+        .sort("model", "device", "config")
+        .collect()
+    )
+
+
+#: An ablation setting is a base setting plus (``basic+FastMath``) or minus
+#: (``extended-OpFusion``) one catalogue entry (deltann.compile.settings).
+_ABLATION = r"^(?P<base>[A-Za-z0-9_]+)(?P<op>[+-])(?P<pass>.+)$"
+
+
+def pass_table(latency: pl.DataFrame) -> pl.DataFrame:
+    """The seed's per-pass Tables III–IV: for every ablation setting, the time change the
+    pass itself causes, in the one convention with A = without the pass, B = with it
+    (``basic → basic+P``, ``extended-P → extended``), so positive means the pass helps."""
+    base = latency.select("model", "device", "variant", "setting", "config", "median_ms")
+    parsed = base.with_columns(pl.col("setting").str.extract_groups(_ABLATION).alias("g")).unnest("g")
+    ablations = parsed.filter(pl.col("op").is_not_null())
+    joined = ablations.join(
+        base.rename({"setting": "base", "config": "base_config", "median_ms": "base_ms"}),
+        on=["model", "device", "variant", "base"],
+    )
+    plus = pl.col("op") == "+"
+    return (
+        joined.select(
+            "model", "device", "variant", "pass", "op", "base", "setting",
+            pl.when(plus).then(pl.col("base_config")).otherwise(pl.col("config")).alias("A"),
+            pl.when(plus).then(pl.col("config")).otherwise(pl.col("base_config")).alias("B"),
+            pl.when(plus).then(pl.col("base_ms")).otherwise(pl.col("median_ms")).alias("t_A_ms"),
+            pl.when(plus).then(pl.col("median_ms")).otherwise(pl.col("base_ms")).alias("t_B_ms"),
+        )
+        .with_columns(((pl.col("t_A_ms") / pl.col("t_B_ms") - 1) * 100).alias("speedup_pct"))
+        .sort("model", "device", "variant", "pass", "op")
+    )
+
+
+def latency_matrix(latency: pl.DataFrame, model: str, rows: str = "config", columns: str = "device") -> pl.DataFrame:
+    """A heatmap table of median latency (ms) for one model: ``rows`` × ``columns``
+    (configuration × device kind by default; ``rows="variant", columns="setting"`` on one
+    device gives the framework × setting view)."""
+    sub = latency.filter(pl.col("model") == model)
+    return (
+        sub.pivot(on=columns, index=rows, values="median_ms", aggregate_function="median", sort_columns=True)
+        .sort(rows)
+    )
+
+
+def timing_stability(store: Store, run_by: tuple[str, ...] = ("study", "board")) -> pl.DataFrame:
+    """Latency half of the multi-run stability table: per configuration, ``runs`` (distinct
+    ``run_by`` values), ``cv_samples_pct`` (coefficient of variation of all raw samples,
+    ddof 1) and ``cv_runs_pct`` (of the per-run medians; null with a single run)."""
+    keys = ["model", "device", "config"]
+    t = store.scan("timings").select(*keys, *run_by, "samples_ns").explode("samples_ns")
+    per_run = t.group_by(*keys, *run_by).agg(pl.col("samples_ns").median().alias("run_median"))
+    pooled = t.group_by(*keys).agg(
+        (pl.col("samples_ns").std() / pl.col("samples_ns").mean() * 100).alias("cv_samples_pct")
+    )
+    across = per_run.group_by(*keys).agg(
+        pl.len().alias("runs"),
+        (pl.col("run_median").std() / pl.col("run_median").mean() * 100).alias("cv_runs_pct"),
+    )
+    return across.join(pooled, on=keys).select(*keys, "runs", "cv_samples_pct", "cv_runs_pct").sort(keys).collect()

@@ -1,4 +1,5 @@
-"""``deltann report DIR``: print the Markdown tables and write them as .md and .csv."""
+"""``deltann report DIR``: print the Markdown tables; write them as .md, .csv and .tex, the
+figures as .png, and everything as one self-contained ``report.html``."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from deltann.report import build_report
 def print_report(results: Path | str, out: Path | str | None = None) -> None:
     report = build_report(results, out)
     print(report.markdown)
-    print(f"\nreport written to {report.files[0].parent} ({len(report.files)} files)")
+    print(f"\nreport written to {report.files[0].parent} ({len(report.files)} files; open {report.html})")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="tables from a results folder (Markdown, CSV)")
+    p = sub.add_parser("report", help="tables and plots from a results folder (Markdown, HTML, CSV, LaTeX, PNG)")
     p.add_argument("results", help="results folder written by 'deltann run'")
     p.add_argument("--out", help="where to write the report (default: RESULTS/report)")
     p.set_defaults(func=main)

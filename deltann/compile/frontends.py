@@ -1,5 +1,5 @@
 """TVM Relax frontends: import a materialised artifact into a Relax IRModule by the most
-direct route its framework has (torch exported program, ONNX)."""
+direct route its framework has (torch exported program, ONNX, TFLite)."""
 
 from __future__ import annotations
 
@@ -45,10 +45,22 @@ def from_torch(module: Any, input_shape: tuple[int, ...]) -> Any:
     return relax_torch.from_exported_program(program, keep_params_as_input=False)
 
 
+def from_tflite(path: Path) -> Any:
+    """Relax's TFLite frontend over the flatbuffer, read with the ``tflite`` package."""
+    import tflite
+    import tvm.relax.frontend.tflite as relax_tflite
+
+    model = tflite.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+    return relax_tflite.from_tflite(model)
+
+
 def import_relax(frontend: str, payload: Any, input_shape: tuple[int, ...]) -> Any:
-    """Relax IRModule of ``payload`` through ``frontend`` (``onnx`` or ``torch.export``)."""
+    """Relax IRModule of ``payload`` through ``frontend`` (``onnx``, ``torch.export`` or
+    ``tflite``). ``input_shape`` is the artifact's own (layout-specific) input shape."""
     if frontend == "onnx":
         return from_onnx(Path(payload))
     if frontend == "torch.export":
         return from_torch(payload, input_shape)
+    if frontend == "tflite":
+        return from_tflite(Path(payload))
     raise ValueError(f"no TVM frontend {frontend!r}")

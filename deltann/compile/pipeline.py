@@ -21,11 +21,23 @@ def make_pass(name: str) -> Any:
     return factory(**catalogue.PASS_ARGS.get(name, {}))
 
 
+def resolve_native(spec: dict[str, Any]) -> dict[str, Any]:
+    """``mcpu = "native"`` in the device catalogue means "the CPU of the board that
+    builds": resolved here, on the board, with LLVM's host detection. Why: the
+    tuning-free schedules are ~5x faster with the real CPU's vector width than with
+    generic llvm (SSE2), and a catalogue kind cannot name one CPU for all its boards."""
+    if spec.get("kind") == "llvm" and spec.get("mcpu") == "native":
+        from tvm.target import codegen
+
+        return {**spec, "mcpu": codegen.llvm_get_system_cpu()}
+    return spec
+
+
 def make_target(target_json: str, host_json: str) -> Any:
     import tvm
 
-    target = json.loads(target_json)
-    host = json.loads(host_json) if host_json else None
+    target = resolve_native(json.loads(target_json))
+    host = resolve_native(json.loads(host_json)) if host_json else None
     return tvm.target.Target(target, host=host)
 
 

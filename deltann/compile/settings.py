@@ -1,48 +1,44 @@
-"""Named TVM Relax optimization settings: each one an explicit list of Relax passes.
+"""Named TVM Relax optimization settings, each an explicit list of Relax passes composed
+from the pass catalogue (:mod:`deltann.compile.catalogue`).
 
-This is the one place the settings are defined (the README prints the same lists).
-``PRE_LEGALIZE`` passes act on high-level Relax operators; the rest act after
-``LegalizeOps`` has turned operators into TIR kernels. Every setting ends with the
-target's own lowering tail (``LOWERING``: dataflow lowering, memory planning, VM
-codegen), which is not optional and not part of any comparison.
+This is the one place the settings are defined; ``deltann passes`` prints the lists.
+Passes before ``LegalizeOps`` act on high-level Relax operators; the rest act on TIR
+kernels. Every setting ends with the target's own lowering tail (``LOWERING``: dataflow
+lowering, memory planning, VM codegen), which is not optional and not part of any
+comparison.
 
-Rough Relay-era correspondence (the seed's opt levels): ``basic`` ~ opt_level 0 (one
-kernel per operator, inference simplification only), ``default`` ~ opt_level 2
-(constant folding and operator fusion), ``extended`` ~ opt_level 4 (adds batch-norm
-folding, CSE, parallel-matmul combining and fast math).
+Relay-era correspondence (the seed's opt levels): ``basic`` ~ opt_level 0 (one kernel
+per operator, inference simplification only), ``default`` ~ opt_level 2 (constant
+folding and operator fusion), ``extended`` ~ opt_level 4 (adds batch-norm folding, the
+channel-last layout of AlterOpLayout, CSE, parallel-matmul combining, fast math) and,
+unlike Relay, deltann's tuning-free CPU schedule (``DefaultSchedule``: parallel,
+vectorised, register-tiled loops; :mod:`deltann.compile.schedules`). The schedule is in
+``extended`` because it keeps outputs within tolerance (bench/compile.py: max |logit
+difference| to onnxruntime < 5e-5 on MobileNetV2, ResNet101, InceptionV3 and
+EfficientNet-Lite0, the same as ``basic``) and it is what makes TVM's CPU latency
+comparable at all (10-70x faster than ``default`` here).
+
+Ablation settings are named from a base setting and one catalogue entry:
+``basic+FastMath`` (that entry alone on top of ``basic``) and ``extended-OpFusion``
+(``extended`` without it, and without the entries that share its Relax passes:
+``extended-CombineParallelDense`` drops CombineParallelMatmul). :func:`passes_of` resolves any such name.
 """
 
 from __future__ import annotations
 
-SETTINGS: dict[str, tuple[str, ...]] = {
-    "basic": (
-        "DecomposeOpsForInference",
-        "LegalizeOps",
-        "AnnotateTIROpPattern",
-    ),
-    "default": (
-        "DecomposeOpsForInference",
-        "FoldConstant",
-        "LegalizeOps",
-        "AnnotateTIROpPattern",
-        "FoldConstant",
-        "FuseOps",
-        "FuseTIR",
-    ),
-    "extended": (
-        "DecomposeOpsForInference",
-        "FoldBatchnormToConv2D",
-        "FoldConstant",
-        "EliminateCommonSubexpr",
-        "CombineParallelMatmul",
-        "FastMathTransform",
-        "LegalizeOps",
-        "AnnotateTIROpPattern",
-        "FoldConstant",
-        "FuseOps",
-        "FuseTIR",
-    ),
+from deltann.compile import catalogue
+
+#: Catalogue entries enabled in each named setting.
+ENABLED: dict[str, frozenset[str]] = {
+    "basic": frozenset({"SimplifyInference"}),
+    "default": frozenset({"SimplifyInference", "FoldConstant", "OpFusion"}),
+    "extended": frozenset({
+        "SimplifyInference", "FoldConstant", "OpFusion", "FoldScaleAxis", "EliminateCommonSubexpr",
+        "CombineParallelDense", "CombineParallelBatchMatmul", "FastMath", "AlterOpLayout", "DefaultSchedule",
+    }),
 }
+
+SETTINGS: dict[str, tuple[str, ...]] = {name: catalogue.compose(enabled) for name, enabled in ENABLED.items()}
 
 #: Always applied after the setting's passes: TVM's own per-target lowering.
 LOWERING = ("library_dispatch_passes (before)", "dataflow_lower_passes", "finalize_passes")
@@ -50,6 +46,51 @@ LOWERING = ("library_dispatch_passes (before)", "dataflow_lower_passes", "finali
 #: The pseudo-setting of a framework's own runtime (no compiler).
 NATIVE = "native"
 
+#: Settings that ablation builds on: entries are added to the first, removed from the second.
+ABLATION_BASES = ("basic", "extended")
+
 
 def names() -> list[str]:
     return list(SETTINGS)
+
+
+def ablation_names() -> list[str]:
+    """``basic+X`` for every mapped catalogue entry X not in basic, then ``extended-X``
+    for every entry in extended (the seed's Table IV, both directions)."""
+    low, high = ABLATION_BASES
+    added = [f"{low}+{n}" for n in catalogue.names(mapped_only=True) if n not in ENABLED[low]]
+    removed = [f"{high}-{n}" for n in catalogue.names(mapped_only=True) if n in ENABLED[high]]
+    return added + removed
+
+
+def enabled_of(name: str) -> frozenset[str]:
+    """Catalogue entries of a setting name: a named setting, ``base+Entry`` or ``base-Entry``."""
+    if name in ENABLED:
+        return ENABLED[name]
+    for sign in "+-":
+        base, sep, entry = name.partition(sign)
+        if sep and base in ENABLED:
+            catalogue.get(entry)  # raises KeyError naming the known entries
+            return ENABLED[base] | {entry} if sign == "+" else ENABLED[base] - catalogue.aliases(entry)
+    raise KeyError(f"unknown setting {name!r}; allowed: {', '.join(names())} or <setting>+<pass> / <setting>-<pass>")
+
+
+def passes_of(name: str) -> tuple[str, ...]:
+    """The explicit Relax pass list of any setting name (see :func:`enabled_of`)."""
+    return SETTINGS[name] if name in SETTINGS else catalogue.compose(enabled_of(name))
+
+
+def is_known(name: str) -> bool:
+    try:
+        enabled_of(name)
+    except KeyError:
+        return False
+    return True
+
+
+def expand(settings: list[str], ablation: bool) -> list[str]:
+    """A study's settings, followed by the ablation settings when it asks for them."""
+    out = list(settings)
+    if ablation:
+        out += [s for s in ablation_names() if s not in out]
+    return out

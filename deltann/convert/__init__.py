@@ -1,15 +1,25 @@
 """Conversions between frameworks: one module per hop (``torch_onnx.py`` is
 ``torch->onnx``), each registering a :class:`Hop`. Adding a conversion is adding a file
-and one import line in :func:`_load_builtin`."""
+and one import line in :func:`_load_builtin`.
+
+Where no maintained tool converts ``a`` to ``b`` directly, :func:`resolve` routes the pair
+through ONNX (and TF where only TF reaches the target, e.g. ``torch->tflite`` is
+``torch->onnx->tf->tflite``), so the variant's chain names every hop it really took."""
 
 from __future__ import annotations
 
-from deltann.convert.base import FRAMEWORKS, QUANTIZE, Hop
+from collections import deque
 
-__all__ = ["FRAMEWORKS", "QUANTIZE", "Hop", "get", "hops", "register"]
+from deltann.convert.base import FRAMEWORKS, QUANTIZE, Hop, Produced, Step, format_chain, parse_chain
+
+__all__ = ["FRAMEWORKS", "QUANTIZE", "Hop", "Produced", "get", "hops", "register", "resolve", "route"]
 
 _HOPS: dict[tuple[str, str], Hop] = {}
 _LOADED = False
+
+#: Intermediate frameworks tried first when routing a pair with no direct tool: ONNX is
+#: the exchange format every tool reads; TF next (TFLiteConverter's own input).
+VIA_PREFERENCE: tuple[str, ...] = ("onnx", "tf", "keras", "torch", "tflite")
 
 
 def register(hop: Hop) -> Hop:
@@ -21,7 +31,18 @@ def _load_builtin() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from deltann.convert import torch_onnx  # noqa: F401
+        from deltann.convert import (  # noqa: F401
+            keras_onnx,
+            keras_tf,
+            keras_tflite,
+            onnx_keras,
+            onnx_tf,
+            onnx_torch,
+            tf_onnx,
+            tf_tflite,
+            tflite_onnx,
+            torch_onnx,
+        )
 
 
 def hops() -> dict[tuple[str, str], Hop]:
@@ -36,3 +57,42 @@ def get(src: str, dst: str) -> Hop:
     except KeyError:
         known = ", ".join(f"{a}->{b}" for a, b in sorted(_HOPS))
         raise KeyError(f"no conversion {src}->{dst}; available: {known}") from None
+
+
+def route(src: str, dst: str) -> list[str]:
+    """Shortest list of frameworks from ``src`` to ``dst`` over registered hops,
+    intermediates tried in :data:`VIA_PREFERENCE` order (deterministic)."""
+    _load_builtin()
+    order = {fw: i for i, fw in enumerate(VIA_PREFERENCE)}
+    previous: dict[str, str | None] = {src: None}
+    queue = deque([src])
+    while queue:
+        here = queue.popleft()
+        if here == dst:
+            break
+        for nxt in sorted((b for a, b in _HOPS if a == here), key=lambda fw: order.get(fw, len(order))):
+            if nxt not in previous:
+                previous[nxt] = here
+                queue.append(nxt)
+    if dst not in previous:
+        raise KeyError(f"no route {src}->{dst} over the registered conversions")
+    path = [dst]
+    while (back := previous[path[-1]]) is not None:
+        path.append(back)
+    return path[::-1]
+
+
+def resolve(chain: str) -> str:
+    """The full chain a study entry stands for: every pair without a direct tool is
+    replaced by its :func:`route`; a quantize mark stays on the step it was written on
+    (so it applies to the hop that produces that framework)."""
+    steps = parse_chain(chain)
+    out: list[Step] = [steps[0]]
+    for prev, step in zip(steps, steps[1:], strict=False):
+        if (prev.framework, step.framework) in hops():
+            out.append(step)
+            continue
+        via = route(prev.framework, step.framework)[1:-1]
+        out.extend(Step(fw) for fw in via)
+        out.append(step)
+    return format_chain(out)

@@ -2,18 +2,23 @@
 
 Starts Ray in-process when no cluster address is given (the embedded default: this
 machine is one board of kind ``local``), creates one :class:`~deltann.fleet.actor.Board`
-per live board of each kind the study names, spreads the units over them, and writes
-every Arrow table as soon as any board yields it."""
+per live board of each kind the study names, feeds the units to them in batches, and
+writes every Arrow table as soon as any board yields it. Faults are handled here: a lost
+node's unfinished units move to another board of the kind (or stay pending), a dead
+actor's unit becomes a ``crash`` row, a unit past ``unit_timeout_s`` a ``timeout`` row."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import os
+import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from deltann import dataset, plan, zoo
@@ -36,15 +41,22 @@ class RunSummary:
 
 
 def prepare_inputs(study: Study, root: Path) -> dict[str, dataset.Inputs]:
-    """Decode the dataset once and preprocess it with each model's recipe."""
+    """Decode the dataset once and preprocess it with each model's recipe (and each
+    source framework's own recipe where its model needs one; see plan.inputs_key)."""
+    from deltann.convert.base import parse_chain
+
     images = dataset.loader_for(study.dataset.source, root)(study.dataset.limit)
     by_recipe: dict[str, dataset.Inputs] = {}
     out = {}
+    sources = sorted({parse_chain(chain)[0].framework for chain in study.variants})
     for model in study.models:
-        recipe = zoo.get(model).preprocess
-        if recipe.key() not in by_recipe:
-            by_recipe[recipe.key()] = dataset.preprocess(images, recipe)
-        out[model] = by_recipe[recipe.key()]
+        spec = zoo.get(model)
+        for key, recipe in [(model, spec.preprocess)] + [
+            (plan.inputs_key(model, s), spec.preprocess_for(s)) for s in sources if s in spec.loaders
+        ]:
+            if recipe.key() not in by_recipe:
+                by_recipe[recipe.key()] = dataset.preprocess(images, recipe)
+            out[key] = by_recipe[recipe.key()]
     return out
 
 
@@ -69,29 +81,343 @@ def _ensure_ray(address: str | None, kinds: dict[str, DeviceKind], wanted: list[
     )
 
 
-def alive_boards(resource: str) -> list[str]:
-    """Node ids of live Ray nodes that advertise ``resource``."""
+def alive_boards(resource: str) -> list[dict[str, Any]]:
+    """Live Ray nodes that advertise ``resource``: ``{"node_id", "hostname"}`` each,
+    sorted by node id (a stable order for spreading)."""
     import ray
 
-    return [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(resource, 0) > 0]
+    nodes = [
+        {"node_id": n["NodeID"], "hostname": n.get("NodeManagerHostname", ""),
+         "cpus": max(1, int(n.get("Resources", {}).get("CPU", 1)))}
+        for n in ray.nodes()
+        if n.get("Alive") and n.get("Resources", {}).get(resource, 0) > 0
+    ]
+    return sorted(nodes, key=lambda n: n["node_id"])
 
 
-def _spread(units: list[plan.Unit], boards: int) -> list[list[plan.Unit]]:
-    """Round-robin by (model, variant) group, so each board materialises few artifacts."""
-    groups: dict[tuple[str, str], list[plan.Unit]] = defaultdict(list)
-    for u in units:
-        groups[(u.model, u.variant)].append(u)
-    shares: list[list[plan.Unit]] = [[] for _ in range(boards)]
-    for i, group in enumerate(groups.values()):
-        shares[i % boards].extend(group)
-    # Fill empty boards by splitting the largest share.
-    for share in shares:
-        if not share:
-            donor = max(shares, key=len)
-            if len(donor) > 1:
-                share.extend(donor[len(donor) // 2 :])
-                del donor[len(donor) // 2 :]
-    return [s for s in shares if s]
+def node_alive(node_id: str, settle_s: float = 3.0) -> bool:
+    """Whether ``node_id`` is still a live node. A board's stream can fail a moment before
+    the GCS marks its node dead, so a node that looks alive is asked again for
+    ``settle_s`` before we conclude the actor (not the node) died."""
+    import ray
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        alive = any(n["NodeID"] == node_id and n.get("Alive") for n in ray.nodes())
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.25)
+
+
+def replica_key(unit_key: str, node_id: str) -> str:
+    """Key of one board's run of a unit when a study has ``replicate = true``: every board
+    runs the unit, and each run is resumable on its own."""
+    return plan.content_key({"unit": unit_key, "board": node_id})
+
+
+#: Tables a board may have produced and the driver not yet taken (Ray's
+#: ``_generator_backpressure_num_objects``): a board faster than the store pauses at its
+#: next ``yield`` instead of filling the object store and the driver's memory.
+BACKPRESSURE = 4
+#: Fraction of a kind's custom resource one board actor holds (NOTES.md: a whole unit
+#: starves other work that needs the resource).
+BOARD_SHARE = 0.01
+#: Most units one stream carries; fewer when the queue is short, so boards finish together.
+MAX_BATCH = 16
+#: Streams queued per board. 2 would hide the driver round trip between batches (~10 ms
+#: warm), but commits a board to work before the unit estimates exist and measured worse
+#: balance (bench/fleet.py: makespan/ideal 1.29 with 2, 1.20 with 1).
+DEPTH = 1
+#: A unit whose board died under it moves to another board at most this many times.
+MAX_MOVES = 3
+#: A board whose actor died (its node still alive) gets a new actor at most this often.
+MAX_RESTARTS = 3
+
+
+@dataclass
+class Lane:
+    """One board: its actor, the stream it is working through and what is left of it."""
+
+    kind: DeviceKind
+    node_id: str
+    hostname: str
+    threads: int = 1  # the board's CPUs: every runtime on it measures with this many threads
+    actor: Any = None
+    flights: list[Any] = field(default_factory=list)  # streams sent to the actor, oldest first
+    batch: list[plan.Unit] = field(default_factory=list)  # units of those streams not yet complete, in order
+    pinned: list[plan.Unit] = field(default_factory=list)  # replicate: units only this board runs
+    current: plan.Unit | None = None
+    stage: str = ""
+    since: float = 0.0
+    restarts: int = 0
+    dead: bool = False
+
+
+class Dispatcher:
+    """Feeds units to board lanes and drains all their streams concurrently.
+
+    Why dynamic batches instead of a fixed share per board: a fast board takes more work,
+    and when a board is lost only its current batch has to move."""
+
+    def __init__(self, study: Study, store: Store, inputs_ref: Any, cache_dir: str,
+                 on_done: Callable[[dict[str, Any]], None], method: str = "run") -> None:
+        self.study, self.store, self.inputs_ref, self.cache_dir = study, store, inputs_ref, cache_dir
+        self.on_done = on_done
+        self.method = method  # the Board method each batch streams from (bench/fleet.py: "replay")
+        self.lanes: list[Lane] = []
+        self.queues: dict[str, list[plan.Unit]] = defaultdict(list)
+        self.moves: dict[str, int] = defaultdict(int)
+        self.pending: list[str] = []
+        #: seconds per unit seen so far, by configuration (the longest go first)
+        self.seconds: dict[str, list[float]] = defaultdict(list)
+        self.probed: set[str] = set()  # configurations sent once, not yet measured
+
+    # --- set-up -------------------------------------------------------------
+    def add_lane(self, kind: DeviceKind, board: dict[str, Any], pinned: list[plan.Unit] | None = None) -> Lane:
+        lane = Lane(kind, board["node_id"], board["hostname"], threads=board.get("cpus", 1),
+                    pinned=list(pinned or []))
+        self._start_actor(lane)
+        self.lanes.append(lane)
+        return lane
+
+    def _start_actor(self, lane: Lane) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from deltann.fleet.actor import Board
+
+        # Ray sets OMP_NUM_THREADS=1 in workers that reserve no CPU; a board measures with
+        # all of its cores instead, the same count for torch, onnxruntime and TVM, and
+        # records it in every timing row (runtimes.base.thread_count).
+        threads = str(lane.threads)
+        lane.actor = Board.options(
+            resources={lane.kind.resource: BOARD_SHARE},
+            scheduling_strategy=NodeAffinitySchedulingStrategy(lane.node_id, soft=False),
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "TVM_NUM_THREADS": threads}},
+        ).remote(lane.kind, self.cache_dir, self.study.name)
+
+    def _feed(self, lane: Lane) -> None:
+        """Keep DEPTH batches queued on a lane: its pinned units first, then its kind's
+        queue, in batches small enough (a few per board) that boards finish together."""
+        while not lane.dead and len(lane.flights) < DEPTH:
+            if lane.pinned:
+                batch, lane.pinned = lane.pinned[:MAX_BATCH], lane.pinned[MAX_BATCH:]
+            else:
+                batch = self._take(lane.kind.name)
+            if not batch:
+                return
+            if not lane.flights:
+                lane.current, lane.stage, lane.since = None, "", time.monotonic()
+            lane.batch.extend(batch)
+            lane.flights.append(getattr(lane.actor, self.method).options(
+                num_returns="streaming", _generator_backpressure_num_objects=BACKPRESSURE
+            ).remote(batch, self.inputs_ref))
+
+    def _take(self, kind: str) -> list[plan.Unit]:
+        """The next batch of a kind's queue: units of the configuration that has taken
+        longest so far (never-seen configurations first, which also measures them).
+        Why longest first: list scheduling then ends with short units, so boards finish
+        close together (LPT); a study's units differ by 100x (a TVM build vs onnxruntime)."""
+        queue = self.queues[kind]
+        if not queue:
+            return []
+        peers = sum(1 for x in self.lanes if x.kind.name == kind and not x.dead)
+        n = max(1, min(MAX_BATCH, len(queue) // (8 * max(1, peers))))
+        best = max({u.config for u in queue}, key=lambda c: (self._estimate_config(c), c))
+        batch = [u for u in queue if u.config == best][:n]
+        self.probed.add(best)
+        taken = {u.key for u in batch}
+        self.queues[kind] = [u for u in queue if u.key not in taken]
+        return batch
+
+    def _estimate_config(self, config: str) -> float:
+        """Mean seconds so far; a configuration never sent comes first (to measure it); one
+        sent but not yet measured counts as the typical unit."""
+        seen = self.seconds.get(config)
+        if seen:
+            return sum(seen) / len(seen)
+        if config not in self.probed:
+            return float("inf")
+        known = [sum(v) / len(v) for v in self.seconds.values() if v]
+        return statistics.median(known) if known else 0.0
+
+    # --- the loop -------------------------------------------------------------
+    def run(self) -> None:
+        """Until every lane is idle or dead and no live lane can take queued work."""
+        import ray
+
+        for lane in self.lanes:
+            self._feed(lane)
+        timeout_s = self.study.unit_timeout_s
+        while True:
+            active = [lane for lane in self.lanes if lane.flights]
+            if not active:
+                break
+            by_stream = {id(lane.flights[0]): lane for lane in active}
+            wait_s = None
+            timed = [lane for lane in active if lane.current is not None]
+            if timeout_s is not None and timed:
+                now = time.monotonic()
+                wait_s = max(0.05, min(lane.since + timeout_s - now for lane in timed))
+            ready, _ = ray.wait([lane.flights[0] for lane in active], num_returns=1, timeout=wait_s)
+            for stream in ready:
+                self._step(by_stream[id(stream)])
+            if timeout_s is not None:
+                now = time.monotonic()
+                for lane in active:
+                    if lane.flights and lane.current is not None and now - lane.since > timeout_s:
+                        self._timed_out(lane, now - lane.since)
+        for name, queue in self.queues.items():
+            self.pending.extend(u.key for u in queue)
+            queue.clear()
+        for lane in self.lanes:
+            self.pending.extend(u.key for u in lane.pinned)
+            lane.pinned.clear()
+
+    def _step(self, lane: Lane) -> None:
+        """Take one table from a ready stream: a marker moves the lane's clock, anything
+        else goes to the store as it arrives."""
+        import ray
+        from ray.exceptions import RayError
+
+        from deltann.fleet.markers import is_progress
+
+        try:
+            table = ray.get(next(lane.flights[0]))
+        except StopIteration:
+            lane.flights.pop(0)
+            if not lane.flights and lane.batch:  # only if a board skipped units; never lose them
+                log.warning("board %s ended its streams with %d units unreported", lane.node_id, len(lane.batch))
+                self._requeue(lane, lane.batch)
+                lane.batch = []
+            self._feed(lane)
+            return
+        except RayError as exc:
+            self._lost(lane, exc)
+            return
+        meta = table.schema.metadata or {}
+        key = meta.get(b"deltann.unit", b"").decode()
+        if is_progress(table):
+            unit = next((u for u in lane.batch if u.key == key), None)
+            if unit is not None and (lane.current is None or lane.current.key != key):
+                lane.current, lane.since = unit, time.monotonic()
+            lane.stage = meta.get(b"deltann.stage", b"").decode()
+            return
+        self.store.write(table)
+        if meta.get(b"deltann.table") == b"builds":
+            lane.batch = [u for u in lane.batch if u.key != key]
+            lane.current = None
+            row = table.to_pylist()[0]
+            if row["status"] == "ok":
+                self.seconds[row["config"]].append(float(row["total_s"]))
+            self.on_done(row)
+
+    # --- faults ---------------------------------------------------------------
+    def _requeue(self, lane: Lane, units: list[plan.Unit]) -> None:
+        """Units a board will not finish: back to the front of their kind's queue (or
+        pending, for a replicate unit pinned to a board that is gone)."""
+        movable = []
+        for u in units:
+            if self.study.replicate:
+                if lane.dead:
+                    self.pending.append(u.key)
+                else:
+                    lane.pinned.insert(0, u)
+                continue
+            self.moves[u.key] += 1
+            if self.moves[u.key] > MAX_MOVES:
+                self.pending.append(u.key)
+            else:
+                movable.append(u)
+        self.queues[lane.kind.name][:0] = movable
+        for other in self.lanes:
+            if other.kind.name == lane.kind.name:
+                self._feed(other)
+
+    def _retire(self, lane: Lane, why: str) -> None:
+        import ray
+
+        lane.dead, lane.flights = True, []
+        try:
+            ray.kill(lane.actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - the actor is already gone with its node
+            pass
+        log.warning("board %s (%s) retired: %s", lane.node_id[:12], lane.kind.name, why)
+        if lane.pinned:
+            self.pending.extend(u.key for u in lane.pinned)
+            lane.pinned = []
+
+    def _lost(self, lane: Lane, exc: Exception) -> None:
+        """A stream failed. Node gone: its unfinished units move to other boards of the
+        kind. Node alive: the actor died under the current unit, which becomes a
+        ``crash`` row; the rest go to a fresh actor on the same board."""
+        unfinished, current, stage = lane.batch, lane.current, lane.stage or "convert"
+        lane.flights, lane.batch, lane.current = [], [], None
+        if not node_alive(lane.node_id):
+            lane.dead = True
+            self._retire(lane, f"node lost ({type(exc).__name__})")
+            self._requeue(lane, unfinished)
+            return
+        if current is not None:
+            self._fail(lane, current, stage, "crash", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            unfinished = [u for u in unfinished if u.key != current.key]
+        if lane.restarts >= MAX_RESTARTS:
+            lane.dead = True
+            self._retire(lane, f"actor died {lane.restarts + 1} times")
+            self._requeue(lane, unfinished)
+            return
+        lane.restarts += 1
+        self._start_actor(lane)
+        self._requeue(lane, unfinished)
+        self._feed(lane)
+
+    def _timed_out(self, lane: Lane, seconds: float) -> None:
+        """The current unit ran past ``unit_timeout_s``: kill the actor (a hang in native
+        code cannot be interrupted from inside), record the unit as ``timeout`` and give
+        the rest of the batch to a fresh actor on the same board."""
+        import ray
+
+        assert lane.current is not None
+        current, stage = lane.current, lane.stage or "convert"
+        unfinished = [u for u in lane.batch if u.key != current.key]
+        ray.kill(lane.actor, no_restart=True)
+        lane.flights, lane.batch, lane.current = [], [], None
+        self._fail(lane, current, stage, "timeout", "Timeout",
+                   f"still in stage {stage!r} after {seconds:.1f} s (unit_timeout_s = {self.study.unit_timeout_s})")
+        self._start_actor(lane)
+        if self.study.replicate:
+            lane.pinned[:0] = unfinished
+        else:
+            self.queues[lane.kind.name][:0] = unfinished
+        self._feed(lane)
+
+    def _fail(self, lane: Lane, unit: plan.Unit, stage: str, outcome: str, error_type: str, message: str) -> None:
+        from deltann.fleet.markers import failure_row
+
+        table = failure_row(unit, study=self.study.name, board=lane.node_id, hostname=lane.hostname, stage=stage,
+                            outcome=outcome, error_type=error_type, message=message,
+                            seconds=time.monotonic() - lane.since)
+        self.store.write(table)
+        self.on_done(table.to_pylist()[0])
+
+
+def ingest(streams: list[Any], store: Store) -> int:
+    """Drain streams of tagged tables concurrently into ``store``, as the driver does;
+    returns the rows written. Used by bench/fleet.py to measure driver ingest alone."""
+    import ray
+
+    rows = 0
+    active = list(streams)
+    while active:
+        ready, _ = ray.wait(active, num_returns=1, timeout=None)
+        for gen in ready:
+            try:
+                table = ray.get(next(gen))
+            except StopIteration:
+                active.remove(gen)
+                continue
+            store.write(table)
+            rows += table.num_rows
+    return rows
 
 
 def run_study(
@@ -100,20 +426,22 @@ def run_study(
     *,
     address: str | None = None,
     progress: bool = True,
+    catalogue: Path | str | None = None,
 ) -> RunSummary:
-    """Run every unit of the study not already in the store at ``out``."""
+    """Run every unit of the study not already in the store at ``out``.
+
+    ``address`` joins a running cluster (``"auto"`` or ``host:port``); without it Ray
+    starts in-process. ``catalogue`` overrides cluster/devices.toml (else
+    ``DELTANN_DEVICES``)."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from deltann.fleet.actor import Board
-
     console = Console(stderr=True, quiet=not progress)
     study_path = Path(study_path)
     t0 = time.perf_counter()
-    kinds = load_catalogue()
+    kinds = load_catalogue(Path(catalogue) if catalogue is not None else None)
     study = load_study(study_path, kinds)
     out = Path(out) if out is not None else Path("results") / study.name
     summary = RunSummary(out=out)
@@ -128,65 +456,74 @@ def run_study(
     todo = [u for u in units if u.key not in done]
     summary.planned, summary.skipped = len(units), len(units) - len(todo)
     summary.seconds["plan"] = time.perf_counter() - t
-    if not todo:
+    if not todo and not study.replicate:
         console.print(f"[green]nothing to do[/]: all {len(units)} units of {study.name!r} are already in {out}")
         store.write_manifest(study.model_dump(), {"started": started, "planned": len(units), "ran": 0,
                                                   "skipped": summary.skipped})
         return summary
 
     t = time.perf_counter()
-    _ensure_ray(address, kinds, sorted({u.device for u in todo}))
-    by_kind: dict[str, list[plan.Unit]] = defaultdict(list)
-    for u in todo:
-        by_kind[u.device].append(u)
-    streams: list[Any] = []
+    _ensure_ray(address, kinds, sorted({u.device for u in units}))
     cache_dir = str((out / "artifacts").resolve())
+    bar_ref: dict[str, Any] = {}
+
+    def on_done(row: dict[str, Any]) -> None:
+        summary.ran += 1
+        if row["status"] != "ok":
+            summary.failed += 1
+            console.print(f"[red]failed[/] {escape(row['config'])} on {row['device']}: {row['stage']}: "
+                          f"{row['outcome']}: {row['error_type']}: {escape(row['message'][:200])}")
+        if bar_ref:
+            bar_ref["bar"].update(bar_ref["task"], advance=1, description=escape(f"{study.name}: {row['config']}"))
+
+    dispatcher = Dispatcher(study, store, ray.put(inputs), cache_dir, on_done)
+    by_kind: dict[str, list[plan.Unit]] = defaultdict(list)
+    for u in units if study.replicate else todo:
+        by_kind[u.device].append(u)
+    total = 0
+    if study.replicate:
+        summary.planned = summary.skipped = 0
     for kind_name, kind_units in by_kind.items():
         kind = kinds[kind_name]
         boards = alive_boards(kind.resource)
+        if study.replicate:
+            # Every board runs every unit, each run under its own key (resumable per board).
+            per_board = [[dc_replace(u, key=replica_key(u.key, b["node_id"])) for u in kind_units] for b in boards]
+            summary.planned += sum(len(share) for share in per_board) or len(kind_units)
+            per_board = [[u for u in share if u.key not in done] for share in per_board]
+            summary.skipped += sum(len(kind_units) - len(share) for share in per_board)
         if not boards:
             summary.pending.extend(u.key for u in kind_units)
             console.print(f"[yellow]{len(kind_units)} units pending[/]: no live board of kind {kind_name!r} "
                           f"(Ray resource {kind.resource!r})")
             continue
-        for node_id, share in zip(boards, _spread(kind_units, len(boards)), strict=False):
-            actor = Board.options(
-                resources={kind.resource: 0.01},
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote(kind_name, cache_dir, study.name)
-            streams.append(actor.run.options(num_returns="streaming").remote(share, inputs))
+        if study.replicate:
+            for board, share in zip(boards, per_board, strict=True):
+                if share:
+                    dispatcher.add_lane(kind, board, pinned=share)
+                    total += len(share)
+        else:
+            # Grouped by (model, variant) so consecutive units share an artifact.
+            dispatcher.queues[kind_name] = sorted(kind_units, key=lambda u: (u.model, u.variant))
+            total += len(kind_units)
+            for board in boards[: len(kind_units)]:
+                dispatcher.add_lane(kind, board)
     summary.seconds["start"] = time.perf_counter() - t
 
     t = time.perf_counter()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(f"{study.name}: {len(todo) - len(summary.pending)} units", total=len(todo) - len(summary.pending))
-        active = list(streams)
-        while active:
-            ready, _ = ray.wait(active, num_returns=1, timeout=None)
-            for gen in ready:
-                try:
-                    ref = next(gen)
-                except StopIteration:
-                    active.remove(gen)
-                    continue
-                table = ray.get(ref)
-                store.write(table)
-                meta = table.schema.metadata
-                if meta[b"deltann.table"] == b"builds":
-                    row = table.to_pylist()[0]
-                    summary.ran += 1
-                    if row["status"] != "ok":
-                        summary.failed += 1
-                        console.print(f"[red]failed[/] {escape(row['config'])} on {row['device']}: {row['stage']}: "
-                                      f"{row['error_type']}: {escape(row['message'][:200])}")
-                    bar.update(task, advance=1, description=escape(f"{study.name}: {row['config']}"))
+        bar_ref |= {"bar": bar, "task": bar.add_task(f"{study.name}: {total} units", total=total)}
+        dispatcher.run()
+    for lane in dispatcher.lanes:
+        if not lane.dead:
+            ray.kill(lane.actor, no_restart=True)
+    summary.pending.extend(dispatcher.pending)
     summary.seconds["run"] = time.perf_counter() - t
     store.write_manifest(study.model_dump(), {
-        "started": started, "finished": dt.datetime.now(dt.UTC).isoformat(), "planned": len(units),
+        "started": started, "finished": dt.datetime.now(dt.UTC).isoformat(), "planned": summary.planned,
         "ran": summary.ran, "failed": summary.failed, "skipped": summary.skipped, "pending": len(summary.pending),
     })
     console.print(f"{summary.ran} units run ({summary.failed} failed), {summary.skipped} already in the store, "
                   f"{len(summary.pending)} pending; results in {out}")
     return summary
-

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import time
 import traceback
 from collections.abc import Iterator
@@ -17,13 +16,19 @@ import numpy as np
 import pyarrow as pa
 
 from deltann import zoo
+from deltann.convert.base import parse_chain
 from deltann.convert.chain import ArtifactCache
 from deltann.dataset import Inputs
 from deltann.plan import Unit
-from deltann.runtimes.base import Runner
+from deltann.runtimes.base import Runner, thread_count
+from deltann.fleet.markers import progress
 from deltann.store import SCHEMAS, tag
 
 log = logging.getLogger("deltann.fleet")
+
+#: Predictions stream in tables of at most this many images, so one object in flight
+#: stays small (256 x 1000 float32 logits = 1 MiB) whatever the dataset size.
+PREDICTION_CHUNK = 256
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -32,20 +37,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def make_runner(unit: Unit, payload: Any) -> Runner:
-    if unit.runtime == "torch":
-        from deltann.runtimes.torch_rt import TorchRunner
-
-        return TorchRunner(payload)
-    if unit.runtime == "onnxruntime":
-        from deltann.runtimes.onnxrt import OnnxrtRunner
-
-        return OnnxrtRunner(payload)
+def make_runner(unit: Unit, payload: Any, layout: str = "NCHW", meta: dict[str, Any] | None = None) -> Runner:
+    """The runner of ``unit.runtime`` over ``payload``; ``layout`` and ``meta`` are the
+    artifact's recorded metadata (input layout, which Keras wrote a ``.keras`` file)."""
     if unit.runtime == "tvm":
         from deltann.runtimes.tvm_rt import TvmRunner
 
-        return TvmRunner(payload, device=json.loads(unit.target)["kind"])
-    raise ValueError(f"no runner for runtime {unit.runtime!r}")
+        return TvmRunner(payload, device=json.loads(unit.target)["kind"], layout=layout)
+    from deltann.runtimes.native import native_runner
+
+    return native_runner(unit.runtime, payload, layout, meta)
 
 
 class UnitFailure(Exception):
@@ -57,39 +58,53 @@ class UnitFailure(Exception):
 def run_unit(
     unit: Unit, batch: Inputs, artifacts: ArtifactCache, *, study: str, board: str, hostname: str
 ) -> Iterator[pa.Table]:
-    """Yield the unit's ``predictions`` and ``timings`` tables, then its ``builds`` row
-    (always last: it marks the unit complete)."""
+    """Yield the unit's ``predictions`` (in chunks of :data:`PREDICTION_CHUNK` images) and
+    ``timings`` tables, then its ``builds`` row (always last: it marks the unit complete),
+    with a :func:`~deltann.fleet.markers.progress` marker as each stage begins."""
     spec = zoo.get(unit.model)
+    # The class space of the model as its source framework ships it (TF-slim: 1001,
+    # offset 1); every conversion keeps it. Declared metadata, never read off a file name.
+    labels = spec.labels_for(parse_chain(unit.variant)[0].framework)
     ident = {
         "unit_key": unit.key, "study": study, "model": unit.model, "variant": unit.variant,
         "runtime": unit.runtime, "setting": unit.setting, "config": unit.config,
-        "device": unit.device, "board": board, "hostname": hostname,
+        "device": unit.device, "board": board, "hostname": hostname, "quantize": unit.quantize,
     }
     times = {"convert_s": 0.0, "import_s": 0.0, "compile_s": 0.0, "load_s": 0.0}
     failure: dict[str, str] = {}
+    built_target = ""  # TVM target as the board resolved it (mcpu "native" -> its CPU)
     stage = "convert"
     hops: list[dict[str, Any]] = []
+    layout = ""
     runner: Runner | None = None
     start_all = time.perf_counter()
     try:
+        yield progress(unit.key, stage)
         start = time.perf_counter()
         artifact = artifacts.get(unit.model, unit.variant)
-        hops = artifact.hops
+        hops, layout = artifact.hops, artifact.layout
         times["convert_s"] = time.perf_counter() - start
         payload = artifact.payload
         if unit.runtime == "tvm":
             stage = "build"
+            yield progress(unit.key, stage)
+            from deltann.convert._tools import input_shape
             from deltann.runtimes.tvm_rt import TvmBuild
 
-            builder = TvmBuild(unit.frontend, artifact.payload, spec.input_shape, unit.passes, unit.target, unit.host)
+            # The artifact's own input shape: an NHWC TFLite or ONNX is imported as NHWC.
+            builder = TvmBuild(unit.frontend, artifact.payload, input_shape(spec.input_shape, artifact.layout),
+                               unit.passes, unit.target, unit.host)
             payload = builder()
             times["import_s"], times["compile_s"] = builder.import_s, builder.compile_s
+            built_target = builder.resolved_target
         stage = "load"
-        runner = make_runner(unit, payload)
+        yield progress(unit.key, stage)
+        runner = make_runner(unit, payload, artifact.layout, artifact.meta)
         runner.activate()
         times["load_s"] = runner.activate_s
 
         stage = "execute"
+        yield progress(unit.key, stage)
         rows: dict[str, list[Any]] = {k: [] for k in ("image_index", "image_id", "input_hash", "label", "top1",
                                                        "top5", "top5_prob", "logits", "latency_ns")}
         for i, image_id in enumerate(batch.ids):
@@ -98,10 +113,15 @@ def run_unit(
             out = runner.infer(x)
             latency = time.perf_counter_ns() - t0
             stage = "verify"
-            if out.ndim != 2 or out.shape != (1, spec.labels.num_classes):
+            if out.ndim > 2 and out.shape[-1] == out.size == labels.num_classes:
+                # TVM's TFLite frontend keeps FULLY_CONNECTED's keep_num_dims shape
+                # (1, 1, 1, n) where LiteRT gives (1, n), with the same values (measured on
+                # EfficientNet-Lite0, max |dlogit| 1e-5): only singleton axes are dropped.
+                out = out.reshape(1, labels.num_classes)
+            if out.ndim != 2 or out.shape != (1, labels.num_classes):
                 raise UnitFailure("verify", "mismatch",
-                                  f"output shape {tuple(out.shape)}, expected (1, {spec.labels.num_classes})")
-            logits = spec.labels.to_imagenet(out.astype(np.float32))[0]
+                                  f"output shape {tuple(out.shape)}, expected (1, {labels.num_classes})")
+            logits = labels.to_imagenet(out.astype(np.float32))[0]
             probs = softmax(logits.astype(np.float64))
             top5 = np.argsort(-logits, kind="stable")[:5]
             rows["image_index"].append(i)
@@ -115,11 +135,13 @@ def run_unit(
             rows["latency_ns"].append(latency)
             stage = "execute"
         n = len(batch.ids)
-        columns = {k: [v] * n for k, v in ident.items()} | rows
-        columns["logits"] = pa.FixedSizeListArray.from_arrays(
-            pa.array(np.concatenate(rows["logits"]) if n else np.zeros(0, np.float32)), 1000
-        ).cast(pa.list_(pa.float32()))
-        yield tag(pa.table(columns, schema=SCHEMAS["predictions"]), "predictions", unit.key, 0)
+        for seq, lo in enumerate(range(0, n, PREDICTION_CHUNK)):
+            hi = min(n, lo + PREDICTION_CHUNK)
+            columns = {k: [v] * (hi - lo) for k, v in ident.items()} | {k: v[lo:hi] for k, v in rows.items()}
+            columns["logits"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(np.concatenate(rows["logits"][lo:hi])), 1000
+            ).cast(pa.list_(pa.float32()))
+            yield tag(pa.table(columns, schema=SCHEMAS["predictions"]), "predictions", unit.key, seq)
 
         samples = runner.measure(batch.tensors[:1], warmup=unit.warmup, number=unit.number,
                                  repeat=unit.repeat, min_repeat_ms=unit.min_repeat_ms)
@@ -147,8 +169,9 @@ def run_unit(
         "message": failure.get("message", ""),
         "frontend": unit.frontend,
         "passes": list(unit.passes),
-        "target": unit.target,
+        "target": built_target or unit.target,
         "hops": json.dumps(hops),
+        "layout": layout,
         **times,
         "total_s": time.perf_counter() - start_all,
         "finished_at": dt.datetime.now(dt.UTC),
@@ -157,10 +180,10 @@ def run_unit(
 
 
 def _threads(runtime: str) -> int:
+    """Threads the runtime actually ran with (torch reports its own; onnxruntime and TVM
+    were configured from :func:`thread_count`)."""
     if runtime == "torch":
         import torch
 
         return torch.get_num_threads()
-    if runtime == "tvm" and os.environ.get("TVM_NUM_THREADS"):
-        return int(os.environ["TVM_NUM_THREADS"])
-    return os.cpu_count() or 1
+    return thread_count()

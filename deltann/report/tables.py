@@ -1,15 +1,20 @@
-"""Render analysis tables: one Markdown page (printed and written as ``report.md``) and one
-CSV per table, under ``DIR/report/``."""
+"""Render analysis tables: one Markdown page (printed and written as ``report.md``), one
+self-contained HTML page (``report.html``), one CSV and one LaTeX file per table and one PNG
+per figure, under ``DIR/report/``."""
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from deltann import analysis
-from deltann.store import Store
+from deltann.analysis import stats
+from deltann.report import html as html_page
+from deltann.report import latex, plots
+from deltann.store import SCHEMAS, Store
 
 
 def to_markdown(df: pl.DataFrame, floats: int = 2) -> str:
@@ -33,6 +38,7 @@ def to_markdown(df: pl.DataFrame, floats: int = 2) -> str:
 class Report:
     markdown: str
     files: list[Path] = field(default_factory=list)
+    html: Path | None = None
 
 
 def _slug(*parts: str) -> str:
@@ -40,66 +46,210 @@ def _slug(*parts: str) -> str:
     return "_".join([parts[0], *("".join(c if c.isalnum() else "-" for c in p) for p in parts[1:])])
 
 
+class _Doc:
+    """The report being written: Markdown and HTML side by side, every table saved as CSV
+    and LaTeX, every figure as PNG (embedded in the HTML)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.md: list[str] = []
+        self.html: list[str] = []
+        self.files: list[Path] = []
+
+    def heading(self, text: str) -> None:
+        self.md += [f"## {text}", ""]
+        self.html.append(f"<h2>{html.escape(text)}</h2>")
+
+    def note(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p class='note'>{html.escape(text)}</p>")
+
+    def save(self, df: pl.DataFrame, name: str, caption: str = "", floats: int = 2) -> None:
+        path = self.out / f"{name}.csv"
+        df.write_csv(path)
+        tex = self.out / f"{name}.tex"
+        tex.write_text(latex.to_latex(df, caption=caption or name, label=f"tab:{name}", floats=floats))
+        self.files += [path, tex]
+
+    def table(self, df: pl.DataFrame, floats: int = 2, markdown: pl.DataFrame | None = None) -> None:
+        self.md += [to_markdown(markdown if markdown is not None else df, floats=floats), ""]
+        self.html.append(html_page.table_html(df, floats))
+
+    def figure(self, path: Path, alt: str) -> None:
+        self.files.append(path)
+        self.md += [f"![{alt}]({path.name})", ""]
+        self.html.append(html_page.image_html(path, alt))
+
+
 def build_report(results: Path | str, out: Path | str | None = None) -> Report:
     """Compute every table from the store at ``results`` and write them to ``out``
-    (default ``results/report``)."""
+    (default ``results/report``): ``report.md``, ``report.html`` (self-contained), one CSV
+    and one LaTeX file per table, one PNG per figure."""
     store = Store(results)
     manifest = store.read_manifest()
     out = Path(out) if out is not None else store.root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    doc = _Doc(out)
+    title = f"DeltaNN report: {manifest['study'].get('name', '?')}"
 
-    def save(df: pl.DataFrame, name: str) -> None:
-        path = out / f"{name}.csv"
-        df.write_csv(path)
-        files.append(path)
-
-    sections = [f"# DeltaNN report: {manifest['study'].get('name', '?')}", ""]
     env = manifest.get("environment", {})
-    sections += [
+    header = [
         f"Results: `{store.root}` · schema v{manifest['schema_version']} · deltann {manifest.get('deltann_version')}",
         f"Environment: {env.get('cpu', '?')} ({env.get('cores', '?')} cores), {env.get('platform', '?')}, "
-        f"Python {env.get('python', '?')}",
-        "",
+        f"Python {env.get('python', '?')} · fingerprint {html_page.fingerprint(env)}",
     ]
+    doc.md += [f"# {title}", "", *header, "", f"Convention: {analysis.SPEEDUP_CONVENTION}", ""]
+    doc.html += [f"<p class='note'>{html.escape(line)}</p>" for line in header]
+    doc.html.append(f"<p class='conv'>Sign convention: {html.escape(analysis.SPEEDUP_CONVENTION)}</p>")
 
+    # --- labels -------------------------------------------------------------------
     pairs = analysis.pairwise_agreement(store)
-    save(pairs, "pairwise_agreement")
+    doc.save(pairs, "pairwise_agreement", floats=6)
+    matrices = (
+        ("top1_dissimilarity", "Top-1 label dissimilarity (%)", "disagree_pct", 0.0, "{:.1f}",
+         "Cell: % of images whose top-1 label differs between row A and column B."),
+        ("top5_jaccard", "Top-5 Jaccard similarity", "top5_jaccard", 1.0, "{:.2f}",
+         "Cell: mean |top5_A ∩ top5_B| / |top5_A ∪ top5_B| over the images both ran (1 = same sets)."),
+        ("logit_divergence", "Logit divergence (max |Δlogit|)", "max_abs_dlogit", 0.0, "{:.1e}",
+         "Cell: max over images and classes of |logit_A − logit_B|."),
+    )
     for (model, device), _ in pairs.group_by(["model", "device"], maintain_order=True):
-        matrix = analysis.dissimilarity_matrix(pairs, model, device)
-        save(matrix, _slug("top1_dissimilarity", model, device))
-        sections += [
-            f"## Top-1 label dissimilarity (%): {model} on {device}",
-            "",
-            to_markdown(matrix.rename({"config_a": "A \\ B"})),
-            "",
-            "Cell: % of images whose top-1 label differs between row A and column B.",
-            "",
-        ]
-    sections += [
-        "## Pairwise agreement",
-        "",
-        to_markdown(pairs.filter(pl.col("config_a") < pl.col("config_b")), floats=4),
-        "",
-        "top5_jaccard: mean |top5_A ∩ top5_B| / |top5_A ∪ top5_B|; max_abs_dlogit: max |logit_A − logit_B| "
-        "over images and classes; same_inputs: every image's input tensor hash equal on both sides.",
-        "",
-    ]
+        for name, heading, value, diagonal, fmt, note in matrices:
+            matrix = analysis.dissimilarity_matrix(pairs, model, device, value, diagonal)
+            slug = _slug(name, model, device)
+            doc.save(matrix, slug, f"{heading}: {model} on {device}", floats=6 if value == "max_abs_dlogit" else 2)
+            doc.heading(f"{heading}: {model} on {device}")
+            doc.table(matrix, floats=2 if value != "max_abs_dlogit" else 8,
+                      markdown=matrix.rename({"config_a": "A \\ B"}))
+            doc.figure(plots.heatmap_png(matrix, out / f"{slug}.png", f"{heading}: {model} on {device}", fmt=fmt),
+                       f"{heading} heatmap, {model} on {device}")
+            doc.note(note)
 
+    frameworks = analysis.framework_pairs(store)
+    doc.save(frameworks, "framework_pairs")
+    for (model, device, setting), sub in frameworks.group_by(["model", "device", "setting"], maintain_order=True):
+        matrix = analysis.heatmap_matrix(sub, "variant_a", "variant_b", "disagree_pct", diagonal=0.0)
+        slug = _slug("framework_dissimilarity", model, device, setting)
+        doc.save(matrix, slug)
+        doc.heading(f"Top-1 dissimilarity across frameworks (%): {model} on {device}, setting {setting}")
+        doc.table(matrix)
+        doc.figure(plots.heatmap_png(matrix, out / f"{slug}.png", f"{model} on {device} [{setting}]: top-1 %"),
+                   f"framework heatmap {model} {device} {setting}")
+    devices = analysis.device_pairs(store)
+    doc.save(devices, "device_pairs")
+    for (model, config), sub in devices.group_by(["model", "config"], maintain_order=True):
+        matrix = analysis.heatmap_matrix(sub, "device_a", "device_b", "disagree_pct", diagonal=0.0)
+        slug = _slug("device_dissimilarity", model, config)
+        doc.save(matrix, slug)
+        doc.heading(f"Top-1 dissimilarity across devices (%): {model}, {config}")
+        doc.table(matrix)
+        doc.figure(plots.heatmap_png(matrix, out / f"{slug}.png", f"{model} {config}: top-1 % across devices"),
+                   f"device heatmap {model} {config}")
+
+    doc.heading("Pairwise agreement")
+    doc.table(pairs.filter(pl.col("config_a") < pl.col("config_b")), floats=4)
+    doc.note("top5_jaccard: mean |top5_A ∩ top5_B| / |top5_A ∪ top5_B|; max_abs_dlogit: max |logit_A − logit_B| "
+             "over images and classes; mean_max_abs_dlogit: its mean over images; same_inputs: every image's "
+             "input tensor hash equal on both sides.")
+
+    acc = analysis.accuracy(store)
+    doc.save(acc, "accuracy")
+    doc.heading("Accuracy (%)")
+    doc.table(acc)
+    doc.note("Over the images with a label in the common 1000-class ImageNet space; none means no labels.")
+
+    flips = analysis.margin_flips(store)
+    doc.save(flips, "margin_flips")
+    doc.heading("Top-1 flips by the reference's top-1/top-2 margin")
+    doc.table(flips)
+    doc.note("margin = p(top-1) − p(top-2) of the reference configuration, bucket [lo, hi); flips at large "
+             "margins point at a defect rather than rounding noise.")
+
+    stable = analysis.stability(store)
+    doc.save(stable, "stability")
+    doc.heading("Multi-run stability")
+    doc.table(stable)
+    doc.note("runs: distinct (study, board); flips: images whose top-1 is not the same in every run; "
+             "cv: coefficient of variation (std/mean, %) of raw samples and of per-run medians.")
+
+    # --- time ---------------------------------------------------------------------
     latency = analysis.latency_table(store)
-    save(latency, "latency")
-    sections += ["## Latency (ms)", "", to_markdown(latency.drop("variant", "runtime", "setting"), floats=3), ""]
-    speedups = analysis.speedup_table(latency)
-    save(speedups, "speedup")
-    sections += ["## Time change between configurations", "", to_markdown(speedups, floats=2), "",
-                 f"Convention: {analysis.SPEEDUP_CONVENTION}", ""]
+    doc.save(latency, "latency", floats=4)
+    doc.heading("Latency (ms)")
+    doc.table(latency.drop("variant", "runtime", "setting"), floats=3)
+    samples = (
+        store.scan("timings").select("model", "device", "config", "samples_ns")
+        .group_by("model", "device", "config").agg(pl.col("samples_ns").explode())
+        .sort("model", "device", "config").collect()
+    )
+    for (model, device), sub in samples.group_by(["model", "device"], maintain_order=True):
+        series = {c: [v / 1e6 for v in s] for c, s in sub.select("config", "samples_ns").iter_rows()}
+        slug = _slug("latency_box", model, device)
+        doc.figure(plots.boxplot_png(series, out / f"{slug}.png", f"Latency samples: {model} on {device}"),
+                   f"latency boxplot {model} {device}")
+    for model in latency["model"].unique(maintain_order=True).to_list():
+        matrix = analysis.latency_matrix(latency, model)
+        slug = _slug("latency_matrix", model)
+        doc.save(matrix, slug, floats=4)
+        doc.heading(f"Median latency (ms) per device: {model}")
+        doc.table(matrix, floats=3)
+        doc.figure(plots.heatmap_png(matrix, out / f"{slug}.png", f"{model}: median latency (ms)", fmt="{:.2f}",
+                                     cmap="magma"), f"latency heatmap {model}")
+
+    speedups = analysis.speedup_stats(store, latency)
+    doc.save(speedups, "speedup", floats=4)
+    doc.heading("Time change between configurations")
+    doc.table(speedups, floats=2)
+    doc.note(f"Convention: {analysis.SPEEDUP_CONVENTION}")
+    doc.note("ratio = t_A / t_B with its bootstrap 95 % CI (ci_*_pct in the same convention); p_value: paired "
+             "Wilcoxon signed-rank over per-image latencies; p_holm: Holm-corrected across this table; effect_rb: "
+             f"matched-pairs rank-biserial (positive: B faster); significant: p_holm ≤ {stats.ALPHA} and a change "
+             f"of at least ×{stats.MIN_FACTOR} either way.")
+    for (model, device), sub in speedups.group_by(["model", "device"], maintain_order=True):
+        slug = _slug("speedup", model, device)
+        doc.figure(plots.speedup_png(sub, out / f"{slug}.png", f"Time change: {model} on {device}"),
+                   f"speedup bars {model} {device}")
+
+    passes = analysis.pass_table(latency)
+    doc.save(passes, "passes")
+    doc.heading("Per-pass time change")
+    doc.table(passes)
+    doc.note("A = without the pass, B = with it (basic → basic+P, extended−P → extended): positive means the "
+             "pass makes the model faster.")
+
+    noise = analysis.noise_floor(store)
+    doc.save(noise, "noise_floor")
+    doc.heading("A/A noise floor")
+    doc.table(noise)
+    doc.note("Each configuration against itself: even-indexed vs odd-indexed timing samples, in the speedup "
+             "convention. A change smaller than both sides' noise_pct is noise.")
+
+    if "layers" in SCHEMAS and store.files("layers"):  # written by `deltann localize`
+        from deltann.analysis.localize import divergence_summary
+
+        cols = ["pair", "model", "image_ids", "order", "layer_a", "layer_b", "matched", "max_abs", "mean_abs",
+                "cosine", "first_divergent", "alignment_rate"]
+        layers = store.scan("layers").select(cols).collect()
+        summary = divergence_summary(layers)
+        doc.save(summary, "layer_divergence", floats=6)
+        doc.heading("Per-layer divergence (fault localization)")
+        doc.table(summary, floats=6)
+        doc.note("Layers aligned by name and structure; first_layer_*: the first aligned layer whose "
+                 "difference exceeds the tolerance (|a − b| ≤ atol + rtol·|a|, A the reference).")
+        for (pair,), sub in layers.group_by(["pair"], maintain_order=True):
+            slug = _slug("layers", pair)
+            doc.figure(plots.layers_png(sub, out / f"{slug}.png", f"Per-layer difference: {pair}"),
+                       f"per-layer lines {pair}")
 
     failed = analysis.failures(store)
-    save(failed, "failures")
-    sections += [f"## Failures ({failed.height})", "", to_markdown(failed), ""]
+    doc.save(failed, "failures")
+    doc.heading(f"Failures ({failed.height})")
+    doc.table(failed)
 
-    markdown = "\n".join(sections)
+    doc.html.append("<h2>Environment</h2>" + html_page.environment_html(env))
+    markdown = "\n".join(doc.md)
     md = out / "report.md"
     md.write_text(markdown)
-    files.insert(0, md)
-    return Report(markdown, files)
+    page = out / "report.html"
+    page.write_text(html_page.page(title, doc.html))
+    return Report(markdown, [md, page, *doc.files], html=page)

@@ -2,7 +2,9 @@
 
 ``activate`` loads (and for TVM, builds), ``infer`` maps one NCHW float32 batch to
 logits in the model's own label space, ``measure`` times ``infer`` under TVM's
-``time_evaluator`` protocol, ``deactivate`` frees. Subclasses write only the ``*_impl``
+``time_evaluator`` protocol, ``deactivate`` frees. An NHWC artifact (TF, Keras, TFLite
+and what is converted from them) gets the same tensor transposed here, so input hashes
+are always of the canonical NCHW tensor; the layout is the artifact's recorded metadata. Subclasses write only the ``*_impl``
 methods; the public ones check state and record how long activation took.
 """
 
@@ -44,14 +46,33 @@ def time_evaluator_protocol(
     return samples
 
 
+def thread_count() -> int:
+    """Threads a runtime may use on this board: ``OMP_NUM_THREADS`` (which the board
+    actor sets, and torch and TVM read) or, outside an actor, every core."""
+    import os
+
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
 class Runner:
     """Base runner; a context manager."""
 
     name = "runner"
 
-    def __init__(self) -> None:
+    def __init__(self, layout: str = "NCHW") -> None:
+        if layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"unknown layout {layout!r}; allowed: NCHW, NHWC")
+        self.layout = layout
         self.active = False
         self.activate_s = 0.0
+
+    def to_layout(self, x: np.ndarray) -> np.ndarray:
+        """The canonical NCHW float32 batch in the artifact's own layout."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.layout == "NHWC" and x.ndim == 4:
+            x = x.transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(x)
 
     def activate(self) -> None:
         if self.active:
@@ -64,13 +85,14 @@ class Runner:
     def infer(self, x: np.ndarray) -> np.ndarray:
         if not self.active:
             raise RuntimeError(f"{self.name} runner must be activated before infer")
-        return np.asarray(self.infer_impl(np.ascontiguousarray(x, dtype=np.float32)))
+        return np.asarray(self.infer_impl(self.to_layout(x)))
 
     def measure(self, x: np.ndarray, *, warmup: int, number: int, repeat: int, min_repeat_ms: int) -> list[int]:
         if not self.active:
             raise RuntimeError(f"{self.name} runner must be activated before measure")
+        # The transpose happens once, outside the timed calls.
         return self.measure_impl(
-            np.ascontiguousarray(x, dtype=np.float32),
+            self.to_layout(x),
             warmup=warmup,
             number=number,
             repeat=repeat,

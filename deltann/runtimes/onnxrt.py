@@ -7,21 +7,23 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes.base import Runner
+from deltann.runtimes.base import Runner, thread_count
 
 
 class OnnxrtRunner(Runner):
     name = "onnxruntime"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__()
+    def __init__(self, path: Path, layout: str = "NCHW") -> None:
+        super().__init__(layout)
         self.path = Path(path)
         self.session: Any = None
 
     def activate_impl(self) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = thread_count()
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:

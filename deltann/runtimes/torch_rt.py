@@ -12,8 +12,8 @@ from deltann.runtimes.base import Runner
 class TorchRunner(Runner):
     name = "torch"
 
-    def __init__(self, module: Any) -> None:
-        super().__init__()
+    def __init__(self, module: Any, layout: str = "NCHW") -> None:
+        super().__init__(layout)
         self.module = module
 
     def activate_impl(self) -> None:

@@ -19,6 +19,7 @@ class TvmBuild:
         self.frontend, self.payload, self.input_shape = frontend, payload, input_shape
         self.passes, self.target_json, self.host_json = passes, target_json, host_json
         self.executable: Any = None
+        self.resolved_target = ""  # the target as built, e.g. mcpu "native" resolved on the board
         self.import_s = 0.0
         self.compile_s = 0.0
 
@@ -30,7 +31,9 @@ class TvmBuild:
         mod = import_relax(self.frontend, self.payload, self.input_shape)
         self.import_s = time.perf_counter() - start
         start = time.perf_counter()
-        self.executable = build(mod, self.passes, make_target(self.target_json, self.host_json))
+        target = make_target(self.target_json, self.host_json)
+        self.resolved_target = str(target)
+        self.executable = build(mod, self.passes, target)
         self.compile_s = time.perf_counter() - start
         return self.executable
 
@@ -38,8 +41,8 @@ class TvmBuild:
 class TvmRunner(Runner):
     name = "tvm"
 
-    def __init__(self, executable: Any, device: str = "llvm") -> None:
-        super().__init__()
+    def __init__(self, executable: Any, device: str = "llvm", layout: str = "NCHW") -> None:
+        super().__init__(layout)
         self.executable = executable
         self.device_name = device
         self.vm: Any = None

@@ -62,7 +62,24 @@ class ModelSpec:
     weights_id: Callable[[], str]
     architecture: str = ""
     input_shape: tuple[int, ...] = field(default=(1, 3, 224, 224))
+    #: Per source framework, only where that framework's model needs its own recipe (Keras
+    #: applications scale to [-1, 1], torchvision normalises by ImageNet mean/std): the
+    #: report can then say which variants did not see the same tensor.
+    source_preprocess: dict[str, Preprocess] = field(default_factory=dict)
+    #: Per source framework, only where its class space differs (TF-slim's 1001 classes).
+    source_labels: dict[str, LabelSpace] = field(default_factory=dict)
+    #: Per source framework: the architecture when it differs (Keras ResNet101V2 vs
+    #: torchvision ResNet101 v1), so the report can show it.
+    source_architecture: dict[str, str] = field(default_factory=dict)
 
     @property
     def frameworks(self) -> list[str]:
         return sorted(self.loaders)
+
+    def preprocess_for(self, source: str) -> Preprocess:
+        """The recipe of the model as ``source`` ships it; all its variants share it."""
+        return self.source_preprocess.get(source, self.preprocess)
+
+    def labels_for(self, source: str) -> LabelSpace:
+        """The class space of the model as ``source`` ships it; conversions keep it."""
+        return self.source_labels.get(source, self.labels)

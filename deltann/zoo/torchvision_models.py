@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from deltann.errors import WeightsNotFound
-from deltann.zoo import register
+from deltann.zoo import keras_apps, register, tf_files
 from deltann.zoo.base import LabelSpace, ModelSpec, Preprocess
 
 # name -> (torchvision builder, weights enum member, checkpoint file, preprocessing, architecture)
@@ -67,7 +67,39 @@ def _loader(builder: str, weights: str, filename: str) -> Callable[[], Any]:
     return load
 
 
+# The same families as the other frameworks ship them (issue 3: the seed's matrix).
+# Keras applications and the TF-slim files scale inputs to [-1, 1] ("tf" mode) instead
+# of torchvision's mean/std: a different recipe, declared per source. TF-slim files have
+# 1001 classes with background at 0 (offset 1) and output softmax probabilities in the
+# TFLite file; the frozen graphs are read at their pre-softmax logits tensor.
+_SLIM = "https://storage.googleapis.com/download.tensorflow.org/models"
+_OTHER_SOURCES: dict[str, dict[str, Callable[[], Any]]] = {
+    "mobilenet_v2": {
+        "keras": keras_apps.loader("MobileNetV2"),
+        "tf": tf_files.frozen_graph_loader("mobilenet_v2_1.0_224_frozen.pb",
+                                           f"{_SLIM}/tflite_11_05_08/mobilenet_v2_1.0_224.tgz",
+                                           "input:0", "MobilenetV2/Logits/output:0"),
+        "tflite": tf_files.tflite_loader("mobilenet_v2_1.0_224.tflite",
+                                         f"{_SLIM}/tflite_11_05_08/mobilenet_v2_1.0_224.tgz"),
+    },
+    "resnet101": {"keras": keras_apps.loader("ResNet101V2")},
+    "inception_v3": {
+        "keras": keras_apps.loader("InceptionV3"),
+        "tf": tf_files.frozen_graph_loader("inception_v3_2016_08_28_frozen.pb",
+                                           f"{_SLIM}/inception_v3_2016_08_28_frozen.pb.tar.gz",
+                                           "input:0", "InceptionV3/Logits/SpatialSqueeze:0"),
+        "tflite": tf_files.tflite_loader("inception_v3.tflite", f"{_SLIM}/tflite_11_05_08/inception_v3_2018_04_27.tgz"),
+    },
+}
+_KERAS_ARCH = {"resnet101": "ResNet101V2 (Keras: pre-activation v2, not torchvision's v1)"}
+
+
+def _tf_recipe(pre: Preprocess) -> Preprocess:
+    return Preprocess(size=pre.size, resize_shorter=pre.resize_shorter, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
 for _name, (_builder, _weights, _file, _pre, _arch) in _MODELS.items():
+    _others = _OTHER_SOURCES.get(_name, {})
     register(
         ModelSpec(
             name=_name,
@@ -76,8 +108,11 @@ for _name, (_builder, _weights, _file, _pre, _arch) in _MODELS.items():
             preprocess=_pre,
             labels=LabelSpace(1000, 0),
             layout="NCHW",
-            loaders={"torch": _loader(_builder, _weights, _file)},
+            loaders={"torch": _loader(_builder, _weights, _file), **_others},
             weights_id=(lambda w=_weights, f=_file: f"{w}:{f}"),
             input_shape=(1, 3, _pre.size, _pre.size),
+            source_preprocess={src: _tf_recipe(_pre) for src in _others},
+            source_labels={src: LabelSpace(1001, 1) for src in _others if src in ("tf", "tflite")},
+            source_architecture={"keras": _KERAS_ARCH[_name]} if _name in _KERAS_ARCH else {},
         )
     )

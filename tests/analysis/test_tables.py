@@ -103,3 +103,174 @@ def test_failures_lists_failed_units(tmp_path: Path) -> None:
     store.write(tag(pa.Table.from_pylist([bad], schema=SCHEMAS["builds"]), "builds", "bad", 0))
     failed = analysis.failures(store)
     assert failed.select("config", "stage", "message").rows() == [("torch [tvm:extended]", "build", "boom")]
+
+
+# --- issue 6: the other tables, on hand-made stores (tests/analysis/conftest.py) -------
+
+
+def test_pairwise_logit_divergence_and_matrices_by_hand(tmp_path: Path) -> None:
+    pairs = analysis.pairwise_agreement(_store(tmp_path))
+    row = pairs.filter(pl.col("config_a") == "torch [torch]").row(0, named=True)
+    # per-image max |dlogit|: 0, 0.5, 0 -> mean 0.5 / 3
+    assert row["mean_max_abs_dlogit"] == pytest.approx(0.5 / 3)
+    jac = analysis.dissimilarity_matrix(pairs, "m", "local", "top5_jaccard", diagonal=1.0).drop("config_a").to_numpy()
+    assert np.allclose(np.diag(jac), 1.0) and jac[0, 1] == pytest.approx((4 / 6 + 2) / 3)
+    logit = analysis.dissimilarity_matrix(pairs, "m", "local", "max_abs_dlogit").drop("config_a").to_numpy()
+    assert logit[0, 1] == pytest.approx(0.5) and logit[0, 0] == 0.0
+
+
+def test_top1_disagreement_matches_pairwise_agreement(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    fast = analysis.top1_disagreement(store)
+    full = analysis.pairwise_agreement(store).select(fast.columns)
+    assert fast.equals(full.cast(fast.schema))
+    assert fast["disagree"].to_list() == [1, 1]
+
+
+def test_device_and_framework_pairs_by_hand(hand) -> None:  # noqa: ANN001
+    top5 = [[1, 2, 3, 4, 5], [2, 1, 3, 4, 5], [3, 1, 2, 4, 5]]
+    hand.write(hand.unit("torch", "torch", "native"), top1=[1, 2, 3], top5=top5)
+    hand.write(hand.unit("torch", "torch", "native", device="arm-hikey"), top1=[1, 9, 3],
+               top5=[[1, 2, 3, 4, 5], [9, 1, 3, 4, 5], [3, 1, 2, 4, 5]])
+    hand.write(hand.unit("torch->onnx", "onnxruntime", "native"), top1=[7, 8, 3], top5=top5)
+    devices = analysis.device_pairs(hand.store)
+    assert devices.select("config", "device_a", "device_b").rows() == [
+        ("torch [torch]", "arm-hikey", "local"), ("torch [torch]", "local", "arm-hikey")]
+    row = devices.row(0, named=True)
+    # image 1: {2,1,3,4,5} vs {9,1,3,4,5} = 4/6; the other two identical
+    assert row["n_images"] == 3 and row["disagree"] == 1
+    assert row["disagree_pct"] == pytest.approx(100 / 3) and row["top5_jaccard"] == pytest.approx((2 + 4 / 6) / 3)
+    frameworks = analysis.framework_pairs(hand.store)
+    # only "local" has both variants under the same setting
+    assert frameworks.select("device", "setting", "variant_a", "variant_b").rows() == [
+        ("local", "native", "torch", "torch->onnx"), ("local", "native", "torch->onnx", "torch")]
+    assert frameworks["disagree"].to_list() == [2, 2]
+    matrix = analysis.heatmap_matrix(frameworks, "variant_a", "variant_b", "disagree_pct", diagonal=0.0)
+    assert matrix.columns == ["variant_a", "torch", "torch->onnx"]
+    assert matrix.drop("variant_a").to_numpy() == pytest.approx(np.array([[0, 200 / 3], [200 / 3, 0]]))
+
+
+def test_accuracy_by_hand(hand) -> None:  # noqa: ANN001
+    top5 = [[1, 2, 3, 4, 5], [5, 2, 3, 4, 1], [3, 2, 1, 4, 5]]
+    hand.write(hand.unit("torch", "torch", "native"), top1=[1, 5, 3], top5=top5, labels=[1, 2, 9])
+    hand.write(hand.unit("torch", "tvm", "basic"), top1=[1, 5, 3], top5=top5, labels=[None, None, None])
+    acc = analysis.accuracy(hand.store)
+    assert acc.height == 1  # the unlabelled configuration is absent
+    row = acc.row(0, named=True)
+    # top-1 right on image 0 only; label 2 is in image 1's top-5, label 9 in none
+    assert row["labelled"] == 3
+    assert row["top1_acc"] == pytest.approx(100 / 3) and row["top5_acc"] == pytest.approx(200 / 3)
+
+
+def test_margin_flips_by_hand(hand) -> None:  # noqa: ANN001
+    probs = [[0.9, 0.05, 0.02, 0.02, 0.01], [0.30, 0.28, 0.2, 0.1, 0.1], [0.5, 0.35, 0.1, 0.03, 0.02]]
+    hand.write(hand.unit("torch", "torch", "native"), top1=[1, 2, 3], top5_prob=probs)  # margins .85 .02 .15
+    hand.write(hand.unit("torch", "tvm", "basic"), top1=[1, 7, 3])
+    flips = analysis.margin_flips(hand.store)
+    assert set(flips["reference"]) == {"torch [torch]"}  # the native configuration by default
+    got = {(r["lo"], r["hi"]): (r["n_images"], r["flips"]) for r in flips.iter_rows(named=True)}
+    assert got == {(0.0, 0.05): (1, 1), (0.1, 0.2): (1, 0), (0.5, 1.0): (1, 0)}
+    other = analysis.margin_flips(hand.store, reference="torch [tvm:basic]")
+    assert other["config"].unique().to_list() == ["torch [torch]"] and other["flips"].sum() == 1
+
+
+def test_stability_two_boards_by_hand(hand) -> None:  # noqa: ANN001
+    hand.write(hand.unit("torch", "torch", "native", board="b1"), top1=[1, 2, 3], samples_ms=[10, 20, 30])
+    hand.write(hand.unit("torch", "torch", "native", board="b2"), top1=[1, 2, 4], samples_ms=[30, 40, 50])
+    row = analysis.stability(hand.store).row(0, named=True)
+    assert (row["runs"], row["images"], row["flips"]) == (2, 3, 1)
+    assert row["flip_pct"] == pytest.approx(100 / 3)
+    all_ms = np.array([10, 20, 30, 30, 40, 50.0])
+    assert row["cv_samples_pct"] == pytest.approx(all_ms.std(ddof=1) / all_ms.mean() * 100)
+    # run medians 20 and 40: std (ddof 1) = 14.142..., mean 30
+    assert row["cv_runs_pct"] == pytest.approx(np.std([20, 40], ddof=1) / 30 * 100)
+
+
+def test_noise_floor_by_hand(hand) -> None:  # noqa: ANN001
+    hand.write(hand.unit("torch", "torch", "native"), top1=[1], samples_ms=[10, 20, 30, 40])
+    row = analysis.noise_floor(hand.store).row(0, named=True)
+    # even positions 10, 30 -> median 20; odd 20, 40 -> 30
+    assert row["samples"] == 4 and row["aa_speedup_pct"] == pytest.approx((20 / 30 - 1) * 100)
+    assert row["noise_pct"] == pytest.approx(100 / 3)
+
+
+def test_pass_table_by_hand() -> None:
+    latency = pl.DataFrame({
+        "model": ["m"] * 4, "device": ["local"] * 4, "variant": ["torch"] * 4,
+        "setting": ["basic", "basic+FastMath", "extended", "extended-OpFusion"],
+        "config": ["b", "b+f", "e", "e-o"], "median_ms": [10.0, 8.0, 4.0, 6.0],
+    })
+    table = analysis.pass_table(latency)
+    rows = {r["pass"]: r for r in table.iter_rows(named=True)}
+    assert (rows["FastMath"]["A"], rows["FastMath"]["B"]) == ("b", "b+f")
+    assert rows["FastMath"]["speedup_pct"] == pytest.approx((10 / 8 - 1) * 100)  # the pass helps: +25 %
+    assert (rows["OpFusion"]["A"], rows["OpFusion"]["B"]) == ("e-o", "e")
+    assert rows["OpFusion"]["speedup_pct"] == pytest.approx((6 / 4 - 1) * 100)  # fusion helps: +50 %
+
+
+def test_latency_matrix_by_hand(tmp_path: Path) -> None:
+    matrix = analysis.latency_matrix(analysis.latency_table(_store(tmp_path)), "m")
+    assert matrix.rows() == [("torch [torch]", 20.0), ("torch [tvm:basic]", 5.0)]
+
+
+# --- issue 6: the same tables on the real tiny run, against numpy on its rows -----------
+
+
+def test_new_tables_on_a_real_run_match_numpy(tiny_results: Path) -> None:
+    store = Store(tiny_results)
+    p = store.scan("predictions").select("config", "variant", "setting", "image_id", "top1", "top5_prob",
+                                         "label").collect()
+    t = store.scan("timings").select("config", "samples_ns").collect()
+    top1 = {c: g.sort("image_id")["top1"].to_numpy() for (c,), g in p.group_by(["config"])}
+
+    for row in analysis.noise_floor(store).iter_rows(named=True):
+        raw = np.asarray(t.filter(pl.col("config") == row["config"])["samples_ns"].to_list()[0], float)
+        assert row["aa_speedup_pct"] == pytest.approx((np.median(raw[0::2]) / np.median(raw[1::2]) - 1) * 100)
+
+    for row in analysis.stability(store).iter_rows(named=True):
+        raw = np.asarray(t.filter(pl.col("config") == row["config"])["samples_ns"].to_list()[0], float)
+        assert row["runs"] == 1 and row["flips"] == 0 and row["cv_runs_pct"] is None
+        assert row["cv_samples_pct"] == pytest.approx(raw.std(ddof=1) / raw.mean() * 100)
+
+    flips = analysis.margin_flips(store)
+    reference = flips["reference"].unique().to_list()
+    assert reference == ["torch [torch]"]  # first native configuration
+    ref = p.filter(pl.col("config") == "torch [torch]").sort("image_id")
+    margins = np.array([pr[0] - pr[1] for pr in ref["top5_prob"].to_list()])
+    for (config,), g in flips.group_by(["config"]):
+        assert g["n_images"].sum() == 4
+        assert g["flips"].sum() == int((top1[config] != top1["torch [torch]"]).sum())
+        for r in g.iter_rows(named=True):
+            inside = (margins >= r["lo"]) & ((margins < r["hi"]) | ((r["hi"] == 1.0) & (margins <= 1.0)))
+            assert r["n_images"] == int(inside.sum())
+
+    frameworks = analysis.framework_pairs(store)
+    assert frameworks.height == 6  # 3 settings x 2 ordered variant pairs
+    by = {(s, v): g.sort("image_id")["top1"].to_numpy() for (s, v), g in p.group_by(["setting", "variant"])}
+    for r in frameworks.iter_rows(named=True):
+        assert r["disagree"] == int((by[(r["setting"], r["variant_a"])] != by[(r["setting"], r["variant_b"])]).sum())
+
+    assert p["label"].is_null().all() and analysis.accuracy(store).is_empty()  # the sample photos carry no label
+    fast = analysis.top1_disagreement(store)
+    for r in fast.iter_rows(named=True):
+        assert r["disagree"] == int((top1[r["config_a"]] != top1[r["config_b"]]).sum())
+
+
+def test_pairs_use_only_images_both_sides_ran(hand) -> None:  # noqa: ANN001
+    hand.write(hand.unit("torch", "torch", "native"), top1=[1, 2, 3, 4])
+    # a second unit that ran images img0..img2 only, in another order, flipping img1
+    ident = hand.unit("torch", "tvm", "basic")
+    hand.write(ident, top1=[1, 9, 3])
+    pairs = analysis.top1_disagreement(hand.store)
+    assert pairs.select("n_images", "disagree").rows() == [(3, 1), (3, 1)]
+    full = analysis.pairwise_agreement(hand.store)
+    assert full["n_images"].to_list() == [3, 3] and full["disagree"].to_list() == [1, 1]
+
+
+def test_jaccard_by_hand() -> None:
+    from deltann.analysis.aligned import jaccard
+
+    a = np.array([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, -1, -1, -1]]).T
+    b = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1], [1, 2, 3, 4, 6], [1, 2, -1, -1, -1]]).T
+    # same order 1; same set reordered 1; one class swapped 4/6; two-class lists equal 2/2
+    assert jaccard(a, b) == pytest.approx([1.0, 1.0, 4 / 6, 1.0])

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from deltann.cli import main
 from deltann.report import build_report
@@ -31,3 +32,80 @@ def test_cli_error_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no manifest" in err
+
+
+def test_report_writes_html_latex_and_png(tiny_results: Path, tmp_path: Path) -> None:
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from deltann.report.html import fingerprint
+    from deltann.store import Store
+
+    report = build_report(tiny_results, tmp_path)
+    names = {p.name for p in report.files}
+    assert report.html == tmp_path / "report.html" and "report.html" in names
+    assert {"speedup.tex", "latency.tex", "noise_floor.csv", "stability.csv", "margin_flips.csv", "accuracy.csv",
+            "passes.csv", "framework_pairs.csv", "top5_jaccard_tiny-cnn_local.csv",
+            "logit_divergence_tiny-cnn_local.csv"} <= names
+    pngs = sorted(p for p in report.files if p.suffix == ".png")
+    # 3 label heatmaps + 3 framework heatmaps (native, basic, extended) + boxplot + latency heatmap + speedups
+    assert len(pngs) == 9
+    for png in pngs:
+        with Image.open(png) as im:
+            im.verify()
+    page = report.html.read_text()
+    embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(embedded) == len(pngs) == page.count("<img ")
+    assert {base64.b64decode(e) for e in embedded} == {p.read_bytes() for p in pngs}
+    Image.open(io.BytesIO(base64.b64decode(embedded[0]))).verify()
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # opens offline
+    assert "speedup_pct(A→B) = (t_A / t_B − 1) × 100" in page
+    env = Store(tiny_results).read_manifest()["environment"]
+    assert fingerprint(env) in page and env["cpu"] in page
+    tex = (tmp_path / "speedup.tex").read_text()
+    assert tex.startswith("\\begin{table}") and "\\begin{tabular}{lllllrrrrrrrrrrrrl}" in tex
+    assert tex.count("\\\\\n") == 1 + 6  # header + one line per pair
+    speed = pl.read_csv(tmp_path / "speedup.csv")
+    assert {"ci_low_pct", "ci_high_pct", "p_holm", "effect_rb", "significant"} <= set(speed.columns)
+
+
+def test_latex_escapes_and_formats() -> None:
+    from deltann.report.latex import to_latex
+
+    df = pl.DataFrame({"name": ["a_b & 50%", None], "x": [1.23456, float("nan")], "ok": [True, False]})
+    tex = to_latex(df, caption="A→B", floats=2)
+    assert r"a\_b \& 50\% & 1.23 & yes \\" in tex
+    assert r"-- & -- & no \\" in tex
+    assert r"\caption{A$\rightarrow$B}" in tex and "{lrl}" in tex
+
+
+def test_report_shows_per_layer_divergence(tiny_results: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pyarrow as pa
+
+    from deltann.store import SCHEMAS, Store, tag
+
+    if "layers" not in SCHEMAS:
+        pytest.skip("this store has no layers table")
+    results = tmp_path / "results"
+    shutil.copytree(tiny_results, results)
+    pair = "torch [torch]@local | torch [tvm:basic]@local"
+    base = {n: None for n in SCHEMAS["layers"].names}
+    unit = Store(results).scan("builds").filter(pl.col("config") == "torch [torch]").collect().row(0, named=True)
+    rows = [base | {k: unit[k] for k in ("unit_key", "study", "model", "variant", "runtime", "setting", "config",
+                                         "device", "board", "hostname")} | {
+        "pair": pair, "image_ids": ["chelsea"], "order": i, "layer_a": f"l{i}", "layer_b": f"l{i}", "matched": True,
+        "max_abs": m, "mean_abs": m / 10, "cosine": 1.0 - m, "first_divergent": i == 2, "alignment_rate": 1.0}
+        for i, m in enumerate([1e-7, 1e-6, 2e-3, 5e-3])]
+    Store(results).write(tag(pa.Table.from_pylist(rows, schema=SCHEMAS["layers"]), "layers", unit["unit_key"], 0))
+    report = build_report(results, tmp_path / "report")
+    assert "## Per-layer divergence (fault localization)" in report.markdown
+    summary = pl.read_csv(tmp_path / "report" / "layer_divergence.csv")
+    row = summary.row(0, named=True)
+    assert (row["aligned"], row["first_layer_a"], row["first_max_abs"]) == (4, "l2", 2e-3)
+    assert row["final_max_abs"] == 5e-3
+    assert any(p.name.startswith("layers_") and p.suffix == ".png" for p in report.files)

@@ -1,0 +1,177 @@
+"""TVM settings against onnxruntime, side by side in one run.
+
+For each model: export torch -> ONNX once, run it on onnxruntime (the reference for
+both latency and outputs), import the same ONNX into TVM Relax, build it under each
+setting, and print latency ratios TVM/onnxruntime and the largest logit difference.
+
+    .venv/bin/python bench/compile.py                       # all four models
+    .venv/bin/python bench/compile.py --models mobilenet_v2 --repeat 5
+    .venv/bin/python bench/compile.py --settings default,extended
+
+torchvision weights cannot be downloaded here: MobileNetV2, ResNet101 and InceptionV3
+are built with seeded random weights (fine for latency; re-initialised so that their
+logits are O(1) and the difference columns mean something). EfficientNet-Lite0 has
+its real ImageNet weights (deltann.zoo). Untuned ResNet101/InceptionV3 take seconds per
+call under ``basic``: keep ``--repeat`` low.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TORCHVISION = {"mobilenet_v2": 224, "resnet101": 224, "inception_v3": 299}
+MODELS = ("mobilenet_v2", "resnet101", "inception_v3", "efficientnet_lite0")
+
+
+def load(name: str) -> tuple[Any, tuple[int, ...], str]:
+    """(torch module, input shape, weights note)."""
+    import torch
+    import torchvision.models as tvm_models
+
+    from deltann import zoo
+
+    if name in TORCHVISION:
+        torch.manual_seed(0)
+        kwargs = {"aux_logits": False, "init_weights": True} if name == "inception_v3" else {}
+        model = getattr(tvm_models, name)(weights=None, **kwargs).eval()
+        _variance_preserving(model)
+        size = TORCHVISION[name]
+        return model, (1, 3, size, size), "random (seed 0)"
+    spec = zoo.get(name)
+    return spec.loaders["torch"](), spec.input_shape, "ImageNet"
+
+
+def _variance_preserving(model: Any) -> None:
+    """Re-initialise so that activations keep unit scale through the network (He
+    normal, fan-in) and batch-norm statistics are non-trivial: torchvision's own init
+    gives logits ~1e-9, which would make any output comparison pass trivially."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(1 + 0.1 * torch.randn(n, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(1 + 0.1 * torch.rand(n, generator=gen))
+        for m in model.modules():  # residual blocks: keep the sum of branches at unit scale
+            last_bn = getattr(m, "bn3", None) if hasattr(m, "conv3") else None
+            if isinstance(last_bn, torch.nn.BatchNorm2d):
+                last_bn.weight.mul_(0.2)
+
+
+def export_onnx(model: Any, shape: tuple[int, ...], out_dir: Path) -> Path:
+    """torch -> ONNX as deltann's ``torch->onnx`` hop does it (TorchScript exporter, opset
+    17, constant folding)."""
+    import torch
+
+    path = out_dir / "model.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(shape),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"], do_constant_folding=True)
+    return path
+
+
+def time_ort(path: Path, x: np.ndarray, repeat: int) -> tuple[float, np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    out = sess.run(None, {name: x})[0]
+    samples = []
+    for _ in range(max(repeat, 10)):
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1e3, out
+
+
+def make_target(which: str) -> Any:
+    """``host``: llvm with this machine's CPU as ``mcpu`` (what onnxruntime's kernels use
+    too, by runtime dispatch); ``generic``: plain llvm (SSE2 on x86-64); else a JSON dict."""
+    import json
+
+    import tvm
+    from tvm.target import codegen
+
+    if which == "host":
+        return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
+    if which == "generic":
+        return tvm.target.Target({"kind": "llvm"})
+    return tvm.target.Target(json.loads(which))
+
+
+def time_tvm(mod: Any, passes: tuple[str, ...], target: Any, x: np.ndarray,
+             repeat: int) -> tuple[float, float, np.ndarray]:
+    import tvm
+    from tvm import relax
+
+    from deltann.compile.pipeline import build
+
+    t0 = time.perf_counter()
+    ex = build(mod, passes, target)
+    build_s = time.perf_counter() - t0
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(ex, dev)
+    arg = tvm.runtime.tensor(x, device=dev)
+    out = vm["main"](arg)
+    out = (out if hasattr(out, "numpy") else out[0]).numpy()
+    evaluator = vm.time_evaluator("main", dev, number=1, repeat=repeat)
+    return float(np.median(evaluator(arg).results)) * 1e3, build_s, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
+    parser.add_argument("--settings", default="basic,default,extended", help="comma-separated setting names")
+    parser.add_argument("--repeat", type=int, default=3, help="timed TVM calls per setting (median)")
+    parser.add_argument("--target", default="host",
+                        help="'host' (llvm, mcpu = this CPU), 'generic' (plain llvm) or a JSON target dict")
+    args = parser.parse_args(argv)
+    target = make_target(args.target)
+
+    from deltann.compile import settings as compile_settings
+    from deltann.compile.frontends import from_onnx
+
+    settings = args.settings.split(",")
+    print(f"target {target}; ratio = TVM median / onnxruntime median (batch 1, this machine); lower is better")
+    print("max|d| = largest |TVM - onnxruntime| logit difference, rel = max|d| / max|logit|")
+    print(f"{'model':<20} {'weights':<20} {'setting':<22} {'tvm ms':>9} {'ort ms':>8} {'ratio':>7} "
+          f"{'max|d|':>9} {'rel':>8} {'build s':>8}")
+    for name in args.models.split(","):
+        model, shape, weights = load(name)
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(model, shape, Path(tmp))
+            ort_ms, ref = time_ort(path, x, 20)
+            mod = from_onnx(path)
+            for setting in settings:
+                try:
+                    ms, build_s, out = time_tvm(mod, compile_settings.passes_of(setting), target, x, args.repeat)
+                except Exception as exc:  # a failed build is a row, as in the seed's Table IV
+                    print(f"{name:<20} {weights:<20} {setting:<22} FAILED {type(exc).__name__}: {exc}"[:200])
+                    continue
+                diff = float(np.abs(out - ref).max())
+                rel = diff / max(float(np.abs(ref).max()), 1e-30)
+                print(f"{name:<20} {weights:<20} {setting:<22} {ms:>9.1f} {ort_ms:>8.2f} {ms / ort_ms:>7.1f} "
+                      f"{diff:>9.2e} {rel:>8.1e} {build_s:>8.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

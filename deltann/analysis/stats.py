@@ -1,0 +1,156 @@
+"""Statistics that hold for latency comparisons (issue 6, after asv and torch.utils.benchmark).
+
+Why these and not the seed's uncorrected ANOVA:
+
+1. Latency distributions are skewed and heavy-tailed, so centre and spread are the median
+   and IQR, and the uncertainty of a ratio of medians comes from a bootstrap (no normality
+   assumed): :func:`bootstrap_ratio_ci`.
+2. The same images run on both sides of a comparison, so the test is *paired* per image:
+   the Wilcoxon signed-rank test (:func:`paired_wilcoxon`), which needs no normality either.
+3. A report tests many pairs at once; Holm's step-down correction (:func:`holm`) keeps the
+   family-wise error rate at ``alpha`` without the independence Bonferroni-Hochberg needs.
+   statsmodels is not a dependency, so it is written out here (twelve lines, tested).
+4. A p-value says nothing about size: the matched-pairs rank-biserial correlation
+   (:func:`rank_biserial`) is the effect size that goes with the signed-rank test, and a
+   change is only called significant when it is also larger than a minimum factor (asv).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy import stats as st
+
+#: asv's default: a change smaller than 5 % is not reported, however small its p-value.
+MIN_FACTOR = 1.05
+ALPHA = 0.05
+
+
+def holm(pvalues: np.ndarray | list[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (same order as given; NaN stays NaN and does not
+    count as a test). Reject H0_i at level alpha iff ``adjusted[i] <= alpha``."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    scaled = (m - np.arange(m)) * p[order]  # k-th smallest times (m - k + 1)
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
+def _signed_ranks(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The signs (+1/−1) of the non-zero differences ``a − b`` and the average ranks of
+    their absolute values, both in rank order (one sort; ties averaged), and the tie term
+    Σ(t³ − t) of the rank variance."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[d != 0]
+    if d.size == 0:
+        return d, d, 0.0
+    absd = np.abs(d)
+    order = np.argsort(absd)
+    ordered = absd[order]
+    signs = np.sign(d[order])
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    if starts.size == d.size:  # no ties: ranks are 1..n
+        return signs, np.arange(1, d.size + 1, dtype=float), 0.0
+    counts = np.diff(np.r_[starts, d.size])
+    ranks = np.repeat(starts + (counts + 1) / 2, counts)  # a tie group shares its average rank
+    return signs, ranks, float((counts.astype(float) ** 3 - counts).sum())
+
+
+def rank_biserial(a: np.ndarray, b: np.ndarray) -> float:
+    """Matched-pairs rank-biserial correlation of ``a − b`` in [−1, 1]: (W⁺ − W⁻)/(W⁺ + W⁻)
+    over the non-zero differences (Kerby 2014). With a = t_A and b = t_B it is positive
+    when B is faster, the sign of ``speedup_pct``; NaN when every difference is zero."""
+    signs, ranks, _ = _signed_ranks(a, b)
+    if signs.size == 0:
+        return math.nan
+    return float((signs * ranks).sum() / ranks.sum())
+
+
+#: Above this many non-zero differences the normal approximation is used (scipy's own
+#: switch-over for method="auto").
+EXACT_MAX = 50
+
+
+def paired_wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of the paired samples ``a`` and ``b``, zero
+    differences dropped. Up to :data:`EXACT_MAX` differences scipy computes it (exact
+    without ties); above, the normal approximation with the tie-corrected variance is
+    computed here from one sort, because scipy ranks twice and a 10 M-row report runs
+    dozens of 250 k-image tests (same numbers as ``scipy.stats.wilcoxon(...,
+    method="asymptotic")``, tested). 1.0 when every difference is zero (nothing changed),
+    NaN when there is no pair at all."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.size == 0:
+        return math.nan
+    if np.all(a == b):
+        return 1.0
+    if np.count_nonzero(a != b) > EXACT_MAX:
+        signs, ranks, ties = _signed_ranks(a, b)
+        n = signs.size
+        w_plus = ranks[signs > 0].sum()
+        mean = n * (n + 1) / 4
+        var = n * (n + 1) * (2 * n + 1) / 24 - ties / 48
+        if var <= 0:
+            return 1.0
+        z = (w_plus - mean) / math.sqrt(var)
+        return float(min(1.0, 2 * st.norm.sf(abs(z))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns that exact p-values are coarse for tiny n
+        return float(st.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided").pvalue)
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(:func:`paired_wilcoxon` p-value, :func:`rank_biserial` effect size) of one pair,
+    ranking the differences once when the sample is large."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.size == 0:
+        return math.nan, math.nan
+    if np.count_nonzero(a != b) <= EXACT_MAX:
+        return paired_wilcoxon(a, b), rank_biserial(a, b)
+    signs, ranks, ties = _signed_ranks(a, b)
+    n = signs.size
+    w_plus = ranks[signs > 0].sum()
+    total = ranks.sum()  # = n (n + 1) / 2
+    var = n * (n + 1) * (2 * n + 1) / 24 - ties / 48
+    p = 1.0 if var <= 0 else float(min(1.0, 2 * st.norm.sf(abs(w_plus - total / 2) / math.sqrt(var))))
+    return p, float((2 * w_plus - total) / total)
+
+
+def _median_ratio(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.median(a, axis=axis) / np.median(b, axis=axis)
+
+
+def bootstrap_ratio_ci(
+    a: np.ndarray, b: np.ndarray, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``median(a) / median(b)`` with ``a`` and
+    ``b`` resampled independently (raw timing samples of two configurations). Percentile,
+    not BCa: BCa's jackknife degenerates on the handful of repeats a timing row often has.
+    A fixed ``seed`` makes the report reproducible. (NaN, NaN) with fewer than 2 samples
+    on a side."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.size < 2 or b.size < 2:
+        return math.nan, math.nan
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread: every resample gives the same ratio
+        r = float(a[0] / b[0])
+        return r, r
+    res = st.bootstrap(
+        (a, b), _median_ratio, vectorized=True, paired=False, confidence_level=confidence,
+        n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def significant(p_holm: float, ratio: float, *, alpha: float = ALPHA, min_factor: float = MIN_FACTOR) -> bool:
+    """asv's rule: the corrected test rejects *and* the change is at least ``min_factor``
+    either way (``ratio = t_A / t_B``)."""
+    if not (math.isfinite(p_holm) and math.isfinite(ratio)) or ratio <= 0:
+        return False
+    return p_holm <= alpha and max(ratio, 1 / ratio) >= min_factor

@@ -1,0 +1,218 @@
+"""``deltann localize DIR --pair A B [--images flipped|all|N]``: where inside the network
+configuration B parts ways with reference A.
+
+Both configurations are made again from their ``builds`` rows (model, variant, runtime,
+setting's passes, target) with the results folder's artifact cache, run on the chosen
+images with every layer's output captured (:mod:`deltann.runtimes.layers`), aligned and
+measured (:mod:`deltann.analysis.localize`). Writes a ``layers`` table into the store and
+a Fig.-2-style plot under ``DIR/localize/``. The inputs are checked against the stored
+input hashes, so the layers compared are those of the very images the run classified.
+
+A configuration is named as in the tables, ``'torch->onnx [tvm:basic]'``, optionally
+with ``@device`` when it ran on several device kinds. Capturing happens on this machine:
+a pair of devices (one build, two boards) is compared here only where this machine can
+run both targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from deltann.errors import StoreError
+from deltann.store import SCHEMAS, UNIT_FIELDS, Store, tag
+
+log = logging.getLogger("deltann.analysis")
+
+
+@dataclass
+class LocalizeResult:
+    pair: str
+    model: str
+    image_ids: list[str]
+    localization: Any  # deltann.analysis.localize.Localization
+    plot: Path
+    seconds: float
+
+
+def _split(name: str) -> tuple[str, str | None]:
+    config, at, device = name.rpartition("@")
+    return (config, device) if at and "]" not in device else (name, None)
+
+
+def _build_row(builds: pl.DataFrame, name: str, model: str | None) -> dict[str, Any]:
+    config, device = _split(name)
+    rows = builds.filter(pl.col("config") == config)
+    if device is not None:
+        rows = rows.filter(pl.col("device") == device)
+    if model is not None:
+        rows = rows.filter(pl.col("model") == model)
+    if rows.is_empty():
+        known = builds.select("config").unique()["config"].sort().to_list()
+        raise StoreError(f"no successful build of {name!r}; configurations: {', '.join(known) or 'none'}")
+    for col in ("model", "device"):
+        values = rows[col].unique().sort().to_list()
+        if len(values) > 1:
+            flag = "--model" if col == "model" else "'@device' after the configuration"
+            raise StoreError(f"{name!r} ran for several {col}s ({', '.join(values)}); pick one with {flag}")
+    return rows.sort("finished_at").row(-1, named=True)
+
+
+def _choose_images(store: Store, ka: str, kb: str, images: str) -> tuple[list[str], dict[str, str]]:
+    """Image ids for ``flipped`` (top-1 differs), ``all``, or the first N; and their
+    stored input hashes."""
+    preds = (store.scan("predictions").filter(pl.col("unit_key").is_in([ka, kb]))
+             .select("unit_key", "image_index", "image_id", "input_hash", "top1").collect())
+    pa_, pb = preds.filter(pl.col("unit_key") == ka), preds.filter(pl.col("unit_key") == kb)
+    both = pa_.join(pb, on="image_id", suffix="_b").sort("image_index")
+    if both.is_empty():
+        raise StoreError("the two configurations share no image in the predictions table")
+    if images == "flipped":
+        chosen = both.filter(pl.col("top1") != pl.col("top1_b"))
+        if chosen.is_empty():
+            log.warning("no image flips its top-1 between the two; using the first image")
+            chosen = both.head(1)
+    elif images == "all":
+        chosen = both
+    else:
+        try:
+            n = int(images)
+        except ValueError:
+            raise StoreError(f"--images {images!r}: expected 'flipped', 'all' or a number") from None
+        if n < 1:
+            raise StoreError(f"--images {images!r}: need at least one image")
+        chosen = both.head(n)
+    return chosen["image_id"].to_list(), dict(zip(chosen["image_id"], chosen["input_hash"], strict=True))
+
+
+def _inputs(manifest: dict[str, Any], model: str, ids: list[str], hashes: dict[str, str],
+            data_root: Path) -> np.ndarray:
+    from deltann import dataset, zoo
+
+    source = manifest.get("study", {}).get("dataset", {}).get("source", "samples")
+    limit = manifest.get("study", {}).get("dataset", {}).get("limit")
+    images = {im.id: im for im in dataset.loader_for(source, data_root)(limit)}
+    missing = [i for i in ids if i not in images]
+    if missing:
+        raise StoreError(f"images {missing[:3]} of the run are not in dataset {source!r} (root {data_root}); "
+                         "pass --data-root")
+    batch = dataset.preprocess([images[i] for i in ids], zoo.get(model).preprocess)
+    for image_id, h in zip(batch.ids, batch.hashes, strict=True):
+        if hashes.get(image_id) and hashes[image_id] != h:
+            raise StoreError(f"image {image_id!r} preprocesses to {h}, but the run saw {hashes[image_id]}: "
+                             "the dataset or the preprocessing changed since the run")
+    return batch.tensors
+
+
+def capture_build(row: dict[str, Any], artifacts: Any, x: np.ndarray) -> Any:
+    """Per-layer capture of one ``builds`` row's configuration on ``x`` (NCHW)."""
+    from deltann.runtimes.layers import capture
+
+    artifact = artifacts.get(row["model"], row["variant"])
+    return capture(row["runtime"], artifact.payload, x, artifact.layout, passes=tuple(row["passes"] or ()),
+                   target_json=row["target"] or "", meta=artifact.meta)
+
+
+def layers_table(row_a: dict[str, Any], row_b: dict[str, Any], pair: str, ids: list[str], loc: Any) -> pa.Table:
+    """The ``layers`` rows of one localization (unit fields from the reference A)."""
+    unit = {f.name: row_a[f.name] for f in UNIT_FIELDS}
+    extra = {"pair": pair, "config_b": row_b["config"], "device_b": row_b["device"],
+             "unit_key_b": row_b["unit_key"], "image_ids": ids, "atol": loc.atol, "rtol": loc.rtol,
+             "alignment_rate": loc.alignment_rate}
+    names = SCHEMAS["layers"].names
+    rows = [{k: v for k, v in (unit | extra | r).items() if k in names} for r in loc.rows]
+    return pa.Table.from_pylist(rows, schema=SCHEMAS["layers"])
+
+
+def localize_pair(results: Path | str, a: str, b: str, *, images: str = "flipped", model: str | None = None,
+                  atol: float | None = None, rtol: float | None = None, data_root: Path | str | None = None,
+                  ) -> LocalizeResult:
+    """Localize the divergence of ``b`` from reference ``a``; write the ``layers`` table and
+    the plot. Returns what was found."""
+    from deltann.analysis import localize as loc_mod
+    from deltann.convert.chain import ArtifactCache
+
+    start = time.perf_counter()
+    results = Path(results)
+    store = Store(results)
+    manifest = store.read_manifest()
+    builds = store.scan("builds").filter(pl.col("status") == "ok").collect()
+    row_a = _build_row(builds, a, model)
+    row_b = _build_row(builds, b, model or row_a["model"])
+    if row_a["model"] != row_b["model"]:
+        raise StoreError(f"{a!r} is model {row_a['model']} but {b!r} is {row_b['model']}")
+    ids, hashes = _choose_images(store, row_a["unit_key"], row_b["unit_key"], images)
+    x = _inputs(manifest, row_a["model"], ids, hashes, Path(data_root) if data_root else Path.cwd())
+    artifacts = ArtifactCache(results / "artifacts")
+    trace_a = capture_build(row_a, artifacts, x)
+    trace_b = capture_build(row_b, artifacts, x)
+    loc = loc_mod.localize(trace_a, trace_b, atol=loc_mod.DEFAULT_ATOL if atol is None else atol,
+                           rtol=loc_mod.DEFAULT_RTOL if rtol is None else rtol)
+    pair = f"{row_a['config']}@{row_a['device']} | {row_b['config']}@{row_b['device']}"
+    key = hashlib.sha256(json.dumps([row_a["unit_key"], row_b["unit_key"], ids, loc.atol, loc.rtol]).encode())
+    pair_key = "layers-" + key.hexdigest()[:16]
+    store.write(tag(layers_table(row_a, row_b, pair, ids, loc), "layers", pair_key, 0))
+    slug = "".join(c if c.isalnum() else "_" for c in f"{row_a['model']}__{pair}")[:150]
+    plot_path = results / "localize" / f"{slug}.png"
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    loc_mod.plot(loc, plot_path, title=f"{row_a['model']}: {pair} ({len(ids)} images)")
+    return LocalizeResult(pair, row_a["model"], ids, loc, plot_path, time.perf_counter() - start)
+
+
+def format_result(r: LocalizeResult) -> str:
+    loc = r.localization
+    lines = [f"{r.model}: {r.pair}",
+             f"images: {', '.join(r.image_ids)}",
+             f"aligned {len(loc.matched)} layers (A has {loc.n_a}, B has {loc.n_b}; alignment rate "
+             f"{loc.alignment_rate:.1%}); tolerance atol={loc.atol:g} rtol={loc.rtol:g} (reference A)"]
+    first = loc.first_divergent
+    if first is None:
+        lines.append("every aligned layer is within tolerance")
+    else:
+        lines.append(f"first layer beyond tolerance: {first['layer_a']} ~ {first['layer_b']} "
+                     f"(max |a-b| {first['max_abs']:.3g}, cosine {first['cosine']:.6f})")
+    unmatched = loc.unmatched
+    fused = [u for u in unmatched if u["reason"].startswith("fused")]
+    other = [u for u in unmatched if not u["reason"].startswith("fused")]
+    if fused:
+        lines.append(f"{len(fused)} layers sit inside a group the other side fused into one op "
+                     "(compared at the group's last op; listed in the layers table)")
+    if other:
+        lines.append(f"{len(other)} layers without a partner:")
+        lines += [f"  {'A' if u['layer_a'] else 'B'} {u['layer_a'] or u['layer_b']}: {u['reason']}"
+                  for u in other[:20]]
+        if len(other) > 20:
+            lines.append(f"  ... and {len(other) - 20} more (see the layers table)")
+    lines.append(f"plot: {r.plot}  ({r.seconds:.1f} s)")
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("localize", help="the layer where two configurations part ways (per-layer diff)")
+    p.add_argument("results", help="results folder written by 'deltann run'")
+    p.add_argument("--pair", nargs=2, required=True, metavar=("A", "B"),
+                   help="reference and compared configuration, e.g. 'torch [torch]' 'torch->onnx [tvm:basic]'; "
+                        "add @device to pick a device kind")
+    p.add_argument("--images", default="flipped", help="flipped (top-1 differs; default), all, or a number N")
+    p.add_argument("--model", help="model, when the configurations ran for several")
+    p.add_argument("--atol", type=float, help="absolute tolerance per element (default 1e-3)")
+    p.add_argument("--rtol", type=float, help="relative tolerance per element, of |A| (default 1e-3)")
+    p.add_argument("--data-root", help="folder the study's dataset path is relative to (default: current folder)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    result = localize_pair(args.results, args.pair[0], args.pair[1], images=args.images, model=args.model,
+                           atol=args.atol, rtol=args.rtol, data_root=args.data_root)
+    print(format_result(result))
+    return 0

@@ -1,0 +1,99 @@
+"""Per-setting and per-pass timing tables (the seed's Tables III and IV) from a study
+run with ``ablation = true``.
+
+Convention, written under every table: ``speedup_pct(A→B) = (t_A / t_B − 1) × 100``,
+positive means B is faster. Table III compares each named setting against ``basic``
+(every optimisation off). Table IV has, for each catalogue pass X, ``basic+X`` against
+``basic`` (what X does alone) and ``extended`` against ``extended-X`` (what X adds to all
+the others). A build that failed is ``FAILED``, never a number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deltann.compile import catalogue
+from deltann.compile import settings as compile_settings
+
+CONVENTION = "speedup_pct(A→B) = (t_A / t_B − 1) × 100; positive: B is faster"
+FAILED = "FAILED"
+KEYS = ("model", "variant", "device")
+
+
+def speedup_pct(t_a: float, t_b: float) -> float:
+    return (t_a / t_b - 1.0) * 100.0
+
+
+def _times(builds: Any, timings: Any) -> dict[tuple[str, ...], dict[str, float | str]]:
+    """(model, variant, device) -> setting -> median ms, or FAILED."""
+    import polars as pl
+
+    tvm = builds.filter(pl.col("runtime") == "tvm") if "runtime" in builds.columns else builds
+    medians = timings.group_by([*KEYS, "setting"]).agg(pl.col("median_ns").median())
+    joined = tvm.select([*KEYS, "setting", "status"]).join(medians, on=[*KEYS, "setting"], how="left")
+    out: dict[tuple[str, ...], dict[str, float | str]] = {}
+    for row in joined.iter_rows(named=True):
+        cell: float | str = FAILED if row["status"] != "ok" or row["median_ns"] is None else row["median_ns"] / 1e6
+        out.setdefault(tuple(row[k] for k in KEYS), {})[row["setting"]] = cell
+    return out
+
+
+def _pct(t_a: float | str | None, t_b: float | str | None) -> float | str | None:
+    if t_a is None or t_b is None:
+        return None
+    if FAILED in (t_a, t_b):
+        return FAILED
+    return round(speedup_pct(float(t_a), float(t_b)), 1)
+
+
+def _ms(t: float | str | None) -> float | str | None:
+    return round(t, 3) if isinstance(t, float) else t
+
+
+def settings_table(builds: Any, timings: Any) -> Any:
+    """Table III: median ms of each named setting and its speedup over ``basic``."""
+    import polars as pl
+
+    rows = []
+    for key, times in sorted(_times(builds, timings).items()):
+        for setting in compile_settings.names():
+            if setting in times:
+                rows.append(dict(zip(KEYS, key, strict=True)) | {
+                    "setting": setting, "ms": str(_ms(times[setting])),
+                    "speedup_pct_vs_basic": str(_pct(times.get("basic"), times[setting])),
+                })
+    return pl.DataFrame(rows, schema=[*KEYS, "setting", "ms", "speedup_pct_vs_basic"])
+
+
+def per_pass_table(builds: Any, timings: Any) -> Any:
+    """Table IV: one row per catalogue pass (with its Relax counterpart), with ``basic+X``
+    and ``extended-X`` times and speedups; "none" passes are listed with empty cells.
+    ``builds``/``timings`` are the store's tables (Polars frames) or any frames with
+    columns model, variant, device, setting, status / median_ns."""
+    import polars as pl
+
+    low, high = compile_settings.ABLATION_BASES
+    rows = []
+    for key, times in sorted(_times(builds, timings).items()):
+        for entry in catalogue.CATALOGUE:
+            added, removed = times.get(f"{low}+{entry.name}"), times.get(f"{high}-{entry.name}")
+            if entry.name in compile_settings.ENABLED[low]:
+                added = times.get(low)  # already in basic: basic+X is basic
+            rows.append(dict(zip(KEYS, key, strict=True)) | {
+                "pass": entry.name,
+                "relax": " + ".join(entry.passes) if entry.mapped else "none",
+                f"{low}+X ms": str(_ms(added)) if added is not None else "",
+                f"alone_pct ({low}→{low}+X)": str(_pct(times.get(low), added)) if added is not None else "",
+                f"{high}-X ms": str(_ms(removed)) if removed is not None else "",
+                f"adds_pct ({high}-X→{high})": str(_pct(removed, times.get(high))) if removed is not None else "",
+            })
+    columns = [*KEYS, "pass", "relax", f"{low}+X ms", f"alone_pct ({low}→{low}+X)", f"{high}-X ms",
+               f"adds_pct ({high}-X→{high})"]
+    return pl.DataFrame(rows, schema=columns)
+
+
+def from_store(store: Any) -> tuple[Any, Any]:
+    """(Table III, Table IV) from a results store (:class:`deltann.store.Store`)."""
+    builds = store.scan("builds").collect()
+    timings = store.scan("timings").collect()
+    return settings_table(builds, timings), per_pass_table(builds, timings)

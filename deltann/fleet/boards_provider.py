@@ -1,0 +1,91 @@
+"""A Ray cluster-launcher node provider for boards that already exist (``provider.type:
+external`` in ray_cluster.yaml).
+
+Why not Ray's ``local`` provider: it supports one node type only, and the fleet needs a
+node type per board kind (its own container image and custom resource). This provider
+maps each node type to a fixed list of board addresses (``provider.boards``); "creating"
+a node claims a free address of that type, "terminating" releases it. The launcher then
+reaches the board over SSH and runs the node type's docker image and ``ray start`` there,
+exactly as on-prem Ray does. State lives in a JSON file so ``ray up`` and the autoscaler
+(two processes) agree on it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray.autoscaler.node_provider import NodeProvider
+from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE
+
+log = logging.getLogger("deltann.fleet")
+
+
+class StaticBoards(NodeProvider):
+    """Node ids are the boards' addresses."""
+
+    def __init__(self, provider_config: dict[str, Any], cluster_name: str) -> None:
+        super().__init__(provider_config, cluster_name)
+        self.boards: dict[str, list[str]] = {t: list(ips) for t, ips in provider_config.get("boards", {}).items()}
+        folder = Path(provider_config.get("state_dir", tempfile.gettempdir()))
+        self.state_path = folder / f"deltann-boards-{cluster_name}.json"
+
+    # --- state ----------------------------------------------------------------
+    def _load(self) -> dict[str, dict[str, str]]:
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _save(self, state: dict[str, dict[str, str]]) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.state_path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(state, fh, indent=1)
+        os.replace(tmp, self.state_path)
+
+    # --- NodeProvider -------------------------------------------------------
+    def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
+        return [ip for ip, tags in self._load().items()
+                if all(tags.get(k) == v for k, v in tag_filters.items())]
+
+    def is_running(self, node_id: str) -> bool:
+        return node_id in self._load()
+
+    def is_terminated(self, node_id: str) -> bool:
+        return not self.is_running(node_id)
+
+    def node_tags(self, node_id: str) -> dict[str, str]:
+        return dict(self._load().get(node_id, {}))
+
+    def external_ip(self, node_id: str) -> str:
+        return node_id
+
+    def internal_ip(self, node_id: str) -> str:
+        return node_id
+
+    def set_node_tags(self, node_id: str, tags: dict[str, str]) -> None:
+        state = self._load()
+        state.setdefault(node_id, {}).update(tags)
+        self._save(state)
+
+    def create_node(self, node_config: dict[str, Any], tags: dict[str, str], count: int) -> dict[str, Any]:
+        node_type = tags.get(TAG_RAY_USER_NODE_TYPE, "")
+        state = self._load()
+        free = [ip for ip in self.boards.get(node_type, []) if ip not in state]
+        if len(free) < count:
+            log.warning("node type %r: %d boards asked for, %d free", node_type, count, len(free))
+        created = {}
+        for ip in free[:count]:
+            state[ip] = dict(tags)
+            created[ip] = state[ip]
+        self._save(state)
+        return created
+
+    def terminate_node(self, node_id: str) -> None:
+        state = self._load()
+        state.pop(node_id, None)
+        self._save(state)

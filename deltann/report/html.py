@@ -1,0 +1,82 @@
+"""One self-contained HTML page: inline CSS, every image embedded as a base64 data URI, no
+script and no external URL, so it opens offline and can be mailed as one file."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#eef} td.t{text-align:left}
+.note{color:#555;font-size:13px} .conv{background:#ffd;padding:.4em;border:1px solid #cc9}
+img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
+"""
+
+
+def fingerprint(environment: dict[str, Any]) -> str:
+    """A short stable hash of the environment record (sorted JSON): two results folders
+    with the same fingerprint ran on the same machine facts and package versions."""
+    canonical = json.dumps(environment, sort_keys=True, default=str).encode()
+    return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def _cell(value: object, floats: int) -> tuple[str, bool]:
+    if value is None:
+        return "–", False
+    if isinstance(value, float):
+        return ("–" if math.isnan(value) else f"{value:.{floats}f}"), False
+    if isinstance(value, int | bool):
+        return str(value), False
+    return html.escape(str(value)), True
+
+
+def table_html(df: pl.DataFrame, floats: int = 2) -> str:
+    """An HTML table of ``df`` (all rows)."""
+    if df.is_empty():
+        return "<p class='note'><em>(none)</em></p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    body = []
+    for row in df.iter_rows():
+        cells = []
+        for v in row:
+            text, is_text = _cell(v, floats)
+            cells.append(f"<td class='t'>{text}</td>" if is_text else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def image_html(png: Path, alt: str) -> str:
+    """``png`` embedded as a data URI."""
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def environment_html(environment: dict[str, Any]) -> str:
+    """The manifest's environment record as a two-column table, fingerprint first."""
+    rows = [("fingerprint", fingerprint(environment))]
+    for key in ("hostname", "platform", "machine", "python", "cpu", "cores"):
+        if key in environment:
+            rows.append((key, str(environment[key])))
+    for name, version in sorted((environment.get("packages") or {}).items()):
+        rows.append((name, str(version)))
+    body = "".join(f"<tr><td class='t'>{html.escape(k)}</td><td class='t'>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table><tbody>{body}</tbody></table>"
+
+
+def page(title: str, blocks: list[str]) -> str:
+    """The whole page around already-rendered HTML ``blocks``."""
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>" + "\n".join(blocks) + "</body></html>\n"
+    )

@@ -1,0 +1,136 @@
+"""DefaultCpuSchedule: real builds, outputs unchanged, loops really parallel/vectorised."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deltann.compile import catalogue, schedules
+from deltann.compile import settings as compile_settings
+
+
+def _run(mod: Any, passes: tuple[str, ...], x: np.ndarray, target: Any = None) -> np.ndarray:
+    import tvm
+    from tvm import relax
+
+    from deltann.compile.pipeline import build
+
+    ex = build(mod, passes, target or tvm.target.Target("llvm"))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+    return (out if hasattr(out, "numpy") else out[0]).numpy()
+
+
+def _conv_zoo() -> Any:
+    """Convolutions whose shapes take every branch of the rule: a prime width (17: channel
+    tile), a width with a divisor (16: column tile), depthwise, strided, pooling, dense."""
+    import torch
+    from torch import nn
+
+    class ConvZoo(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 32, 3, padding=1)
+            self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+            self.b = nn.Conv2d(32, 24, 1)
+            self.s = nn.Conv2d(24, 16, 3, stride=2, padding=1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.a(x))
+            h = torch.clamp(self.dw(h), 0, 6) + h
+            h = nn.functional.max_pool2d(self.b(h), 3, stride=1, padding=1)
+            h = torch.relu(self.s(h))
+            return self.fc(h.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    return ConvZoo().eval()
+
+
+@pytest.mark.parametrize("width", [17, 16])
+def test_schedule_keeps_outputs(width: int) -> None:
+    import torch
+
+    from deltann.compile.frontends import from_torch
+
+    model = _conv_zoo()
+    x = np.random.default_rng(1).standard_normal((1, 3, width, width)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    mod = from_torch(model, x.shape)
+    layout = compile_settings.ENABLED["default"] | {"AlterOpLayout"}
+    plain = _run(mod, catalogue.compose(layout), x)
+    scheduled = _run(mod, catalogue.compose(layout | {"DefaultSchedule"}), x)
+    np.testing.assert_allclose(plain, ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(scheduled, plain, atol=1e-5, rtol=1e-5)
+    assert np.abs(ref).max() > 1e-2  # not a trivially small output
+
+
+def test_every_kernel_is_scheduled_and_parallel(pass_zoo_mod: Any) -> None:
+    import tvm
+
+    from deltann.compile.pipeline import make_pass
+
+    with tvm.target.Target("llvm"):
+        mod = tvm.transform.Sequential([make_pass(p) for p in compile_settings.SETTINGS["extended"]])(pass_zoo_mod)
+    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert funcs and all(f.attrs.get("tirx.is_scheduled") for f in funcs)
+    conv = [f.script() for f in funcs if "conv2d_nhwc" in f.script()]
+    assert conv and all("T.parallel" in s and "T.vectorized" in s for s in conv)
+
+
+def test_lanes_follow_the_target() -> None:
+    import tvm
+
+    assert schedules.lanes_for(tvm.target.Target({"kind": "llvm"}))[0] == 4  # generic x86-64: SSE2
+    assert schedules.lanes_for(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"}))[0] == 16
+    assert schedules.lanes_for(tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))[0] == 8
+
+
+@pytest.mark.parametrize("setting", ["basic", "default", "extended"])
+def test_settings_match_torch(setting: str, pass_zoo_mod: Any, pass_zoo_input: np.ndarray,
+                              pass_zoo_reference: np.ndarray) -> None:
+    """All three settings build and agree with torch; extended's FastMath within 1e-4."""
+    out = _run(pass_zoo_mod, compile_settings.SETTINGS[setting], pass_zoo_input)
+    np.testing.assert_allclose(out, pass_zoo_reference, atol=1e-4, rtol=1e-4)
+
+
+def _legalized(mod: Any) -> Any:
+    import tvm
+
+    from deltann.compile.pipeline import make_pass
+
+    with tvm.target.Target("llvm"):
+        return tvm.transform.Sequential([make_pass(p) for p in compile_settings.SETTINGS["default"]])(mod)
+
+
+def test_non_llvm_targets_are_left_alone(pass_zoo_mod: Any) -> None:
+    import tvm
+
+    mod = _legalized(pass_zoo_mod)
+    with tvm.target.Target("cuda"):  # building the target object needs no GPU
+        out = schedules.default_cpu_schedule()(mod)
+    assert not any(f.attrs.get("tirx.is_scheduled") for _, f in out.functions_items()
+                   if isinstance(f, tvm.tirx.PrimFunc))
+
+
+def test_a_kernel_the_rule_cannot_schedule_keeps_its_loops(pass_zoo_mod: Any, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import tvm
+
+    def refuse(*args: Any) -> None:
+        raise tvm.s_tir.ScheduleError("refused for the test")
+
+    monkeypatch.setattr(schedules, "_schedule_reduction", refuse)
+    mod = _legalized(pass_zoo_mod)
+    with tvm.target.Target("llvm"), caplog.at_level(logging.DEBUG, logger="deltann.compile"):
+        out = schedules.default_cpu_schedule()(mod)
+    funcs = {gv.name_hint: f for gv, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    conv = [n for n in funcs if n.startswith("fused_conv2d")]
+    assert conv and not any(funcs[n].attrs.get("tirx.is_scheduled") for n in conv)
+    assert any(f.attrs.get("tirx.is_scheduled") for f in funcs.values())  # injective kernels still are
+    assert "refused for the test" in caplog.text

@@ -1,0 +1,87 @@
+"""Hostile and malformed study files: every one is refused with a single line naming the
+file and the key, or accepted as valid — never a traceback, never a file written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deltann.errors import StudyError
+from deltann.study import Study, load_study
+
+pytestmark = pytest.mark.hardening
+
+VALID: dict[str, Any] = {
+    "name": "fuzz",
+    "models": ["tiny_cnn"],
+    "variants": ["torch", "torch->onnx"],
+    "runtimes": ["native", "tvm"],
+    "settings": ["basic"],
+    "devices": ["local"],
+    "dataset": {"source": "samples", "limit": 2},
+    "timing": {"warmup": 1, "number": 1, "repeat": 2, "min_repeat_ms": 0},
+}
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True), st.text(max_size=40),
+    st.sampled_from(["../../etc/passwd", "/etc/shadow", "a" * 5000, "torch->onnx->torch->onnx", "\x00", "__import__('os')"]),
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+keys = st.sampled_from([*VALID, "dataset.source", "dataset.limit", "timing.repeat", "timing.number", "bogus", "dataset.bogus"])
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    head, _, tail = dotted.partition(".")
+    if tail:
+        if not isinstance(doc.get(head), dict):
+            doc[head] = {}
+        doc[head][tail] = value
+    else:
+        doc[head] = value
+
+
+def _toml(value: Any) -> str:
+    """A small TOML writer (no dependency): inline values only."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return {"nan": "nan", "inf": "inf", "-inf": "-inf"}.get(str(value), repr(value))
+    if isinstance(value, str):
+        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in value) + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in value.items() if v is not None) + "}"
+    return '""'
+
+
+def _dump(doc: dict[str, Any]) -> str:
+    return "\n".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in doc.items() if v is not None) + "\n"
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(keys, values), min_size=1, max_size=4), drop=st.sets(st.sampled_from(list(VALID)), max_size=2))
+def test_malformed_studies_are_refused_in_one_line(tmp_path: Path, edits: list[tuple[str, Any]], drop: set[str]) -> None:
+    doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in VALID.items() if k not in drop}
+    for key, value in edits:
+        _set(doc, key, value)
+    path = tmp_path / "study.toml"
+    path.write_text(_dump(doc))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        study = load_study(path)
+    except StudyError as exc:
+        message = str(exc)
+        assert "\n" not in message and message.startswith(f"{path}: "), message
+        assert len(message) < 2000
+    else:
+        assert isinstance(study, Study)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
