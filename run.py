@@ -1,4 +1,4 @@
-"""``ray submit ray_cluster.yaml run.py -- --study studies/paper.toml [--out DIR]``
+"""``ray submit ray_cluster.yaml run.py -- --study studies/conversions.toml [--out DIR]``
 
 A thin entry for the cluster launcher: joins the running cluster (address "auto", or
 $RAY_ADDRESS) and runs the study through the same code as ``deltann run``."""

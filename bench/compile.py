@@ -17,7 +17,15 @@ call under ``basic``: keep ``--repeat`` low.
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# One thread count for both sides, the board actor's policy (deltann.fleet.driver): every
+# logical core. Set before TVM starts its pool; TVM's own default is half the logical
+# cores on x86, which would compare thread counts instead of compilers.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+os.environ.setdefault("TVM_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+import argparse  # noqa: E402
 import statistics
 import sys
 import tempfile
@@ -90,7 +98,9 @@ def export_onnx(model: Any, shape: tuple[int, ...], out_dir: Path) -> Path:
 def time_ort(path: Path, x: np.ndarray, repeat: int) -> tuple[float, np.ndarray]:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ["OMP_NUM_THREADS"])
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     out = sess.run(None, {name: x})[0]
     samples = []
@@ -149,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from deltann.compile.frontends import from_onnx
 
     settings = args.settings.split(",")
+    print(f"threads: {os.environ['TVM_NUM_THREADS']} (TVM) and {os.environ['OMP_NUM_THREADS']} (onnxruntime)")
     print(f"target {target}; ratio = TVM median / onnxruntime median (batch 1, this machine); lower is better")
     print("max|d| = largest |TVM - onnxruntime| logit difference, rel = max|d| / max|logit|")
     print(f"{'model':<20} {'weights':<20} {'setting':<22} {'tvm ms':>9} {'ort ms':>8} {'ratio':>7} "

@@ -13,7 +13,16 @@ The ratio is measured two ways, both printed:
 
 from __future__ import annotations
 
-import argparse
+import os
+
+# The same thread policy as a board actor (deltann.fleet.driver: OMP_NUM_THREADS and
+# TVM_NUM_THREADS = the board's CPUs), set before any framework starts its thread pool.
+# Without it TVM here would use its own default (half the logical cores on x86) and the
+# comparison would be of thread counts, not of measuring code.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+os.environ.setdefault("TVM_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+import argparse  # noqa: E402
 import statistics
 import tempfile
 import time
