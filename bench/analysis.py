@@ -101,6 +101,7 @@ def generate(root: Path, rows: int, devices: int, configs: int, logits: int, see
 def run_tables(root: Path) -> None:
     """Every analysis table on the store, each timed; prints one JSON line."""
     from deltann import analysis
+    from deltann.analysis import passes
     from deltann.store import Store
 
     store = Store(root)
@@ -127,7 +128,7 @@ def run_tables(root: Path) -> None:
     latency = timed("latency_table", analysis.latency_table, store)
     timed("speedup_table", analysis.speedup_table, latency)
     timed("speedup_stats", analysis.speedup_stats, store, latency)
-    timed("pass_table", analysis.pass_table, latency)
+    timed("per-pass Tables III-IV", passes.from_store, store)
     timed("latency_matrix", analysis.latency_matrix, latency, m)
     timed("noise_floor", analysis.noise_floor, store)
     timed("failures", analysis.failures, store)

@@ -159,36 +159,6 @@ def noise_floor(store: Store) -> pl.DataFrame:
     )
 
 
-#: An ablation setting is a base setting plus (``basic+FastMath``) or minus
-#: (``extended-OpFusion``) one catalogue entry (deltann.compile.settings).
-_ABLATION = r"^(?P<base>[A-Za-z0-9_]+)(?P<op>[+-])(?P<pass>.+)$"
-
-
-def pass_table(latency: pl.DataFrame) -> pl.DataFrame:
-    """The seed's per-pass Tables III–IV: for every ablation setting, the time change the
-    pass itself causes, in the one convention with A = without the pass, B = with it
-    (``basic → basic+P``, ``extended-P → extended``), so positive means the pass helps."""
-    base = latency.select("model", "device", "variant", "setting", "config", "median_ms")
-    parsed = base.with_columns(pl.col("setting").str.extract_groups(_ABLATION).alias("g")).unnest("g")
-    ablations = parsed.filter(pl.col("op").is_not_null())
-    joined = ablations.join(
-        base.rename({"setting": "base", "config": "base_config", "median_ms": "base_ms"}),
-        on=["model", "device", "variant", "base"],
-    )
-    plus = pl.col("op") == "+"
-    return (
-        joined.select(
-            "model", "device", "variant", "pass", "op", "base", "setting",
-            pl.when(plus).then(pl.col("base_config")).otherwise(pl.col("config")).alias("A"),
-            pl.when(plus).then(pl.col("config")).otherwise(pl.col("base_config")).alias("B"),
-            pl.when(plus).then(pl.col("base_ms")).otherwise(pl.col("median_ms")).alias("t_A_ms"),
-            pl.when(plus).then(pl.col("median_ms")).otherwise(pl.col("base_ms")).alias("t_B_ms"),
-        )
-        .with_columns(((pl.col("t_A_ms") / pl.col("t_B_ms") - 1) * 100).alias("speedup_pct"))
-        .sort("model", "device", "variant", "pass", "op")
-    )
-
-
 def latency_matrix(latency: pl.DataFrame, model: str, rows: str = "config", columns: str = "device") -> pl.DataFrame:
     """A heatmap table of median latency (ms) for one model: ``rows`` × ``columns``
     (configuration × device kind by default; ``rows="variant", columns="setting"`` on one

@@ -194,20 +194,6 @@ def test_noise_floor_by_hand(hand) -> None:  # noqa: ANN001
     assert row["noise_pct"] == pytest.approx(100 / 3)
 
 
-def test_pass_table_by_hand() -> None:
-    latency = pl.DataFrame({
-        "model": ["m"] * 4, "device": ["local"] * 4, "variant": ["torch"] * 4,
-        "setting": ["basic", "basic+FastMath", "extended", "extended-OpFusion"],
-        "config": ["b", "b+f", "e", "e-o"], "median_ms": [10.0, 8.0, 4.0, 6.0],
-    })
-    table = analysis.pass_table(latency)
-    rows = {r["pass"]: r for r in table.iter_rows(named=True)}
-    assert (rows["FastMath"]["A"], rows["FastMath"]["B"]) == ("b", "b+f")
-    assert rows["FastMath"]["speedup_pct"] == pytest.approx((10 / 8 - 1) * 100)  # the pass helps: +25 %
-    assert (rows["OpFusion"]["A"], rows["OpFusion"]["B"]) == ("e-o", "e")
-    assert rows["OpFusion"]["speedup_pct"] == pytest.approx((6 / 4 - 1) * 100)  # fusion helps: +50 %
-
-
 def test_latency_matrix_by_hand(tmp_path: Path) -> None:
     matrix = analysis.latency_matrix(analysis.latency_table(_store(tmp_path)), "m")
     assert matrix.rows() == [("torch [torch]", 20.0), ("torch [tvm:basic]", 5.0)]

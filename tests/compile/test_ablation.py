@@ -5,7 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from deltann.compile import ablation, catalogue
+from deltann.analysis import passes as ablation
+from deltann.compile import catalogue
 from deltann.compile import settings as compile_settings
 
 

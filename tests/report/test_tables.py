@@ -48,8 +48,12 @@ def test_report_writes_html_latex_and_png(tiny_results: Path, tmp_path: Path) ->
     names = {p.name for p in report.files}
     assert report.html == tmp_path / "report.html" and "report.html" in names
     assert {"speedup.tex", "latency.tex", "noise_floor.csv", "stability.csv", "margin_flips.csv", "accuracy.csv",
-            "passes.csv", "framework_pairs.csv", "top5_jaccard_tiny-cnn_local.csv",
+            "settings.csv", "framework_pairs.csv", "top5_jaccard_tiny-cnn_local.csv",
             "logit_divergence_tiny-cnn_local.csv"} <= names
+    assert "passes.csv" not in names  # Table IV only for a study run with ablation = true
+    table3 = pl.read_csv(tmp_path / "settings.csv")
+    assert set(table3["setting"]) == {"basic", "extended"}
+    assert table3.filter(pl.col("setting") == "basic")["speedup_pct_vs_basic"].to_list() == [0.0] * 2
     pngs = sorted(p for p in report.files if p.suffix == ".png")
     # 3 label heatmaps + 3 framework heatmaps (native, basic, extended) + boxplot + latency heatmap + speedups
     assert len(pngs) == 9

@@ -1,5 +1,5 @@
 """Per-setting and per-pass timing tables (the seed's Tables III and IV) from a study
-run with ``ablation = true``.
+run with ``ablation = true``. Reads the catalogue's pass names (pure data, no TVM).
 
 Convention, written under every table: ``speedup_pct(A→B) = (t_A / t_B − 1) × 100``,
 positive means B is faster. Table III compares each named setting against ``basic``
