@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 
-# One thread count for both sides, the board actor's policy (deltann.fleet.driver): every
-# logical core. Set before TVM starts its pool; TVM's own default is half the logical
-# cores on x86, which would compare thread counts instead of compilers.
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-os.environ.setdefault("TVM_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+from deltann.runtimes.base import thread_env
+
+# The board actor's thread policy (every logical core, for every runtime), set before any
+# framework starts its thread pool, so the comparison is of code, not of thread counts.
+for _name, _value in thread_env(os.cpu_count() or 1).items():
+    os.environ.setdefault(_name, _value)
 
 import argparse  # noqa: E402
 import statistics

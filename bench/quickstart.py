@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 
-# The same thread policy as a board actor (deltann.fleet.driver: OMP_NUM_THREADS and
-# TVM_NUM_THREADS = the board's CPUs), set before any framework starts its thread pool.
-# Without it TVM here would use its own default (half the logical cores on x86) and the
-# comparison would be of thread counts, not of measuring code.
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-os.environ.setdefault("TVM_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+from deltann.runtimes.base import thread_env
+
+# The board actor's thread policy (every logical core, for every runtime), set before any
+# framework starts its thread pool, so the comparison is of code, not of thread counts.
+for _name, _value in thread_env(os.cpu_count() or 1).items():
+    os.environ.setdefault(_name, _value)
 
 import argparse  # noqa: E402
 import statistics

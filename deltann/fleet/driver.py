@@ -184,15 +184,15 @@ class Dispatcher:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from deltann.fleet.actor import Board
+        from deltann.runtimes.base import thread_env
 
         # Ray sets OMP_NUM_THREADS=1 in workers that reserve no CPU; a board measures with
         # all of its cores instead, the same count for torch, onnxruntime and TVM, and
         # records it in every timing row (runtimes.base.thread_count).
-        threads = str(lane.threads)
         lane.actor = Board.options(
             resources={lane.kind.resource: BOARD_SHARE},
             scheduling_strategy=NodeAffinitySchedulingStrategy(lane.node_id, soft=False),
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": threads, "TVM_NUM_THREADS": threads}},
+            runtime_env={"env_vars": thread_env(lane.threads)},
         ).remote(lane.kind, self.cache_dir, self.study.name)
 
     def _feed(self, lane: Lane) -> None:

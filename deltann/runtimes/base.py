@@ -46,6 +46,14 @@ def time_evaluator_protocol(
     return samples
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """The board's thread policy as environment variables: torch and onnxruntime (through
+    :func:`thread_count`) read ``OMP_NUM_THREADS``, TVM reads ``TVM_NUM_THREADS`` (its own
+    default is half the logical cores on x86). Set before a framework starts its pool:
+    for a board actor through Ray's ``runtime_env``, for a benchmark at its top."""
+    return {"OMP_NUM_THREADS": str(threads), "TVM_NUM_THREADS": str(threads)}
+
+
 def thread_count() -> int:
     """Threads a runtime may use on this board: ``OMP_NUM_THREADS`` (which the board
     actor sets, and torch and TVM read) or, outside an actor, every core."""
