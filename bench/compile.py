@@ -7,6 +7,14 @@ setting, and print latency ratios TVM/onnxruntime and the largest logit differen
     .venv/bin/python bench/compile.py                       # all four models
     .venv/bin/python bench/compile.py --models mobilenet_v2 --repeat 5
     .venv/bin/python bench/compile.py --settings default,extended
+    .venv/bin/python bench/compile.py --models mobilenet_v2 --settings basic,default,extended,tuned \
+        --trials 512 --records /tmp/mnv2.json   # MetaSchedule: tune, then time beside the others
+
+``tuned`` tunes the model's heavy kernels (``--tasks``) with ``--trials`` measured
+candidates in this process (deltann.compile.tuning, as a board does), then builds and
+times it like the other settings; the row says the budget and the tuning time. With
+``--records FILE`` the records are kept there (MetaSchedule JSON) and a later run resumes
+from them: a larger ``--trials`` tunes only the difference.
 
 torchvision weights cannot be downloaded here: MobileNetV2, ResNet101 and InceptionV3
 are built with seeded random weights (fine for latency; re-initialised so that their
@@ -128,14 +136,14 @@ def make_target(which: str) -> Any:
 
 
 def time_tvm(mod: Any, passes: tuple[str, ...], target: Any, x: np.ndarray,
-             repeat: int) -> tuple[float, float, np.ndarray]:
+             repeat: int, database: Any = None) -> tuple[float, float, np.ndarray]:
     import tvm
     from tvm import relax
 
     from deltann.compile.pipeline import build
 
     t0 = time.perf_counter()
-    ex = build(mod, passes, target)
+    ex = build(mod, passes, target, database)
     build_s = time.perf_counter() - t0
     dev = tvm.cpu()
     vm = relax.VirtualMachine(ex, dev)
@@ -146,6 +154,35 @@ def time_tvm(mod: Any, passes: tuple[str, ...], target: Any, x: np.ndarray,
     return float(np.median(evaluator(arg).results)) * 1e3, build_s, out
 
 
+def tune(mod: Any, passes: tuple[str, ...], target: Any, args: argparse.Namespace, name: str) -> tuple[Any, str]:
+    """MetaSchedule database for the tuned setting (resumed from ``--records``), and the
+    row's label: the setting with its budget."""
+    import json
+
+    from deltann.compile import tuning
+
+    records: list[tuning.Record] = []
+    done = 0
+    path = args.records.with_suffix(f".{name}.json") if args.records else None
+    if path is not None and path.exists():
+        saved = json.loads(path.read_text())
+        records, done = tuning.records_from_json(json.dumps(saved["records"])), int(saved["trials"])
+    tasks = tuning.select(tuning.extract(mod, passes, target), args.tasks)
+    t0 = time.perf_counter()
+    if args.trials > done:
+        new = tuning.tune(tasks, target, args.trials - done, trials_per_task=args.trials_per_task, previous=records)
+        keep = {r.workload_hash for r in new}
+        records = new + [r for r in records if r.workload_hash not in keep]
+        done = args.trials
+        if path is not None:
+            path.write_text(json.dumps({"trials": done, "records": json.loads(tuning.records_to_json(records))}))
+    tune_s = time.perf_counter() - t0
+    tuned = {r.workload_hash for r in records}
+    print(f"  tuned: {len(tasks)} {args.tasks} kernels, {len(tuned)} with a record, budget {done} trials, "
+          f"{tune_s:.0f} s of tuning in this run", flush=True)
+    return tuning.records_to_database(tuning.best_only(records)), f"tuned({done})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
@@ -153,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed TVM calls per setting (median)")
     parser.add_argument("--target", default="host",
                         help="'host' (llvm, mcpu = this CPU), 'generic' (plain llvm) or a JSON target dict")
+    parser.add_argument("--trials", type=int, default=64, help="tuned: measured candidates in all")
+    parser.add_argument("--trials-per-task", type=int, default=None, help="tuned: at most this many per kernel")
+    parser.add_argument("--tasks", default="heavy", choices=("heavy", "all"), help="tuned: which kernels to tune")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="tuned: JSON file of tuning records to resume from and write back")
     args = parser.parse_args(argv)
     target = make_target(args.target)
 
@@ -161,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = args.settings.split(",")
     print(f"threads: {os.environ['TVM_NUM_THREADS']} (TVM) and {os.environ['OMP_NUM_THREADS']} (onnxruntime)")
-    print(f"target {target}; ratio = TVM median / onnxruntime median (batch 1, this machine); lower is better")
+    print(f"target {target}; ratio = TVM median / onnxruntime median timed right after it (batch 1, this "
+          "machine); lower is better")
     print("max|d| = largest |TVM - onnxruntime| logit difference, rel = max|d| / max|logit|")
     print(f"{'model':<20} {'weights':<20} {'setting':<22} {'tvm ms':>9} {'ort ms':>8} {'ratio':>7} "
           f"{'max|d|':>9} {'rel':>8} {'build s':>8}")
@@ -173,14 +216,22 @@ def main(argv: list[str] | None = None) -> int:
             ort_ms, ref = time_ort(path, x, 20)
             mod = from_onnx(path)
             for setting in settings:
+                label, database = setting, None
                 try:
-                    ms, build_s, out = time_tvm(mod, compile_settings.passes_of(setting), target, x, args.repeat)
+                    if compile_settings.is_tuned(setting):
+                        database, label = tune(mod, compile_settings.passes_of(setting), target, args, name)
+                    ms, build_s, out = time_tvm(mod, compile_settings.passes_of(setting), target, x, args.repeat,
+                                                database)
                 except Exception as exc:  # a failed build is a row, as in the seed's Table IV
-                    print(f"{name:<20} {weights:<20} {setting:<22} FAILED {type(exc).__name__}: {exc}"[:200])
+                    print(f"{name:<20} {weights:<20} {label:<22} FAILED {type(exc).__name__}: {exc}"[:200])
                     continue
+                setting = label
+                # onnxruntime again, right after: on a shared machine the load changes within
+                # a run, and the ratio should compare neighbours (the reference is the first)
+                ort_ms = time_ort(path, x, 20)[0]
                 diff = float(np.abs(out - ref).max())
                 rel = diff / max(float(np.abs(ref).max()), 1e-30)
-                print(f"{name:<20} {weights:<20} {setting:<22} {ms:>9.1f} {ort_ms:>8.2f} {ms / ort_ms:>7.1f} "
+                print(f"{name:<20} {weights:<20} {setting:<22} {ms:>9.1f} {ort_ms:>8.2f} {ms / ort_ms:>7.2f} "
                       f"{diff:>9.2e} {rel:>8.1e} {build_s:>8.1f}", flush=True)
     return 0
 

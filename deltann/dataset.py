@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,15 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A file of a dataset folder that is not used, and why (shown to the user and kept in
+    the results manifest)."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Inputs:
     """A batch of preprocessed inputs for one recipe, in canonical NCHW float32."""
 
@@ -61,6 +71,13 @@ def tensor_hash(x: np.ndarray) -> str:
     h = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
     h.update(x.tobytes())
     return h.hexdigest()[:16]
+
+
+#: Largest image decoded (Pillow's own decompression-bomb threshold): a header that claims
+#: 100 000 x 100 000 pixels is refused before a byte of it is decoded.
+MAX_PIXELS = 89_478_485
+#: Largest image file read (a photo is a few MB; a multi-GB file is a wrong folder).
+MAX_FILE_BYTES = 512 << 20
 
 
 def _to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -93,6 +110,8 @@ def _read_labels(folder: Path) -> dict[str, int]:
         for lineno, row in enumerate(csv.DictReader(fh), start=2):
             try:
                 labels[row["file"]] = int(row["label"])
+                if not 0 <= labels[row["file"]] <= 999:
+                    raise ValueError(row["label"])
             except (KeyError, TypeError, ValueError):
                 raise DatasetError(
                     f"{path}:{lineno}: expected columns 'file,label' with an integer ImageNet "
@@ -101,25 +120,68 @@ def _read_labels(folder: Path) -> dict[str, int]:
     return labels
 
 
-def load_folder(folder: Path, limit: int | None = None) -> list[Image]:
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
+def decode_rgb(source: Path | bytes) -> np.ndarray:
+    """Decode one image file to RGB uint8 (HWC). Grey, palette, CMYK, alpha (dropped, as
+    torchvision's loader does) and 16-bit images are converted; raises ``ValueError`` or
+    an exception of Pillow's for a file that is not a usable image."""
+    import warnings
 
+    from PIL import Image as PILImage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+        with PILImage.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ValueError(f"{im.width} x {im.height} pixels is over the {MAX_PIXELS:,}-pixel limit; "
+                                 "resize it")
+            if im.width < 1 or im.height < 1:
+                raise ValueError("an image without pixels")
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                # Pillow's convert("RGB") clips 16-bit and float values at 255: scale instead.
+                arr = np.asarray(im).astype(np.float64)
+                peak = 1.0 if im.mode == "F" and arr.max(initial=0) <= 1.0 else 255.0 if arr.max(initial=0) <= 255 else 65535.0
+                grey = np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
+                return _to_rgb(grey)
+            return _to_rgb(np.asarray(im.convert("RGB")))
+
+
+def load_folder(folder: Path, limit: int | None = None, skipped: list[Skipped] | None = None) -> list[Image]:
+    """The images of ``folder`` (sorted by name), at most ``limit``. A file that cannot be
+    used raises :class:`DatasetError` naming it, or, when ``skipped`` is given, is appended
+    there with the reason and the next file is taken instead (a study over a folder
+    someone else made goes on; the run shows and records what it skipped)."""
     if not folder.is_dir():
         raise DatasetError(f"{folder}: dataset folder not found; give an existing folder of images or 'samples'")
     labels = _read_labels(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the dataset folder")
     images = []
     for path in files:
-        data = path.read_bytes()
+        if limit is not None and len(images) >= limit:
+            break
         try:
-            with PILImage.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DatasetError(f"{path}: not a readable image ({exc}); remove it or replace it") from None
-        images.append(Image(path.name, _to_rgb(rgb), hashlib.sha256(data).hexdigest(), labels.get(path.name)))
+            if not path.is_file():  # a folder named x.jpg, a link to /dev/zero
+                raise ValueError("not a regular file")
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise ValueError(f"{path.stat().st_size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit")
+            data = path.read_bytes()
+            rgb = decode_rgb(data)  # the bytes hashed are the bytes decoded
+        except Exception as exc:  # noqa: BLE001 - a hostile file can make a decoder raise anything
+            from PIL import UnidentifiedImageError
+
+            if isinstance(exc, UnidentifiedImageError):  # its message shows a BytesIO, not the file
+                reason = "not an image (no format Pillow reads recognises its bytes)"
+            else:
+                reason = f"not a readable image ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            if skipped is None:
+                raise DatasetError(f"{path}: {reason}; remove it or replace it") from None
+            skipped.append(Skipped(path.name, reason))
+            continue
+        images.append(Image(path.name, rgb, hashlib.sha256(data).hexdigest(), labels.get(path.name)))
+    if not images:
+        why = "; ".join(f"{s.file}: {s.reason}" for s in (skipped or [])[:3])
+        raise DatasetError(f"{folder}: none of its {len(files)} image files is readable ({why}); replace them")
     return images
 
 
@@ -150,8 +212,10 @@ def preprocess(images: list[Image], recipe: Preprocess) -> Inputs:
     )
 
 
-def loader_for(source: str, root: Path) -> Callable[[int | None], list[Image]]:
-    """``samples`` or a folder path (relative to the study file's folder)."""
+def loader_for(source: str, root: Path,
+               skipped: list[Skipped] | None = None) -> Callable[[int | None], list[Image]]:
+    """``samples`` or a folder path (relative to the study file's folder). With ``skipped``,
+    unreadable files are listed there instead of refused (see :func:`load_folder`)."""
     if source == "samples":
         return load_samples
-    return lambda limit: load_folder((root / source).resolve(), limit)
+    return lambda limit: load_folder((root / source).resolve(), limit, skipped)

@@ -24,6 +24,7 @@ from deltann.dataset import Inputs
 from deltann.fleet.devices import DeviceKind
 from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST, TVM_FRONTEND
 from deltann.study import Study
+from deltann.zoo import user
 
 
 @cache
@@ -54,6 +55,12 @@ class Unit:
     #: key of the unit's batch in the inputs mapping: the model name, or
     #: ``model@source`` where the source framework's model needs its own recipe
     inputs: str = ""
+    #: a user model's definition (deltann.zoo.user.definition), so the board that runs the
+    #: unit can register it; "" for zoo models. Not part of the key (the file's content is).
+    user_model: str = ""
+    #: setting ``tuned``: its kind's MetaSchedule records as JSON (compile.tuning), filled by
+    #: the driver after tuning (deltann.fleet.tuning); not part of the key (the budget is)
+    tuning: str = ""
 
     @property
     def framework(self) -> str:
@@ -104,6 +111,8 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
     timing = study.timing
     for model in study.models:
         spec = zoo.get(model)
+        user_model = study.user_models.get(model)
+        carried = user.definition(model, user_model) if user_model is not None else ""
         for chain in study.variants:
             framework = chain_framework(chain)
             source = parse_chain(chain)[0].framework
@@ -137,6 +146,10 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                         "inputs": batch.hashes,
                         "timing": timing.model_dump(),
                     }
+                    if compiled and compile_settings.is_tuned(setting):
+                        identity["tuning"] = study.tuning.model_dump()  # the budget changes the result
+                    if user_model is not None:  # what its table declares (zoo models: the code's)
+                        identity["declared"] = user_model.declared()
                     units.append(
                         Unit(
                             key=content_key(identity),
@@ -155,6 +168,7 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                             repeat=timing.repeat,
                             min_repeat_ms=timing.min_repeat_ms,
                             inputs=batch_key,
+                            user_model=carried,
                         )
                     )
     return units

@@ -11,12 +11,18 @@ Every file is written to a temporary name and renamed into place, so a reader ne
 half a file. File names are deterministic per (unit, table, sequence), so a unit rerun
 after a crash replaces its own partial files instead of duplicating rows. A unit is
 complete once its ``builds`` row exists; readers keep only complete units' rows.
+
+Shared folders (issue 8): a part that is not a readable Parquet file of the table's
+schema (truncated in a copy, a stray file) is skipped with a warning naming it; a
+manifest from a newer deltann is refused before anything is read or written; and a run
+never replaces a part of a unit that another run completed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import socket
@@ -30,7 +36,11 @@ import pyarrow.parquet as pq
 from deltann import SCHEMA_VERSION, __version__
 from deltann.errors import StoreError
 
+log = logging.getLogger("deltann.store")
+
 PARTITIONS = ("model", "device")
+#: Tables whose parts belong to one unit of a run (``layers`` parts belong to a localize pair).
+UNIT_TABLES = ("predictions", "timings", "builds")
 
 #: Columns every table carries: which unit, which configuration, which board.
 UNIT_FIELDS = [
@@ -81,8 +91,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         UNIT_FIELDS
         + [
             pa.field("status", pa.string()),  # ok | failed
-            pa.field("stage", pa.string()),  # "" | convert | build | load | execute | verify
-            pa.field("outcome", pa.string()),  # ok | exception | crash | timeout | mismatch
+            pa.field("stage", pa.string()),  # "" | container | convert | build | load | execute | verify
+            pa.field("outcome", pa.string()),  # ok | exception | crash | timeout | mismatch | nan | oom
             pa.field("error_type", pa.string()),
             pa.field("message", pa.string()),
             pa.field("frontend", pa.string()),
@@ -132,6 +142,27 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("alignment_rate", pa.float64()),
         ]
     ),
+    # MetaSchedule's tuning database of the ``tuned`` setting (deltann.fleet.tuning): one row
+    # per record, MetaSchedule's own JSON. Partitioned like the others (model, device kind);
+    # ``tuning_key`` (variant identity + resolved target) says which builds may use it.
+    "tuning": pa.schema([
+        pa.field("tuning_key", pa.string()),
+        pa.field("study", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("variant", pa.string()),
+        pa.field("device", pa.string()),
+        pa.field("target", pa.string()),  # JSON of the target as the board resolved it
+        pa.field("board", pa.string()),  # node that tuned the task
+        pa.field("hostname", pa.string()),
+        pa.field("round", pa.string()),  # one tuning call of one board
+        pa.field("trials_total", pa.int64()),  # the study budget this round completed (resumes compare to it)
+        pa.field("task", pa.string()),
+        pa.field("workload_hash", pa.string()),
+        pa.field("workload_json", pa.string()),  # Workload.as_json()
+        pa.field("record_json", pa.string()),  # TuningRecord.as_json()
+        pa.field("run_ms", pa.float64()),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+    ]),
 }
 
 TABLES = tuple(SCHEMAS)
@@ -195,6 +226,12 @@ class Store:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        #: parts skipped as unreadable, with the reason (also logged once each)
+        self.skipped: dict[Path, str] = {}
+        self._checked: dict[Path, tuple[int, int, bool]] = {}  # path -> (size, mtime_ns, readable)
+        self._written: set[Path] = set()  # parts this Store wrote (it may replace those)
+        self._complete_before: set[str] | None = None  # units complete before this Store wrote
+        self._version_ok = False
 
     # --- writing ------------------------------------------------------------
     def write(self, table: pa.Table) -> Path:
@@ -216,6 +253,13 @@ class Store:
         for col in PARTITIONS:
             folder = folder / f"{col}={_safe(parts[col])}"
         path = folder / f"part-{_safe(unit)}-{seq:04d}.parquet"
+        if name in UNIT_TABLES and path not in self._written and path.exists():
+            # A rerun replaces its own partial files; a completed unit's are someone's results.
+            if self._complete_before is None:
+                self._complete_before = self.completed_keys()
+            if unit in self._complete_before:
+                raise StoreError(f"{path}: belongs to unit {unit}, which another run completed; refusing to "
+                                 "overwrite it (two runs into one folder at once?)")
         body = table.drop_columns(list(PARTITIONS))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -226,6 +270,7 @@ class Store:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self._written.add(path)
         return path
 
     def write_manifest(self, study: dict[str, Any], run: dict[str, Any]) -> None:
@@ -238,6 +283,12 @@ class Store:
         }
         manifest["deltann_version"] = __version__
         manifest["environment"] = environment()
+        # A shared folder may hold several studies: each run names its own, and a study other
+        # than the folder's first is kept beside it.
+        name = study.get("name")
+        run = {"study": name, **run}
+        if isinstance(manifest.get("study"), dict) and name != manifest["study"].get("name"):
+            manifest.setdefault("studies", {})[str(name)] = study
         manifest["runs"].append(run)
         _atomic_write_bytes(self.root / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
 
@@ -250,15 +301,69 @@ class Store:
             raise StoreError(f"{path}: no manifest; is {self.root} a deltann results folder?") from None
         except json.JSONDecodeError as exc:
             raise StoreError(f"{path}: manifest is not valid JSON ({exc})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: cannot read the manifest ({type(exc).__name__}: {exc})") from None
+        if not isinstance(manifest, dict):
+            raise StoreError(f"{path}: manifest is not a JSON object; restore it from the original results folder")
         version = manifest.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise StoreError(f"{path}: manifest has no integer schema_version; restore it from the original "
+                             "results folder")
+        if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{path}: schema version {version!r} is newer than this deltann's ({SCHEMA_VERSION}); upgrade deltann"
             )
+        if not isinstance(manifest.get("study"), dict) or not isinstance(manifest.get("runs"), list):
+            raise StoreError(f"{path}: manifest lacks its 'study' object or 'runs' list; restore it from the "
+                             "original results folder")
         return manifest
 
+    def check_version(self) -> None:
+        """Refuse a folder whose manifest is from a newer deltann (or unreadable) before
+        reading or adding rows; a folder without a manifest yet (a run in progress, a
+        fresh folder) is fine."""
+        if not self._version_ok:
+            if (self.root / "manifest.json").exists():
+                self.read_manifest()
+            self._version_ok = True
+
     def files(self, table: str) -> list[Path]:
-        return sorted((self.root / f"table={table}").glob("*/*/part-*.parquet"))
+        """The table's readable parts. Anything else under ``table=<name>/`` (a part
+        truncated in a copy, a stray file, a folder outside the partition layout) is
+        skipped with one warning naming it."""
+        parts = []
+        for path in sorted((self.root / f"table={table}").glob("model=*/device=*/part-*.parquet")):
+            if self._readable(path, table):
+                parts.append(path)
+        return parts
+
+    def _readable(self, path: Path, table: str) -> bool:
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        seen = self._checked.get(path)
+        if seen is not None and seen[:2] == (st.st_size, st.st_mtime_ns):
+            return seen[2]
+        reason = ""
+        if not path.is_file():
+            reason = "not a regular file"
+        else:
+            try:
+                schema = pq.read_schema(path)
+            except Exception as exc:  # noqa: BLE001 - any unreadable footer: ArrowInvalid, OSError, ...
+                reason = f"not a readable Parquet file ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            else:
+                want = SCHEMAS[table]
+                for f in schema:
+                    if f.name in want.names and not f.type.equals(want.field(f.name).type):
+                        reason = f"column {f.name!r} is {f.type}, expected {want.field(f.name).type}"
+                        break
+        self._checked[path] = (st.st_size, st.st_mtime_ns, not reason)
+        if reason and path not in self.skipped:
+            self.skipped[path] = reason
+            log.warning("skipping %s: %s; restore it from the original results folder or delete it", path, reason)
+        return not reason
 
     def scan(self, table: str, *, complete_only: bool = True) -> Any:
         """Lazy Polars frame over one table (empty with the right schema if absent).
@@ -268,6 +373,7 @@ class Store:
 
         if table not in SCHEMAS:
             raise StoreError(f"unknown table {table!r}; tables: {', '.join(TABLES)}")
+        self.check_version()
         files = self.files(table)
         if not files:
             return pl.from_arrow(SCHEMAS[table].empty_table()).lazy()
@@ -290,6 +396,7 @@ class Store:
         return frame
 
     def completed_keys(self) -> set[str]:
+        self.check_version()
         if not self.files("builds"):
             return set()
         return set(self.scan("builds").select("unit_key").collect().to_series().to_list())

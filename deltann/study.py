@@ -18,18 +18,22 @@ allowed values. Example (``studies/quickstart.toml``)::
 
 from __future__ import annotations
 
+import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from deltann import convert, zoo
 from deltann.compile import settings as compile_settings
 from deltann.convert.base import parse_chain
 from deltann.errors import StudyError
+from deltann.zoo.user import UserModel
 
 RUNTIME_KINDS = ("native", "tvm")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class _Strict(BaseModel):
@@ -52,6 +56,15 @@ class Timing(_Strict):
     min_repeat_ms: int = Field(0, ge=0, le=600_000)
 
 
+class Tuning(_Strict):
+    """MetaSchedule's budget for the ``tuned`` setting (deltann.compile.tuning); part of
+    the tuned units' content keys. Without ``[tuning]`` these defaults apply."""
+
+    trials: int = Field(64, ge=1, le=1_000_000, description="measured candidates in all, over the kind's boards")
+    trials_per_task: int | None = Field(None, ge=1, le=100_000, description="at most this many per kernel")
+    tasks: Literal["heavy", "all"] = Field("heavy", description="'heavy': conv2d/matmul kernels only; 'all'")
+
+
 def _allowed(what: str, value: str, allowed: list[str] | tuple[str, ...]) -> ValueError:
     return ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
 
@@ -59,6 +72,9 @@ def _allowed(what: str, value: str, allowed: list[str] | tuple[str, ...]) -> Val
 class Study(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     description: str = ""
+    # Before ``models``: pydantic validates in this order, and ``models`` may name these.
+    user_models: dict[str, UserModel] = Field(default_factory=dict, max_length=64,
+                                              description="models by path: [user_models.<name>] (zoo/user.py)")
     models: list[str] = Field(min_length=1, max_length=64)
     variants: list[str] = Field(["torch"], min_length=1, max_length=64)
     runtimes: list[Literal["native", "tvm"]] = Field(["native", "tvm"], min_length=1)
@@ -68,16 +84,30 @@ class Study(_Strict):
     devices: list[str] = Field(["local"], min_length=1, max_length=64)
     dataset: Dataset = Dataset()
     timing: Timing = Timing()
+    tuning: Tuning = Tuning()
     replicate: bool = Field(False, description="run every unit on every board of its kind (board-to-board variance)")
     unit_timeout_s: float | None = Field(None, gt=0, le=86_400,
                                          description="a unit still running after this many seconds fails as 'timeout'")
 
+    @field_validator("user_models")
+    @classmethod
+    def _user_names(cls, v: dict[str, UserModel]) -> dict[str, UserModel]:
+        # The name goes into artifact folders and store partitions: a plain word only.
+        for name in v:
+            if not _NAME.match(name):
+                raise ValueError(f"{name!r}: a user model name is letters, digits, '_', '.', '-' "
+                                 "(at most 64, not starting with '.' or '-')")
+            if name in zoo.names():
+                raise ValueError(f"{name!r} is the name of a zoo model; pick another name")
+        return v
+
     @field_validator("models")
     @classmethod
-    def _models_known(cls, v: list[str]) -> list[str]:
+    def _models_known(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        user = list(info.data.get("user_models") or {})
         for name in v:
-            if name not in zoo.names():
-                raise _allowed("model", name, zoo.names())
+            if name not in zoo.names() and name not in user:
+                raise _allowed("model", name, [*zoo.names(), *user])
         return v
 
     @field_validator("variants")
@@ -116,7 +146,21 @@ class Study(_Strict):
     @model_validator(mode="after")
     def _combinations(self) -> Study:
         # Messages start with the key they are about (see _one_line).
+        for name, um in self.user_models.items():
+            if name not in self.models:
+                raise ValueError(f"user_models.{name}: defined but not in 'models'; add it there or remove the table")
         for model in self.models:
+            if model in self.user_models:
+                um = self.user_models[model]
+                for i, chain in enumerate(self.variants):
+                    source = chain.split("->")[0]
+                    if source != um.framework:
+                        raise ValueError(
+                            f"variants.{i}: {chain!r} starts from {source!r} but user model {model!r} "
+                            f"({Path(um.path).name}) is a {um.framework!r} model; start its variants from "
+                            f"{um.framework!r}"
+                        )
+                continue
             spec = zoo.get(model)
             for i, chain in enumerate(self.variants):
                 source = chain.split("->")[0]
@@ -130,6 +174,12 @@ class Study(_Strict):
                              + ", ".join(compile_settings.names()))
         if "tvm" not in self.runtimes and self.settings and "settings" in self.model_fields_set:
             raise ValueError("settings: given, but runtime 'tvm' is not in 'runtimes'; add it or drop 'settings'")
+        if "tuning" in self.model_fields_set and not any(compile_settings.is_tuned(s) for s in self.settings):
+            raise ValueError("tuning: given, but no setting is tuned; add 'tuned' to 'settings' or drop [tuning]")
+        per_task = self.tuning.trials_per_task
+        if per_task is not None and per_task > self.tuning.trials:
+            raise ValueError(f"tuning.trials_per_task: {per_task} is more than tuning.trials "
+                             f"({self.tuning.trials}); raise 'trials' or lower 'trials_per_task'")
         for name in ("models", "variants", "settings", "devices"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
@@ -151,8 +201,13 @@ def _one_line(path: Path, exc: ValidationError) -> str:
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     """Field names allowed at a location of the study (top level, dataset, timing)."""
     model: type[BaseModel] = Study
-    for part in loc:
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
         annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        if typing.get_origin(annotation) is dict and parts:  # user_models.<name>: the value's fields
+            annotation = typing.get_args(annotation)[1]
+            parts.pop(0)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             break
         model = annotation
@@ -165,9 +220,14 @@ def parse_study(data: dict[str, Any], path: Path, catalogue: dict[str, Any] | No
     from deltann.fleet.devices import load_catalogue
 
     try:
-        study = Study.model_validate(data)
+        # Paths in the study (user model files) are relative to the study file's folder.
+        study = Study.model_validate(data, context={"root": Path(path).parent.resolve()})
     except ValidationError as exc:
         raise StudyError(_one_line(path, exc)) from None
+    from deltann.zoo import user
+
+    for name, um in study.user_models.items():  # this process plans them; units carry them to boards
+        user.register(name, um)
     kinds = catalogue if catalogue is not None else load_catalogue()
     for i, kind in enumerate(study.devices):
         if kind not in kinds:
@@ -175,9 +235,16 @@ def parse_study(data: dict[str, Any], path: Path, catalogue: dict[str, Any] | No
     return study
 
 
+#: Study files are a few hundred bytes; anything this large is a wrong path.
+MAX_STUDY_BYTES = 1 << 20
+
+
 def load_study(path: Path | str, catalogue: dict[str, Any] | None = None) -> Study:
     path = Path(path)
     try:
+        # A device file (/dev/zero) or a huge file is not a study: refuse before reading it.
+        if path.exists() and (not path.is_file() or path.stat().st_size > MAX_STUDY_BYTES):
+            raise StudyError(f"{path}: not a study file (a regular TOML file under {MAX_STUDY_BYTES // 1024} KiB)")
         text = path.read_text()
     except FileNotFoundError:
         raise StudyError(f"{path}: study file not found; see studies/quickstart.toml for an example") from None
@@ -187,4 +254,6 @@ def load_study(path: Path | str, catalogue: dict[str, Any] | None = None) -> Stu
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    except RecursionError:  # tomllib recurses per nesting level: [[[[...]]]] of 100k levels
+        raise StudyError(f"{path}: values nested too deeply; a study needs at most a few levels") from None
     return parse_study(data, path, catalogue)

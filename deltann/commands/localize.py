@@ -9,9 +9,14 @@ a Fig.-2-style plot under ``DIR/localize/``. The inputs are checked against the 
 input hashes, so the layers compared are those of the very images the run classified.
 
 A configuration is named as in the tables, ``'torch->onnx [tvm:basic]'``, optionally
-with ``@device`` when it ran on several device kinds. Capturing happens on this machine:
-a pair of devices (one build, two boards) is compared here only where this machine can
-run both targets.
+with ``@device`` when it ran on several device kinds. The pair may differ in framework
+or conversion, in compiler setting (``[tvm:basic]`` vs ``[tvm:extended]``) or in device
+(one configuration ``@board-a`` vs ``@board-b``). A TVM build is captured through the
+frontend its row names (ONNX, torch exported program, TFLite), with its passes, for its
+target; by default every layer is exposed as an output, with ``--kernels`` it is run as
+built and captured kernel by kernel (what a setting fused is then unobservable and listed
+as unmatched). Capturing happens on this machine: a pair of devices is compared here only
+where this machine can run both targets (else a one-line error says so).
 """
 
 from __future__ import annotations
@@ -114,13 +119,16 @@ def _inputs(manifest: dict[str, Any], model: str, ids: list[str], hashes: dict[s
     return batch.tensors
 
 
-def capture_build(row: dict[str, Any], artifacts: Any, x: np.ndarray) -> Any:
-    """Per-layer capture of one ``builds`` row's configuration on ``x`` (NCHW)."""
+def capture_build(row: dict[str, Any], artifacts: Any, x: np.ndarray, kernels: bool = False) -> Any:
+    """Per-layer capture of one ``builds`` row's configuration on ``x`` (NCHW): a TVM build
+    is imported through the row's own frontend and built with its passes for its target;
+    with ``kernels``, as built (one layer per kernel) instead of with every layer exposed."""
     from deltann.runtimes.layers import capture
 
     artifact = artifacts.get(row["model"], row["variant"])
     return capture(row["runtime"], artifact.payload, x, artifact.layout, passes=tuple(row["passes"] or ()),
-                   target_json=row["target"] or "", meta=artifact.meta)
+                   target_json=row["target"] or "", meta=artifact.meta, frontend=row.get("frontend") or "",
+                   kernels=kernels)
 
 
 def layers_table(row_a: dict[str, Any], row_b: dict[str, Any], pair: str, ids: list[str], loc: Any) -> pa.Table:
@@ -136,9 +144,11 @@ def layers_table(row_a: dict[str, Any], row_b: dict[str, Any], pair: str, ids: l
 
 def localize_pair(results: Path | str, a: str, b: str, *, images: str = "flipped", model: str | None = None,
                   atol: float | None = None, rtol: float | None = None, data_root: Path | str | None = None,
-                  ) -> LocalizeResult:
+                  kernels: bool = False) -> LocalizeResult:
     """Localize the divergence of ``b`` from reference ``a``; write the ``layers`` table and
-    the plot. Returns what was found."""
+    the plot. Returns what was found. ``kernels``: capture TVM builds kernel by kernel as
+    built (what a setting fused is unobservable and listed as unmatched) instead of with
+    every layer exposed as an output (see :mod:`deltann.runtimes.layers`)."""
     from deltann.analysis import localize as loc_mod
     from deltann.convert.chain import ArtifactCache
 
@@ -146,6 +156,9 @@ def localize_pair(results: Path | str, a: str, b: str, *, images: str = "flipped
     results = Path(results)
     store = Store(results)
     manifest = store.read_manifest()
+    from deltann.zoo import user
+
+    user.register_from_study(manifest.get("study", {}))  # the study's [user_models], if any
     builds = store.scan("builds").filter(pl.col("status") == "ok").collect()
     row_a = _build_row(builds, a, model)
     row_b = _build_row(builds, b, model or row_a["model"])
@@ -154,12 +167,14 @@ def localize_pair(results: Path | str, a: str, b: str, *, images: str = "flipped
     ids, hashes = _choose_images(store, row_a["unit_key"], row_b["unit_key"], images)
     x = _inputs(manifest, row_a["model"], ids, hashes, Path(data_root) if data_root else Path.cwd())
     artifacts = ArtifactCache(results / "artifacts")
-    trace_a = capture_build(row_a, artifacts, x)
-    trace_b = capture_build(row_b, artifacts, x)
+    trace_a = capture_build(row_a, artifacts, x, kernels)
+    trace_b = capture_build(row_b, artifacts, x, kernels)
     loc = loc_mod.localize(trace_a, trace_b, atol=loc_mod.DEFAULT_ATOL if atol is None else atol,
                            rtol=loc_mod.DEFAULT_RTOL if rtol is None else rtol)
-    pair = f"{row_a['config']}@{row_a['device']} | {row_b['config']}@{row_b['device']}"
-    key = hashlib.sha256(json.dumps([row_a["unit_key"], row_b["unit_key"], ids, loc.atol, loc.rtol]).encode())
+    pair = f"{row_a['config']}@{row_a['device']} | {row_b['config']}@{row_b['device']}" + (
+        " (TVM kernels as built)" if kernels else "")
+    key = hashlib.sha256(json.dumps([row_a["unit_key"], row_b["unit_key"], ids, loc.atol, loc.rtol]
+                                    + (["kernels"] if kernels else [])).encode())
     pair_key = "layers-" + key.hexdigest()[:16]
     store.write(tag(layers_table(row_a, row_b, pair, ids, loc), "layers", pair_key, 0))
     slug = "".join(c if c.isalnum() else "_" for c in f"{row_a['model']}__{pair}")[:150]
@@ -208,11 +223,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--atol", type=float, help="absolute tolerance per element (default 1e-3)")
     p.add_argument("--rtol", type=float, help="relative tolerance per element, of |A| (default 1e-3)")
     p.add_argument("--data-root", help="folder the study's dataset path is relative to (default: current folder)")
+    p.add_argument("--kernels", action="store_true",
+                   help="capture TVM builds kernel by kernel, exactly as built: layers a setting fused into one "
+                        "kernel are unobservable and listed as unmatched (default: every layer exposed as an output)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     result = localize_pair(args.results, args.pair[0], args.pair[1], images=args.images, model=args.model,
-                           atol=args.atol, rtol=args.rtol, data_root=args.data_root)
+                           atol=args.atol, rtol=args.rtol, data_root=args.data_root, kernels=args.kernels)
     print(format_result(result))
     return 0

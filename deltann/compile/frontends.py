@@ -15,18 +15,20 @@ def _fold_onnx(path: Path) -> Any:
     optimisations. Relax's ONNX frontend refuses shape-computed ``Pad`` inputs ("Dynamic
     pads are not supported yet"), which exporters emit for TF-style 'same' padding;
     folding turns them into constants. Returns the folded ``onnx.ModelProto``."""
+    import tempfile
+
     import onnx
     import onnxruntime as ort
 
-    folded = path.with_name(path.stem + ".folded.onnx")
-    if not folded.exists():
+    # Folded in a private folder, never beside the source: a user model's .onnx lives in
+    # the user's folder, which deltann must not write to (folding takes well under a second).
+    with tempfile.TemporaryDirectory(prefix="deltann-fold-") as tmp:
+        folded = Path(tmp) / "folded.onnx"
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        tmp = folded.with_suffix(".tmp")
-        opts.optimized_model_filepath = str(tmp)
+        opts.optimized_model_filepath = str(folded)
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        tmp.replace(folded)
-    return onnx.load(str(folded))
+        return onnx.load(str(folded))
 
 
 def from_onnx(path: Path) -> Any:
@@ -39,9 +41,11 @@ def from_torch(module: Any, input_shape: tuple[int, ...]) -> Any:
     import torch
     import tvm.relax.frontend.torch as relax_torch
 
-    example = torch.zeros(input_shape, dtype=torch.float32)
-    with torch.no_grad():
-        program = torch.export.export(module, (example,))
+    program = getattr(module, "exported_program", None)  # a loaded .pt2: imported as it is
+    if program is None:
+        example = torch.zeros(input_shape, dtype=torch.float32)
+        with torch.no_grad():
+            program = torch.export.export(module, (example,))
     return relax_torch.from_exported_program(program, keep_params_as_input=False)
 
 

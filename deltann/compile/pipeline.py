@@ -68,17 +68,25 @@ def _dataflow_lower_passes(target: Any) -> list[Any]:
         return module.dataflow_lower_passes(target)
 
 
-def build(mod: Any, passes: tuple[str, ...], target: Any) -> Any:
+def build(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) -> Any:
     """Apply ``passes`` in order, then TVM's lowering tail for ``target``
-    (see :data:`deltann.compile.settings.LOWERING`), and build a VM executable."""
+    (see :data:`deltann.compile.settings.LOWERING`), and build a VM executable.
+    ``database``: the MetaSchedule database that ``MetaScheduleApplyDatabase`` (setting
+    ``tuned``, :mod:`deltann.compile.tuning`) reads; required when that pass is listed."""
+    import contextlib
+
     import tvm
     from tvm import relax
 
+    if database is None and "MetaScheduleApplyDatabase" in passes:
+        raise ValueError("setting with MetaScheduleApplyDatabase built without a tuning database; tune first "
+                         "(deltann.compile.tuning)")
     dispatch = relax.pipeline.library_dispatch_passes(target)
     lowering = _dataflow_lower_passes(target) + relax.pipeline.finalize_passes(target)
-    # LegalizeOps is idempotent: a setting that omits it still gets a buildable module.
-    chosen = [make_pass(p) for p in passes]
-    seq = tvm.transform.Sequential(dispatch + chosen + [relax.transform.LegalizeOps()] + lowering)
-    with target:
+    with target, (database if database is not None else contextlib.nullcontext()):
+        # LegalizeOps is idempotent: a setting that omits it still gets a buildable module.
+        # Passes are made inside the target scope: MetaScheduleApplyDatabase reads it.
+        chosen = [make_pass(p) for p in passes]
+        seq = tvm.transform.Sequential(dispatch + chosen + [relax.transform.LegalizeOps()] + lowering)
         lowered = seq(mod)
     return tvm.compile(lowered, target=target, relax_pipeline=None)

@@ -40,6 +40,14 @@ ENABLED: dict[str, frozenset[str]] = {
 
 SETTINGS: dict[str, tuple[str, ...]] = {name: catalogue.compose(enabled) for name, enabled in ENABLED.items()}
 
+#: The MetaSchedule setting: ``extended`` with the tuning database applied right before
+#: the tuning-free schedule, which then schedules only the kernels without a record
+#: (:mod:`deltann.compile.tuning`; budget from the study's ``[tuning]``). Not a catalogue
+#: entry and not an ablation base: it needs a tuning run, which an ablation should not.
+TUNED = "tuned"
+_SCHEDULE = SETTINGS["extended"].index("DefaultCpuSchedule")
+SETTINGS[TUNED] = SETTINGS["extended"][:_SCHEDULE] + ("MetaScheduleApplyDatabase",) + SETTINGS["extended"][_SCHEDULE:]
+
 #: Always applied after the setting's passes: TVM's own per-target lowering.
 LOWERING = ("library_dispatch_passes (before)", "dataflow_lower_passes", "finalize_passes")
 
@@ -63,8 +71,16 @@ def ablation_names() -> list[str]:
     return added + removed
 
 
+def is_tuned(name: str) -> bool:
+    """Whether a setting needs a MetaSchedule tuning database (deltann.compile.tuning)."""
+    return "MetaScheduleApplyDatabase" in passes_of(name)
+
+
 def enabled_of(name: str) -> frozenset[str]:
-    """Catalogue entries of a setting name: a named setting, ``base+Entry`` or ``base-Entry``."""
+    """Catalogue entries of a setting name: a named setting, ``base+Entry`` or ``base-Entry``
+    (``tuned``: those of ``extended``, whose passes it runs around its database)."""
+    if name == TUNED:
+        return ENABLED["extended"]
     if name in ENABLED:
         return ENABLED[name]
     for sign in "+-":

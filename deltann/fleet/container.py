@@ -39,6 +39,8 @@ log = logging.getLogger("deltann.fleet")
 #: Where the work folder and the artifact cache are mounted inside the container.
 WORK_MOUNT = "/deltann/work"
 CACHE_MOUNT = "/deltann/cache"
+#: uid/gid a container runs as when the board's own user is root.
+NOBODY = 65534
 #: Set in every images/<kind>/Dockerfile: a Ray node already inside its kind's image
 #: (launched by ray_cluster.yaml) runs units directly instead of starting a container.
 IMAGE_ENV = "DELTANN_IMAGE_KIND"
@@ -129,13 +131,25 @@ def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, An
     kind's target needs (NVIDIA GPUs for CUDA, the Mali device node for OpenCL)."""
     import docker
 
+    # Least privilege (issue 8): the job folder is read-only except its out/ folder, the
+    # artifact cache is the only other writable place; no network, no Linux capabilities,
+    # no setuid escalation.
+    uid = os.getuid()
     options: dict[str, Any] = {
         "command": ["python3", "-m", "deltann.fleet.container", WORK_MOUNT, CACHE_MOUNT],
-        "volumes": {str(work): {"bind": WORK_MOUNT, "mode": "rw"}, str(cache): {"bind": CACHE_MOUNT, "mode": "rw"}},
+        "volumes": {str(work): {"bind": WORK_MOUNT, "mode": "ro"},
+                    str(work / "out"): {"bind": f"{WORK_MOUNT}/out", "mode": "rw"},
+                    str(cache): {"bind": CACHE_MOUNT, "mode": "rw"}},
         "environment": {IMAGE_ENV: kind.name},
         "detach": True,
         "network_mode": "none",  # a build and a run need no network
-        "user": f"{os.getuid()}:{os.getgid()}",  # files in the work folder stay the board user's
+        # the board user's ids, so files in the work folder stay theirs; never root inside
+        # (a board running as root hands the writable folders to nobody, see run_in_container).
+        "user": f"{uid}:{os.getgid()}" if uid != 0 else f"{NOBODY}:{NOBODY}",
+        "privileged": False,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "pids_limit": 4096,  # a fork bomb in a model's custom op stays inside the container
     }
     target = kind.target.get("kind")
     if target == "cuda":
@@ -143,6 +157,35 @@ def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, An
     elif target == "opencl" and Path("/dev/mali0").exists():
         options["devices"] = ["/dev/mali0:/dev/mali0:rwm"]
     return options
+
+
+#: Labels on every container a board starts: the board (its Ray node id) and the study.
+BOARD_LABEL = "deltann.board"
+STUDY_LABEL = "deltann.study"
+
+
+def remove_stale(client: Any, board: str, study: str) -> int:
+    """Remove this board's containers of this study left by an actor that was killed (a
+    unit past ``unit_timeout_s``, a crash): killing the actor cannot stop the container it
+    started, so the board's next actor does. Returns how many it removed."""
+    import docker
+
+    removed = 0
+    try:
+        stale = client.containers.list(all=True, filters={"label": [f"{BOARD_LABEL}={board}",
+                                                                    f"{STUDY_LABEL}={study}"]})
+    except (docker.errors.DockerException, OSError) as exc:
+        log.warning("cannot list this board's old containers: %s", exc)
+        return 0
+    for container in stale:
+        try:
+            container.remove(force=True)
+            removed += 1
+        except (docker.errors.DockerException, OSError) as exc:
+            log.warning("cannot remove old container %s: %s", getattr(container, "id", "?"), exc)
+    if removed:
+        log.warning("removed %d containers a killed actor of board %s left running", removed, board)
+    return removed
 
 
 def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inputs], cache_dir: Path, *,
@@ -153,13 +196,35 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
 
     from deltann.fleet.markers import failure_row, is_progress
 
-    client = docker.from_env()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    def refuse_all(error: Exception, what: str) -> Iterator[pa.Table]:
+        """The container never started: every unit left becomes a ``container`` failure row,
+        so the study ends with rows instead of a board that keeps dying."""
+        message = " ".join(str(error).split())[:1500] or type(error).__name__
+        for unit in left:
+            yield failure_row(unit, study=study, board=board, hostname=hostname, stage="container",
+                              outcome="exception", error_type=type(error).__name__,
+                              message=f"{what} {kind.image!r}: {message}", seconds=0.0)
+
     left = list(units)
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException as exc:
+        yield from refuse_all(exc, "no Docker-compatible engine reachable to run image")
+        return
+    remove_stale(client, board, study)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     while left:
         work = cache_dir.parent / "jobs" / uuid.uuid4().hex
         write_job(work, left, inputs, study=study, board=board, hostname=hostname)
-        container = client.containers.run(kind.image, **container_options(kind, work, cache_dir))
+        if os.getuid() == 0:  # the container runs as nobody: give it the two folders it writes
+            for folder in (work / "out", cache_dir):
+                os.chown(folder, NOBODY, NOBODY)
+        try:
+            container = client.containers.run(kind.image, labels={BOARD_LABEL: board, STUDY_LABEL: study},
+                                              **container_options(kind, work, cache_dir))
+        except (docker.errors.DockerException, OSError) as exc:  # image missing, engine gone, bad device
+            yield from refuse_all(exc, "container failed to start from image")
+            return
         current: Unit | None = None
         started = time.monotonic()
         try:

@@ -38,14 +38,17 @@ class RunSummary:
     failed: int = 0
     pending: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: dataset files not used (unreadable images), with the reason; also in the manifest
+    skipped_images: list[dataset.Skipped] = field(default_factory=list)
 
 
-def prepare_inputs(study: Study, root: Path) -> dict[str, dataset.Inputs]:
+def prepare_inputs(study: Study, root: Path, skipped: list[dataset.Skipped] | None = None) -> dict[str, dataset.Inputs]:
     """Decode the dataset once and preprocess it with each model's recipe (and each
-    source framework's own recipe where its model needs one; see plan.inputs_key)."""
+    source framework's own recipe where its model needs one; see plan.inputs_key).
+    With ``skipped``, unreadable images are listed there instead of refused."""
     from deltann.convert.base import parse_chain
 
-    images = dataset.loader_for(study.dataset.source, root)(study.dataset.limit)
+    images = dataset.loader_for(study.dataset.source, root, skipped)(study.dataset.limit)
     by_recipe: dict[str, dataset.Inputs] = {}
     out = {}
     sources = sorted({parse_chain(chain)[0].framework for chain in study.variants})
@@ -447,7 +450,10 @@ def run_study(
     summary = RunSummary(out=out)
     started = dt.datetime.now(dt.UTC).isoformat()
 
-    inputs = prepare_inputs(study, study_path.parent)
+    inputs = prepare_inputs(study, study_path.parent, summary.skipped_images)
+    for s in summary.skipped_images:  # one line each, and recorded in the manifest
+        log.warning("dataset file %s skipped: %s", s.file, s.reason)
+    skipped_images = [{"file": s.file, "reason": s.reason} for s in summary.skipped_images]
     summary.seconds["inputs"] = time.perf_counter() - t0
     t = time.perf_counter()
     units = plan.expand(study, inputs, kinds)
@@ -459,7 +465,7 @@ def run_study(
     if not todo and not study.replicate:
         console.print(f"[green]nothing to do[/]: all {len(units)} units of {study.name!r} are already in {out}")
         store.write_manifest(study.model_dump(), {"started": started, "planned": len(units), "ran": 0,
-                                                  "skipped": summary.skipped})
+                                                  "skipped": summary.skipped, "skipped_images": skipped_images})
         return summary
 
     t = time.perf_counter()
@@ -475,6 +481,24 @@ def run_study(
                           f"{row['outcome']}: {row['error_type']}: {escape(row['message'][:200])}")
         if bar_ref:
             bar_ref["bar"].update(bar_ref["task"], advance=1, description=escape(f"{study.name}: {row['config']}"))
+
+    # Setting ``tuned`` (deltann.fleet.tuning): MetaSchedule over each kind's boards first;
+    # tuned units then carry their records, and one whose tuning failed is already a row.
+    if any(u.setting != "native" for u in todo):
+        from deltann.fleet import tuning as fleet_tuning
+
+        def tune_failed(unit: plan.Unit, board: str, error_type: str, message: str) -> None:
+            from deltann.fleet.markers import failure_row
+
+            table = failure_row(unit, study=study.name, board=board, hostname="", stage=fleet_tuning.STAGE,
+                                outcome="exception", error_type=error_type, message=message, seconds=0.0)
+            store.write(table)
+            on_done(table.to_pylist()[0])
+
+        tuned = fleet_tuning.tune_units(study, units if study.replicate else todo, store, kinds, cache_dir,
+                                        tune_failed)
+        units, todo = tuned.apply(units), tuned.apply(todo)
+        summary.seconds["tune"] = time.perf_counter() - t
 
     dispatcher = Dispatcher(study, store, ray.put(inputs), cache_dir, on_done)
     by_kind: dict[str, list[plan.Unit]] = defaultdict(list)
@@ -523,6 +547,7 @@ def run_study(
     store.write_manifest(study.model_dump(), {
         "started": started, "finished": dt.datetime.now(dt.UTC).isoformat(), "planned": summary.planned,
         "ran": summary.ran, "failed": summary.failed, "skipped": summary.skipped, "pending": len(summary.pending),
+        "skipped_images": skipped_images,
     })
     console.print(f"{summary.ran} units run ({summary.failed} failed), {summary.skipped} already in the store, "
                   f"{len(summary.pending)} pending; results in {out}")

@@ -5,11 +5,14 @@ stage it happened in; nothing raises out of :func:`run_unit`."""
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
+import os
 import time
 import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -61,6 +64,10 @@ def run_unit(
     """Yield the unit's ``predictions`` (in chunks of :data:`PREDICTION_CHUNK` images) and
     ``timings`` tables, then its ``builds`` row (always last: it marks the unit complete),
     with a :func:`~deltann.fleet.markers.progress` marker as each stage begins."""
+    if unit.user_model:  # a study's [user_models] entry: register it in this (board) process
+        from deltann.zoo import user
+
+        user.register_json(unit.user_model)
     spec = zoo.get(unit.model)
     # The class space of the model as its source framework ships it (TF-slim: 1001,
     # offset 1); every conversion keeps it. Declared metadata, never read off a file name.
@@ -93,8 +100,9 @@ def run_unit(
 
             # The artifact's own input shape: an NHWC TFLite or ONNX is imported as NHWC.
             builder = TvmBuild(unit.frontend, artifact.payload, input_shape(spec.input_shape, artifact.layout),
-                               unit.passes, unit.target, unit.host)
-            payload = builder()
+                               unit.passes, unit.target, unit.host, tuning=unit.tuning)
+            with build_memory_cap():
+                payload = builder()
             times["import_s"], times["compile_s"] = builder.import_s, builder.compile_s
             built_target = builder.resolved_target
         stage = "load"
@@ -121,6 +129,10 @@ def run_unit(
             if out.ndim != 2 or out.shape != (1, labels.num_classes):
                 raise UnitFailure("verify", "mismatch",
                                   f"output shape {tuple(out.shape)}, expected (1, {labels.num_classes})")
+            if not np.isfinite(out).all():  # a NaN logit makes top-1 meaningless (argsort puts NaN first)
+                raise UnitFailure("verify", "nan", f"output for image {image_id!r} has "
+                                  f"{int(np.isnan(out).sum())} NaN and {int(np.isinf(out).sum())} infinite values "
+                                  f"of {out.size}")
             logits = labels.to_imagenet(out.astype(np.float32))[0]
             probs = softmax(logits.astype(np.float64))
             top5 = np.argsort(-logits, kind="stable")[:5]
@@ -152,12 +164,17 @@ def run_unit(
         }
         yield tag(pa.Table.from_pylist([timing], schema=SCHEMAS["timings"]), "timings", unit.key, 0)
     except UnitFailure as exc:
-        failure = {"stage": exc.stage, "outcome": exc.outcome, "error_type": "OutputMismatch", "message": str(exc)}
+        failure = {"stage": exc.stage, "outcome": exc.outcome, "message": str(exc),
+                   "error_type": "NonFiniteOutput" if exc.outcome == "nan" else "OutputMismatch"}
     except Exception as exc:  # errors are data: the study goes on
         log.debug("unit %s failed in %s:\n%s", unit.config, stage, traceback.format_exc())
-        message = str(exc).strip().splitlines()
-        failure = {"stage": stage, "outcome": "exception", "error_type": type(exc).__name__,
-                   "message": " ".join(message)[:2000] or type(exc).__name__}
+        message = " ".join(str(exc).strip().splitlines())
+        # Out of memory: Python's MemoryError, an OS call's ENOMEM, or C++'s std::bad_alloc
+        # surfacing through TVM.
+        oom = (isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM
+               or any(s in message.lower() for s in ("bad_alloc", "out of memory", "cannot allocate memory")))
+        failure = {"stage": stage, "outcome": "oom" if oom else "exception", "error_type": type(exc).__name__,
+                   "message": message[:2000] or type(exc).__name__}
     finally:
         if runner is not None:
             runner.deactivate()
@@ -177,6 +194,37 @@ def run_unit(
         "finished_at": dt.datetime.now(dt.UTC),
     }
     yield tag(pa.Table.from_pylist([row], schema=SCHEMAS["builds"]), "builds", unit.key, 0)
+
+
+#: Board setting (environment): MiB a TVM build may allocate on top of what the board
+#: process already holds. A runaway build then fails as an ``oom`` row of stage ``build``
+#: instead of waking the kernel's OOM killer, which may take the board's Ray node with it.
+BUILD_MEMORY_ENV = "DELTANN_BUILD_MEMORY_MB"
+
+
+@contextmanager
+def build_memory_cap() -> Iterator[None]:
+    """Cap the process's data segment (RLIMIT_DATA: heap and anonymous mappings, not the
+    shared libraries) for the duration of a build when :data:`BUILD_MEMORY_ENV` is set."""
+    value = os.environ.get(BUILD_MEMORY_ENV)
+    if not value:
+        yield
+        return
+    import resource
+
+    try:
+        headroom = int(value) << 20
+    except ValueError:
+        raise ValueError(f"{BUILD_MEMORY_ENV}={value!r}: expected a whole number of MiB") from None
+    with open("/proc/self/status") as fh:
+        used = next(int(line.split()[1]) << 10 for line in fh if line.startswith("VmData:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = used + headroom if hard == resource.RLIM_INFINITY else min(used + headroom, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 def _threads(runtime: str) -> int:

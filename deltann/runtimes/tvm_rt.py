@@ -15,9 +15,10 @@ class TvmBuild:
     """Import + build, timed separately from loading (stage ``build``)."""
 
     def __init__(self, frontend: str, payload: Any, input_shape: tuple[int, ...], passes: tuple[str, ...],
-                 target_json: str, host_json: str) -> None:
+                 target_json: str, host_json: str, tuning: str = "") -> None:
         self.frontend, self.payload, self.input_shape = frontend, payload, input_shape
         self.passes, self.target_json, self.host_json = passes, target_json, host_json
+        self.tuning = tuning  # MetaSchedule records (JSON, compile.tuning) for setting ``tuned``
         self.executable: Any = None
         self.resolved_target = ""  # the target as built, e.g. mcpu "native" resolved on the board
         self.import_s = 0.0
@@ -33,7 +34,12 @@ class TvmBuild:
         start = time.perf_counter()
         target = make_target(self.target_json, self.host_json)
         self.resolved_target = str(target)
-        self.executable = build(mod, self.passes, target)
+        database = None
+        if self.tuning:
+            from deltann.compile import tuning
+
+            database = tuning.records_to_database(tuning.records_from_json(self.tuning))
+        self.executable = build(mod, self.passes, target, database=database)
         self.compile_s = time.perf_counter() - start
         return self.executable
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from deltann.zoo.base import LabelSpace, ModelSpec, Preprocess
 
-__all__ = ["LabelSpace", "ModelSpec", "Preprocess", "get", "names", "register"]
+__all__ = ["LabelSpace", "ModelSpec", "Preprocess", "get", "is_user", "names", "register", "register_user"]
 
 _REGISTRY: dict[str, ModelSpec] = {}
+#: User models (a study's ``[user_models]``, see :mod:`deltann.zoo.user`): replaced when a
+#: later study defines the name again, and never listed by :func:`names`, so a study can
+#: only use a user model it defines itself.
+_USER: dict[str, ModelSpec] = {}
 _LOADED = False
 
 
@@ -28,6 +32,18 @@ def _load_builtin() -> None:
         from deltann.zoo import efficientnet_lite, tiny, torchvision_models  # noqa: F401
 
 
+def register_user(spec: ModelSpec) -> ModelSpec:
+    _load_builtin()
+    if spec.name in _REGISTRY:
+        raise ValueError(f"user model {spec.name!r} has the name of a zoo model; pick another name")
+    _USER[spec.name] = spec
+    return spec
+
+
+def is_user(name: str) -> bool:
+    return name in _USER
+
+
 def names() -> list[str]:
     _load_builtin()
     return sorted(_REGISTRY)
@@ -36,6 +52,6 @@ def names() -> list[str]:
 def get(name: str) -> ModelSpec:
     _load_builtin()
     try:
-        return _REGISTRY[name]
+        return _REGISTRY[name] if name in _REGISTRY else _USER[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(names())}") from None

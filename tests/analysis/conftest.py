@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -71,3 +72,25 @@ class Hand:
 @pytest.fixture
 def hand(tmp_path: Path) -> Hand:
     return Hand(tmp_path / "store")
+
+
+def _perturb_onnx(src: Path, dst: Path, node_name: str, scale: float = 0.05) -> Path:
+    """A copy of ``src`` whose node ``node_name`` has its weight initializer perturbed by
+    ``scale`` times its standard deviation (seeded noise): the single-layer fault."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    node = next(n for n in model.graph.node if n.name == node_name)
+    init = next(t for t in model.graph.initializer if t.name == node.input[1])
+    w = numpy_helper.to_array(init)
+    noisy = w + scale * w.std() * np.random.RandomState(1).randn(*w.shape).astype(w.dtype)
+    init.CopyFrom(numpy_helper.from_array(noisy.astype(w.dtype), init.name))
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def perturb_onnx() -> Any:
+    """The single-layer fault: ``perturb_onnx(src, dst, node_name, scale=0.05)``."""
+    return _perturb_onnx

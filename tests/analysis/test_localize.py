@@ -81,6 +81,28 @@ def test_unmatched_layers_are_listed_and_divergence_is_located() -> None:
     assert growth[:2] == [0.0, 0.0] and growth[3] > growth[2] > 0
 
 
+def test_branches_run_in_another_order_align_by_producers() -> None:
+    """Two branches of one shape, renamed, run in opposite orders: only the producers
+    (the concat's argument order) can pair them; without producers the alignment
+    would pair branch 1 with branch 2."""
+    rng = _rng()
+    stem, b1, b2 = (rng.randn(1, 4, 6, 6) for _ in range(3))
+    cat = np.concatenate([b1, b2], axis=1)
+    a = Trace("torch", "NCHW", [Layer("stem", "Conv2d", stem, inputs=()),
+                                Layer("b1", "Conv2d", b1, inputs=("stem",)),
+                                Layer("b2", "Conv2d", b2, inputs=("stem",)),
+                                Layer("/cat", "cat", cat, inputs=("b1", "b2"))])
+    b = Trace("litert", "NHWC", [Layer("t0", "CONV_2D", stem.transpose(0, 2, 3, 1), inputs=()),
+                                 Layer("t2", "CONV_2D", b2.transpose(0, 2, 3, 1), inputs=("t0",)),
+                                 Layer("t1", "CONV_2D", b1.transpose(0, 2, 3, 1), inputs=("t0",)),
+                                 Layer("t3", "CONCATENATION", cat.transpose(0, 2, 3, 1), inputs=("t1", "t2"))])
+    al = align(a, b)
+    assert sorted(al.pairs) == [(0, 0), (1, 2), (2, 1), (3, 3)]
+    assert localize(a, b).first_divergent is None
+    blind = Trace("litert", "NHWC", [Layer(la.name, la.op, la.value) for la in b.layers])  # no producers
+    assert localize(a, blind).first_divergent is not None  # the branches cross
+
+
 # --- real models ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> ArtifactCache:
@@ -89,22 +111,6 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> ArtifactCache:
 
 def inputs(model: str, n: int = 2) -> np.ndarray:
     return dataset.preprocess(dataset.load_samples(n), zoo.get(model).preprocess).tensors
-
-
-def perturb_onnx(src: Path, dst: Path, node_name: str, scale: float = 0.05) -> Path:
-    """A copy of ``src`` whose node ``node_name`` has its weight initializer perturbed by
-    ``scale`` times its standard deviation (seeded noise): the single-layer fault."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(src))
-    node = next(n for n in model.graph.node if n.name == node_name)
-    init = next(t for t in model.graph.initializer if t.name == node.input[1])
-    w = numpy_helper.to_array(init)
-    noisy = w + scale * w.std() * np.random.RandomState(1).randn(*w.shape).astype(w.dtype)
-    init.CopyFrom(numpy_helper.from_array(noisy.astype(w.dtype), init.name))
-    onnx.save(model, str(dst))
-    return dst
 
 
 def assert_first_divergent_at(loc: Localization, torch_conv: str) -> dict[str, Any]:
@@ -127,7 +133,7 @@ FAULTS = {  # model -> (ONNX node whose weights are perturbed, the torch module 
 
 
 @pytest.mark.parametrize("model", ["tiny_cnn", "efficientnet_lite0"])
-def test_fault_in_onnx_copy_is_named_first_divergent(model: str, cache: ArtifactCache, tmp_path: Path) -> None:
+def test_fault_in_onnx_copy_is_named_first_divergent(perturb_onnx: Any, model: str, cache: ArtifactCache, tmp_path: Path) -> None:
     node, torch_conv = FAULTS[model]
     x = inputs(model)
     src = Path(cache.get(model, "torch->onnx").payload)
@@ -158,7 +164,7 @@ def test_unperturbed_chain_is_within_tolerance(model: str, cache: ArtifactCache)
     assert all(r["reason"] for r in loc.unmatched)
 
 
-def test_tvm_build_vs_onnxruntime_aligns_through_folding(cache: ArtifactCache, tmp_path: Path) -> None:
+def test_tvm_build_vs_onnxruntime_aligns_through_folding(perturb_onnx: Any, cache: ArtifactCache, tmp_path: Path) -> None:
     """Same ONNX, TVM (imported after onnxruntime's folding) vs onnxruntime: exact tensor
     names align; a fault in the ONNX shows in both, so the pair agrees everywhere."""
     x = inputs("tiny_cnn")
@@ -200,7 +206,7 @@ def tflite_of(onnx_path: Path, out: Path, quantize: str = "none") -> Path:
 
 
 @pytest.mark.parametrize("model", ["tiny_cnn", pytest.param("efficientnet_lite0", marks=pytest.mark.slow)])
-def test_fault_named_across_torch_tflite_boundary(model: str, cache: ArtifactCache, tmp_path: Path) -> None:
+def test_fault_named_across_torch_tflite_boundary(perturb_onnx: Any, model: str, cache: ArtifactCache, tmp_path: Path) -> None:
     node, torch_conv = FAULTS[model]
     x = inputs(model)
     src = Path(cache.get(model, "torch->onnx").payload)

@@ -68,20 +68,23 @@ def _dump(doc: dict[str, Any]) -> str:
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(edits=st.lists(st.tuples(keys, values), min_size=1, max_size=4), drop=st.sets(st.sampled_from(list(VALID)), max_size=2))
-def test_malformed_studies_are_refused_in_one_line(tmp_path: Path, edits: list[tuple[str, Any]], drop: set[str]) -> None:
+def test_malformed_studies_are_refused_in_one_line(tmp_path: Path, tally, edits: list[tuple[str, Any]],
+                                                   drop: set[str]) -> None:
     doc = {k: (dict(v) if isinstance(v, dict) else v) for k, v in VALID.items() if k not in drop}
     for key, value in edits:
         _set(doc, key, value)
     path = tmp_path / "study.toml"
     path.write_text(_dump(doc))
     before = sorted(p.name for p in tmp_path.iterdir())
-    try:
-        study = load_study(path)
-    except StudyError as exc:
-        message = str(exc)
-        assert "\n" not in message and message.startswith(f"{path}: "), message
-        assert len(message) < 2000
-    else:
-        assert isinstance(study, Study)
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
-
+    with tally.case("study", str(edits)[:200]) as case:
+        try:
+            study = load_study(path)
+        except StudyError as exc:
+            message = str(exc)
+            assert "\n" not in message and message.startswith(f"{path}: "), message
+            assert len(message) < 2000
+            case.refused(message)
+        else:
+            assert isinstance(study, Study)
+            case.accepted()
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written

@@ -1,0 +1,400 @@
+"""MetaSchedule for the ``tuned`` setting: task extraction, tuning a share of the tasks,
+and the database as JSON rows.
+
+Why this shape: tuning is the one build step that costs minutes to hours, so it is done
+once per (model variant, resolved target) and its records are kept in the results store
+(``table=tuning``, :mod:`deltann.fleet.tuning`), shared by every board of the kind and
+reused by reruns. Tasks are independent, so a kind's boards tune disjoint shares of them
+and the driver merges the records. Everything that crosses a process or node boundary
+is JSON text (TVM's own ``save_json`` of the task's IRModule, MetaSchedule's workload and
+tuning-record JSON), never a pickle.
+
+The ``tuned`` setting is ``extended`` with ``MetaScheduleApplyDatabase`` placed right
+before ``DefaultCpuSchedule``: a kernel with a record gets its tuned schedule; the
+others keep deltann's tuning-free schedule (dlight's ``ApplyDefaultSchedule`` skips
+kernels already scheduled). Tasks are extracted from the module after exactly the passes
+that precede ``MetaScheduleApplyDatabase`` in the setting, so the kernels tuned are
+structurally the kernels the build looks up.
+
+Each task's search is seeded with deltann's own schedule of it, measured like any
+candidate, so a kernel's best record is never slower than what ``extended`` runs (by
+that measurement) and a small budget cannot make ``tuned`` slower than ``extended``.
+Candidates are built and timed in the tuning process (``_in_process``), not in worker
+processes, and only the CPU tensor intrinsics are loaded (``_cpu_intrinsics_only``):
+each saves ~30 s of fixed cost per tuning call on a 2-core board.
+
+Which tasks are tuned (``tasks``): ``heavy`` (the default) only kernels with a
+convolution or matmul (``conv2d``, ``matmul``, ``dense`` in the fused kernel's name),
+which hold nearly all of a CNN's time; ``all`` every kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger("deltann.compile")
+
+#: The pass that applies the database (a Relax pass; it reads ``Database.current()``).
+APPLY = "MetaScheduleApplyDatabase"
+
+#: Substrings of a fused kernel's name that make it a "heavy" task.
+HEAVY = ("conv2d", "matmul", "dense")
+
+#: Tuning records kept per workload: the best few (the best one is what a build applies;
+#: the others seed the search when a rerun with more budget resumes).
+TOP_K = 4
+
+
+#: MetaSchedule logs every trace it samples at INFO: its tasks log here, at WARNING.
+_QUIET = logging.getLogger("deltann.compile.tune")
+_QUIET.setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One extracted kernel: its name, how often the model calls it, and its IRModule as
+    TVM JSON (what a board needs to tune it)."""
+
+    name: str
+    weight: int
+    flops: float
+    mod_json: str
+
+    @property
+    def heavy(self) -> bool:
+        return any(h in self.name for h in HEAVY)
+
+
+def prefix_passes(passes: tuple[str, ...]) -> tuple[str, ...]:
+    """The passes of a setting that run before the database is applied."""
+    if APPLY not in passes:
+        raise ValueError(f"setting has no {APPLY} pass: nothing to tune")
+    return passes[: passes.index(APPLY)]
+
+
+def tuning_target(target: Any, threads: int) -> Any:
+    """``target`` with ``num-cores`` (MetaSchedule's parallel rules need it) = the board's
+    thread count (runtimes.base.thread_count)."""
+    import tvm
+
+    spec = dict(target.export())
+    host = spec.pop("host", None)
+    if target.kind.name == "llvm":
+        spec["num-cores"] = threads
+    return tvm.target.Target(spec, host=host) if host else tvm.target.Target(spec)
+
+
+def prepare(mod: Any, passes: tuple[str, ...], target: Any) -> Any:
+    """The module as the build has it when ``MetaScheduleApplyDatabase`` runs: TVM's
+    library dispatch, then the setting's passes before it (see pipeline.build)."""
+    import tvm
+    from tvm import relax
+
+    from deltann.compile.pipeline import make_pass
+
+    dispatch = relax.pipeline.library_dispatch_passes(target)
+    seq = tvm.transform.Sequential(dispatch + [make_pass(p) for p in prefix_passes(passes)])
+    with target:
+        return seq(mod)
+
+
+def extract(mod: Any, passes: tuple[str, ...], target: Any) -> list[Task]:
+    """The kernels of ``mod`` as tuning tasks, heaviest (flops x calls) first."""
+    import tvm
+    from tvm.s_tir import analysis as s_tir_analysis
+    from tvm.s_tir import meta_schedule as ms
+
+    prepared = prepare(mod, passes, target)
+    tasks = []
+    for t in ms.relax_integration.extract_tasks(prepared, target):
+        func_mod = t.dispatched[0]
+        try:
+            flops = float(s_tir_analysis.estimate_tir_flops(func_mod))
+        except Exception:  # noqa: BLE001 - flops only order the tasks; unknown counts as 0
+            flops = 0.0
+        tasks.append(Task(str(t.task_name), int(t.weight), flops, tvm.ir.save_json(func_mod)))
+    return sorted(tasks, key=lambda t: (-t.flops * t.weight, t.name))
+
+
+def select(tasks: list[Task], which: str) -> list[Task]:
+    """The tasks a study tunes: ``heavy`` or ``all`` (see the module docstring)."""
+    if which == "all":
+        return list(tasks)
+    if which == "heavy":
+        return [t for t in tasks if t.heavy]
+    raise ValueError(f"unknown task selection {which!r}; allowed: heavy, all")
+
+
+def split(tasks: list[Task], boards: int) -> list[list[Task]]:
+    """Tasks over ``boards`` shares, balanced by estimated work (flops x calls, greedy
+    largest first), each share in the order given."""
+    shares: list[list[Task]] = [[] for _ in range(max(1, boards))]
+    loads = [0.0] * len(shares)
+    for task in tasks:  # heaviest first (extract's order)
+        i = min(range(len(shares)), key=lambda j: (loads[j], len(shares[j]), j))
+        shares[i].append(task)
+        loads[i] += max(task.flops, 1.0) * task.weight
+    return shares
+
+
+def share_budget(total: int, share: int, tasks: int) -> int:
+    """A share's part of a global trial budget, proportional to its task count (at least
+    one trial per task of the share)."""
+    if tasks == 0 or share == 0:
+        return 0
+    return max(share, round(total * share / tasks))
+
+
+@dataclass(frozen=True)
+class Record:
+    """One tuning record as the store keeps it: MetaSchedule's JSON, never a pickle."""
+
+    task: str
+    workload_hash: str
+    workload_json: str  # Workload.as_json(): [structural hash, IRModule JSON]
+    record_json: str  # TuningRecord.as_json(): [trace, run_secs, target, args_info]
+    run_ms: float  # mean measured time of the candidate
+
+
+def workload_hash(mod: Any) -> str:
+    """MetaSchedule's structural hash of a kernel's IRModule (how its database finds it)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return str(ms.database.Workload(mod).as_json()[0])
+
+
+def records_to_database(records: Iterable[Record]) -> Any:
+    """A MetaSchedule in-memory database holding ``records``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    db = ms.database.MemoryDatabase()
+    workloads: dict[str, Any] = {}
+    for rec in records:
+        wl = workloads.get(rec.workload_hash)
+        if wl is None:
+            wl = db.commit_workload(ms.database.Workload.from_json(json.loads(rec.workload_json)).mod)
+            workloads[rec.workload_hash] = wl
+        db.commit_tuning_record(ms.database.TuningRecord.from_json(json.loads(rec.record_json), wl))
+    return db
+
+
+def database_to_records(db: Any, names: dict[str, str], top_k: int = TOP_K) -> list[Record]:
+    """The best ``top_k`` records of each workload of ``db`` with a valid measurement.
+    ``names`` maps a workload's structural hash to its task name."""
+    out = []
+    seen: dict[str, Any] = {}
+    for rec in db.get_all_tuning_records():
+        seen.setdefault(workload_hash(rec.workload.mod), rec.workload)
+    for whash, wl in seen.items():
+        wl_json = json.dumps(wl.as_json())
+        for rec in db.get_top_k(wl, top_k):
+            secs = [float(s) for s in (rec.run_secs or [])]
+            if not secs:
+                continue
+            out.append(Record(names.get(whash, ""), whash, wl_json, json.dumps(rec.as_json()),
+                              1e3 * sum(secs) / len(secs)))
+    return out
+
+
+def _in_process() -> tuple[Any, Any]:
+    """A MetaSchedule builder and runner that compile and time candidates in this
+    process. Why not ``LocalBuilder``/``LocalRunner``: they start worker processes that
+    import TVM (its builder a fresh pool per round) and link every candidate with the
+    system compiler, ~30 s of fixed cost per tuning call on a 2-core board, more than
+    measuring a few dozen candidates. The cost: a candidate that crashed would take the
+    tuning process with it; MetaSchedule's postprocessors verify every llvm candidate
+    before it is built, and on a board the process is the tuning task, whose death is a
+    ``tune`` failure row (deltann.fleet.tuning)."""
+    import itertools
+
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import (
+        LocalRunnerFuture,
+        default_alloc_argument,
+        default_run_evaluator,
+    )
+    from tvm.ir.utils import derived_object
+
+    built: dict[str, Any] = {}
+    counter = itertools.count()
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs: list[Any]) -> list[Any]:
+            results = []
+            for inp in build_inputs:
+                try:
+                    token = f"in-process:{next(counter)}"
+                    built[token] = default_build(inp.mod, inp.target, None)
+                    results.append(BuilderResult(token, None))
+                except Exception as exc:  # noqa: BLE001 - a failed candidate is a result, as in LocalBuilder
+                    results.append(BuilderResult(None, f"{type(exc).__name__}: {exc}"))
+            return results
+
+    config = EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20, enable_cpu_cache_flush=False)
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        def run(self, runner_inputs: list[Any]) -> list[Any]:
+            import tvm
+
+            futures = []
+            for inp in runner_inputs:
+                rt_mod = built.pop(str(inp.artifact_path), None)
+                try:
+                    if rt_mod is None:
+                        raise RuntimeError(f"no built candidate {inp.artifact_path}")
+                    device = tvm.runtime.device(str(inp.device_type), 0)
+                    args = default_alloc_argument(device, [a.as_json() for a in inp.args_info], 1)
+                    costs = default_run_evaluator(rt_mod, device, config, args)
+                    futures.append(LocalRunnerFuture(res=costs, error_message=None))
+                except Exception as exc:  # noqa: BLE001 - a failed candidate is a result, as in LocalRunner
+                    futures.append(LocalRunnerFuture(res=None, error_message=f"{type(exc).__name__}: {exc}"))
+            return futures
+
+    return InProcessBuilder(), InProcessRunner()
+
+
+def _cpu_intrinsics_only(target: Any) -> None:
+    """Register only the CPU tensor intrinsics (x86, Arm) before MetaSchedule imports the
+    whole ``tvm.s_tir.tensor_intrin`` package. Why: that package builds every target's
+    intrinsics at import, CUDA's alone ~18 s and ~28 s in all on this machine, paid by
+    every tuning process (a Ray worker per board), while an llvm target's schedule rules
+    use only the CPU ones. The package module is stood in by an empty one with the real
+    path, so its submodules import as usual; other targets get the full import."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules or target.kind.name != "llvm":
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return
+    package = types.ModuleType(name, "CPU tensor intrinsics only (deltann.compile.tuning)")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec
+    sys.modules[name] = package
+    for sub in ("x86", "arm_cpu"):
+        setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
+
+
+def _seed_default_schedule(db: Any, contexts: list[Any], target: Any, builder: Any, runner: Any) -> int:
+    """Measure deltann's tuning-free schedule (compile.schedules) of every task and commit
+    it to ``db`` as an ordinary tuning record. Why: with a budget of a few trials per
+    kernel MetaSchedule's best candidate is often slower than that schedule (measured on
+    MobileNetV2: 256 trials for 31 kernels gave 12.5 ms against extended's 7.5 ms), and a
+    kernel whose record is slower would make ``tuned`` slower than ``extended``. Seeded,
+    the best record of each kernel is the faster of the two by the same measurement, and
+    the search starts from it. Returns how many kernels got a seed."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    from deltann.compile.schedules import lanes_for, schedule_func
+
+    seeded = 0
+    for ctx in contexts:
+        func = ctx.mod["main"]
+        sch = schedule_func(func, lanes_for(target))
+        if sch is None:
+            continue
+        (built,) = builder.build([BuilderInput(sch.mod, target)])
+        if built.error_msg:
+            log.debug("default schedule of %s did not build: %s", ctx.task_name, built.error_msg)
+            continue
+        args_info = ArgInfo.from_prim_func(func)
+        (future,) = runner.run([RunnerInput(built.artifact_path, target.kind.name, args_info)])
+        result = future.result()
+        if result.error_msg or not result.run_secs:
+            continue
+        workload = db.commit_workload(ctx.mod)
+        db.commit_tuning_record(TuningRecord(sch.trace, workload, result.run_secs, target, args_info))
+        seeded += 1
+    return seeded
+
+
+def tune(tasks: list[Task], target: Any, trials: int, *, trials_per_task: int | None = None,
+         previous: Iterable[Record] = (), threads: int | None = None, seed: int = 0,
+         seed_default: bool = True) -> list[Record]:
+    """Tune ``tasks`` for ``target`` with ``trials`` measured candidates in all, starting
+    from ``previous`` records (a resumed search starts from the best of them). Measures
+    with the board's thread policy: the runner's worker processes inherit
+    ``TVM_NUM_THREADS`` (runtimes.base.thread_env), builders and search threads are
+    limited to ``threads`` (default: runtimes.base.thread_count). With ``seed_default``
+    deltann's own schedule of each task is measured first and competes as a record
+    (:func:`_seed_default_schedule`). Returns the best
+    records of every task tuned (``previous`` ones included where still the best)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from deltann.runtimes.base import thread_count
+
+    threads = threads or thread_count()
+    target = tuning_target(target, threads)
+    if not tasks or trials <= 0:
+        return []
+    _cpu_intrinsics_only(target)
+    db = records_to_database(previous)
+    # The evolutionary search's population scales with the trials each task gets: its
+    # default (512, 4 generations) costs ~10 s of search per round on 2 cores, more than
+    # measuring a handful of candidates does.
+    per_task = max(1, trials // len(tasks))
+    population = min(512, max(32, 16 * per_task))
+    contexts, weights, names = [], [], {}
+    for i, task in enumerate(tasks):
+        func_mod = tvm.ir.load_json(task.mod_json)
+        contexts.append(ms.TuneContext(
+            mod=func_mod, target=target, space_generator="post-order-apply",
+            search_strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=population, init_min_unmeasured=min(50, population // 2),
+                genetic_num_iters=4 if population >= 256 else 2),
+            task_name=task.name, rand_state=seed + i, num_threads=threads,
+            logger=_QUIET,
+        ).clone())
+        weights.append(float(task.weight))
+        names[workload_hash(contexts[-1].mod)] = task.name  # as the context normalised it
+    builder, runner = _in_process()
+    start = time.perf_counter()
+    if seed_default:
+        _seed_default_schedule(db, contexts, target, builder, runner)
+    with tempfile.TemporaryDirectory(prefix="deltann-tune-") as work_dir:
+        ms.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=trials,
+            max_trials_per_task=trials_per_task, num_trials_per_iter=min(64, per_task),
+            builder=builder, runner=runner, database=db,
+            # the default callbacks minus RemoveBuildArtifact: in-process candidates have no files
+            measure_callbacks=[ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()], cost_model="xgb", task_scheduler="gradient",
+        )
+    log.info("tuned %d tasks, %d trials, in %.1f s", len(tasks), trials, time.perf_counter() - start)
+    wanted = set(names)
+    return [r for r in database_to_records(db, names) if r.workload_hash in wanted]
+
+
+def records_to_json(records: Iterable[Record]) -> str:
+    """A database as one JSON document (what a tuned unit carries to its board)."""
+    return json.dumps([asdict(r) for r in records])
+
+
+def records_from_json(text: str) -> list[Record]:
+    return [Record(**r) for r in json.loads(text)] if text else []
+
+
+def best_only(records: Iterable[Record]) -> list[Record]:
+    """The fastest record of each workload (all a build needs)."""
+    best: dict[str, Record] = {}
+    for rec in records:
+        if rec.workload_hash not in best or rec.run_ms < best[rec.workload_hash].run_ms:
+            best[rec.workload_hash] = rec
+    return list(best.values())

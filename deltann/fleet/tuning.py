@@ -1,0 +1,258 @@
+"""MetaSchedule tuning for the ``tuned`` setting, spread over a device kind's boards.
+
+Before the tuned units of a study run, for each (model variant, device kind) they share:
+
+1. one board of the kind materialises the variant, imports it into Relax and extracts
+   the kernels as tasks (``extract``), resolving the target as it builds (``mcpu =
+   "native"`` becomes its CPU);
+2. the tuning database already in the store under the same key (variant identity +
+   resolved target) is read; if it covers the study's budget it is used as it is
+   (a rerun, another study, another board of the kind: no tuning), else only the
+   difference is tuned, starting from those records (a resumed search);
+3. the tasks are split over the kind's live boards (balanced by estimated work), each
+   board tunes its share in a Ray task placed by the kind's resource, measuring with
+   the board's thread policy, and returns JSON records;
+4. the driver writes them to the store (``table=tuning``) and hands every tuned unit
+   the merged records, best per kernel, which its board's build applies.
+
+A failure anywhere (no artifact, extraction, a board's tuning, no valid record at all)
+becomes a ``builds`` row with stage ``tune`` for each unit of the group; the study goes
+on, and records that did come back are kept for the next run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from deltann.compile import tuning as ms_tuning
+from deltann.compile import settings as compile_settings
+from deltann.fleet.devices import DeviceKind
+from deltann.plan import Unit
+from deltann.store import SCHEMAS, Store, tag
+from deltann.study import Study
+
+log = logging.getLogger("deltann.fleet")
+
+#: The stage of a tuning failure in the ``builds`` table.
+STAGE = "tune"
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def extract_remote(unit: Unit, cache_dir: str) -> dict[str, Any]:
+    """On a board: the variant's artifact, its Relax module, the tuned setting's tasks, and
+    the target as this board resolves it (JSON)."""
+    import socket
+
+    from deltann import zoo
+    from deltann.compile.frontends import import_relax
+    from deltann.compile.pipeline import make_target, resolve_native
+    from deltann.convert._tools import input_shape
+    from deltann.convert.chain import ArtifactCache
+
+    if unit.user_model:
+        from deltann.zoo import user
+
+        user.register_json(unit.user_model)
+    spec = zoo.get(unit.model)
+    artifact = ArtifactCache(cache_dir).get(unit.model, unit.variant)
+    mod = import_relax(unit.frontend, artifact.payload, input_shape(spec.input_shape, artifact.layout))
+    target = make_target(unit.target, unit.host)
+    tasks = ms_tuning.extract(mod, unit.passes, target)
+    resolved = {"target": resolve_native(json.loads(unit.target)),
+                "host": resolve_native(json.loads(unit.host)) if unit.host else None}
+    return {"tasks": [t.__dict__ for t in tasks], "target": json.dumps(resolved, sort_keys=True),
+            "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def tune_remote(tasks: list[dict[str, Any]], target_json: str, trials: int, trials_per_task: int | None,
+                previous: str) -> dict[str, Any]:
+    """On a board: tune ``tasks`` (compile.tuning.Task fields) for the resolved target with
+    ``trials`` candidates, starting from ``previous`` records (JSON); JSON records back."""
+    import socket
+
+    import tvm
+
+    spec = json.loads(target_json)
+    target = tvm.target.Target(spec["target"], host=spec["host"]) if spec["host"] else tvm.target.Target(spec["target"])
+    start = time.perf_counter()
+    records = ms_tuning.tune([ms_tuning.Task(**t) for t in tasks], target, trials, trials_per_task=trials_per_task,
+                             previous=ms_tuning.records_from_json(previous))
+    return {"records": ms_tuning.records_to_json(records), "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": socket.gethostname(), "seconds": time.perf_counter() - start}
+
+
+def tuning_key(unit: Unit, resolved_target: str) -> str:
+    """What a tuning database is valid for: the variant's identity (model, weights,
+    source framework and conversion chain with tool versions, frontend, TVM version, the
+    passes that shape the kernels) and the target as resolved on the board. Not the
+    device kind's name: two kinds with the same target share records."""
+    from deltann import plan, zoo
+    from deltann.convert.base import FRAMEWORK_DIST, parse_chain
+
+    source = parse_chain(unit.variant)[0].framework
+    return plan.content_key({
+        "model": unit.model, "weights": zoo.get(unit.model).weights_id(),
+        "source": [source, plan.dist_version(FRAMEWORK_DIST[source])],
+        "chain": plan._chain_identity(unit.variant), "frontend": unit.frontend,
+        "tvm": plan.dist_version("apache-tvm"), "passes": list(ms_tuning.prefix_passes(unit.passes)),
+        "target": json.loads(resolved_target),
+    })
+
+
+def stored_records(store: Store, key: str) -> tuple[list[ms_tuning.Record], int]:
+    """The records under ``key`` and the largest budget a completed round reached."""
+    import polars as pl
+
+    frame = store.scan("tuning", complete_only=False).filter(pl.col("tuning_key") == key).collect()
+    if frame.is_empty():
+        return [], 0
+    records = [ms_tuning.Record(r["task"], r["workload_hash"], r["workload_json"], r["record_json"], r["run_ms"])
+               for r in frame.iter_rows(named=True)]
+    return records, int(frame["trials_total"].max())
+
+
+def _rows(records: list[ms_tuning.Record], *, key: str, unit: Unit, study: str, target: str, board: str,
+          hostname: str, round_id: str, trials_total: int) -> pa.Table:
+    now = dt.datetime.now(dt.UTC)
+    rows = [{"tuning_key": key, "study": study, "model": unit.model, "variant": unit.variant, "device": unit.device,
+             "target": target, "board": board, "hostname": hostname, "round": round_id,
+             "trials_total": trials_total, "task": r.task, "workload_hash": r.workload_hash,
+             "workload_json": r.workload_json, "record_json": r.record_json, "run_ms": r.run_ms,
+             "finished_at": now} for r in records]
+    return tag(pa.Table.from_pylist(rows, schema=SCHEMAS["tuning"]), "tuning", round_id, 0)
+
+
+@dataclass
+class TuningOutcome:
+    """What the tuning phase did: units with their records, units failed as ``tune``
+    rows, and for tests and logs, trials run and which board tuned which task."""
+
+    units: dict[str, Unit] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    trials_run: int = 0
+    reused: int = 0  # groups served from the store without tuning
+    tasks_by_board: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    def apply(self, units: list[Unit]) -> list[Unit]:
+        """``units`` with tuned ones carrying their records, failed ones left out."""
+        return [self.units.get(u.key, u) for u in units if u.key not in self.failed]
+
+
+class TuningFailed(Exception):
+    pass
+
+
+def tune_units(study: Study, units: list[Unit], store: Store, kinds: dict[str, DeviceKind], cache_dir: str,
+               write_failure: Callable[[Unit, str, str, str], None]) -> TuningOutcome:
+    """Tune what the tuned ``units`` need (see the module docstring). ``write_failure(unit,
+    board, error_type, message)`` records a unit's ``tune`` failure row."""
+    from deltann.fleet.driver import alive_boards
+
+    outcome = TuningOutcome()
+    groups: dict[tuple[str, str, str], list[Unit]] = defaultdict(list)
+    for u in units:
+        if u.runtime == "tvm" and compile_settings.is_tuned(u.setting):
+            groups[(u.model, u.variant, u.device)].append(u)
+    for (model, variant, kind_name), group in groups.items():
+        boards = alive_boards(kinds[kind_name].resource)
+        if not boards:
+            continue  # the driver reports the kind's units as pending
+        try:
+            records = _tune_group(study, group[0], boards, kinds[kind_name], store, cache_dir, outcome)
+        except Exception as exc:  # errors are data: the group's units fail as 'tune', the study goes on
+            cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the board's exception
+            message = " ".join(str(cause).strip().splitlines())[:2000] or type(cause).__name__
+            log.warning("tuning %s %s for %s failed: %s", model, variant, kind_name, message[:200])
+            for u in group:
+                write_failure(u, boards[0]["node_id"], type(cause).__name__, message)
+                outcome.failed.add(u.key)
+            continue
+        carried = ms_tuning.records_to_json(ms_tuning.best_only(records))
+        for u in group:
+            outcome.units[u.key] = dc_replace(u, tuning=carried)
+    return outcome
+
+
+def _placement(kind: DeviceKind, board: dict[str, Any]) -> dict[str, Any]:
+    """A Ray task on ``board`` as a board actor is placed (driver.Dispatcher._start_actor):
+    by the kind's resource, pinned to the node, with the board's thread policy."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from deltann.fleet.driver import BOARD_SHARE
+    from deltann.runtimes.base import thread_env
+
+    return {"resources": {kind.resource: BOARD_SHARE},
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(board["node_id"], soft=False),
+            "runtime_env": {"env_vars": thread_env(board.get("cpus", 1))}}
+
+
+def _tune_group(study: Study, unit: Unit, boards: list[dict[str, Any]], kind: DeviceKind, store: Store,
+                cache_dir: str, outcome: TuningOutcome) -> list[ms_tuning.Record]:
+    from deltann import plan
+
+    extracted = ray.get(extract_remote.options(**_placement(kind, boards[0])).remote(unit, cache_dir))
+    resolved = extracted["target"]
+    key = tuning_key(unit, resolved)
+    existing, done = stored_records(store, key)
+    wanted = study.tuning.trials
+    if done >= wanted:
+        outcome.reused += 1
+        log.info("tuning %s: %d records in the store cover %d trials; not tuning", unit.config, len(existing), wanted)
+        return existing
+    tasks = ms_tuning.select([ms_tuning.Task(**t) for t in extracted["tasks"]], study.tuning.tasks)
+    if not tasks:
+        raise TuningFailed(f"no {study.tuning.tasks} kernel to tune in {unit.variant}; use tuning.tasks = 'all'")
+    extra = wanted - done
+    shares = [s for s in ms_tuning.split(tasks, len(boards)) if s]
+    calls = []
+    for board, share in zip(boards, shares, strict=False):
+        names = {t.name for t in share}
+        previous = ms_tuning.records_to_json(r for r in existing if r.task in names)
+        budget = ms_tuning.share_budget(extra, len(share), len(tasks))
+        calls.append((board, share, tune_remote.options(**_placement(kind, board)).remote(
+            [t.__dict__ for t in share], resolved, budget, study.tuning.trials_per_task, previous)))
+        outcome.trials_run += budget
+    errors: list[BaseException] = []
+    results = []
+    for board, share, ref in calls:
+        try:
+            results.append((board, share, ray.get(ref)))
+        except Exception as exc:  # noqa: BLE001 - collected: the other boards' records are still kept
+            errors.append(exc)
+    new: list[ms_tuning.Record] = []
+    known = {(r.workload_hash, r.record_json) for r in existing}
+    for board, share, result in results:
+        # A resumed search returns the previous records still among the best: stored once (all
+        # of them again only if nothing new came back, so that the round is on record).
+        returned = ms_tuning.records_from_json(result["records"])
+        got = [r for r in returned if (r.workload_hash, r.record_json) not in known] or returned
+        for t in share:
+            outcome.tasks_by_board[result["node_id"]].append(t.name)
+        if got:
+            # A round completes the budget only if every board's share did (else a rerun tunes again).
+            round_id = plan.content_key({"key": key, "trials": wanted, "board": result["node_id"],
+                                         "tasks": sorted(t.name for t in share)})
+            store.write(_rows(got, key=key, unit=unit, study=study.name, target=resolved, board=result["node_id"],
+                              hostname=result["hostname"], round_id=round_id,
+                              trials_total=done if errors else wanted))
+        new.extend(got)
+        log.info("board %s tuned %d tasks of %s in %.0f s", result["node_id"][:12], len(share), unit.config,
+                 result["seconds"])
+    if errors:
+        raise errors[0]
+    records = existing + new
+    if not records:
+        raise TuningFailed(f"tuning {unit.variant} for {resolved} measured no valid candidate in {extra} trials")
+    return records
