@@ -147,7 +147,7 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                         "timing": timing.model_dump(),
                     }
                     if compiled and compile_settings.is_tuned(setting):
-                        identity["tuning"] = study.tuning.model_dump()  # the budget changes the result
+                        identity["tuning"] = study.tuning.budget()  # the budget changes the result
                     if user_model is not None:  # what its table declares (zoo models: the code's)
                         identity["declared"] = user_model.declared()
                     units.append(

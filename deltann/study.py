@@ -63,6 +63,13 @@ class Tuning(_Strict):
     trials: int = Field(64, ge=1, le=1_000_000, description="measured candidates in all, over the kind's boards")
     trials_per_task: int | None = Field(None, ge=1, le=100_000, description="at most this many per kernel")
     tasks: Literal["heavy", "all"] = Field("heavy", description="'heavy': conv2d/matmul kernels only; 'all'")
+    timeout_s: float | None = Field(None, gt=0, le=7 * 86_400,
+                                    description="tuning of one variant still running after this many seconds fails "
+                                    "its tuned units as 'tune' rows (not part of any key)")
+
+    def budget(self) -> dict[str, object]:
+        """What changes a tuned build's result: the content key's part (not the timeout)."""
+        return self.model_dump(exclude={"timeout_s"})
 
 
 def _allowed(what: str, value: str, allowed: list[str] | tuple[str, ...]) -> ValueError:

@@ -119,16 +119,29 @@ def _inputs(manifest: dict[str, Any], model: str, ids: list[str], hashes: dict[s
     return batch.tensors
 
 
-def capture_build(row: dict[str, Any], artifacts: Any, x: np.ndarray, kernels: bool = False) -> Any:
+def capture_build(row: dict[str, Any], artifacts: Any, x: np.ndarray, kernels: bool = False,
+                  tuning: str = "") -> Any:
     """Per-layer capture of one ``builds`` row's configuration on ``x`` (NCHW): a TVM build
-    is imported through the row's own frontend and built with its passes for its target;
-    with ``kernels``, as built (one layer per kernel) instead of with every layer exposed."""
+    is imported through the row's own frontend and built with its passes for its target
+    (and, for setting ``tuned``, its ``tuning`` records); with ``kernels``, as built (one
+    layer per kernel) instead of with every layer exposed."""
     from deltann.runtimes.layers import capture
 
     artifact = artifacts.get(row["model"], row["variant"])
     return capture(row["runtime"], artifact.payload, x, artifact.layout, passes=tuple(row["passes"] or ()),
                    target_json=row["target"] or "", meta=artifact.meta, frontend=row.get("frontend") or "",
-                   kernels=kernels)
+                   kernels=kernels, tuning=tuning)
+
+
+def _tuning_of(store: Store, row: dict[str, Any]) -> str:
+    """A ``tuned`` build's records from the store's tuning table ("" for other builds)."""
+    from deltann.compile.tuning import APPLY
+
+    if APPLY not in (row["passes"] or ()):
+        return ""
+    from deltann.fleet.tuning import records_for_build
+
+    return records_for_build(store, row)
 
 
 def layers_table(row_a: dict[str, Any], row_b: dict[str, Any], pair: str, ids: list[str], loc: Any) -> pa.Table:
@@ -167,8 +180,8 @@ def localize_pair(results: Path | str, a: str, b: str, *, images: str = "flipped
     ids, hashes = _choose_images(store, row_a["unit_key"], row_b["unit_key"], images)
     x = _inputs(manifest, row_a["model"], ids, hashes, Path(data_root) if data_root else Path.cwd())
     artifacts = ArtifactCache(results / "artifacts")
-    trace_a = capture_build(row_a, artifacts, x, kernels)
-    trace_b = capture_build(row_b, artifacts, x, kernels)
+    trace_a = capture_build(row_a, artifacts, x, kernels, _tuning_of(store, row_a))
+    trace_b = capture_build(row_b, artifacts, x, kernels, _tuning_of(store, row_b))
     loc = loc_mod.localize(trace_a, trace_b, atol=loc_mod.DEFAULT_ATOL if atol is None else atol,
                            rtol=loc_mod.DEFAULT_RTOL if rtol is None else rtol)
     pair = f"{row_a['config']}@{row_a['device']} | {row_b['config']}@{row_b['device']}" + (

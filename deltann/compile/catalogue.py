@@ -57,10 +57,12 @@ CATALOGUE: tuple[PassEntry, ...] = (
         "batch-norm/dropout/layer-norm to arithmetic; in every setting, as in Relay's opt_level 0", seed=False,
     ),
     PassEntry(
-        "AlterOpLayout", ("ConvertLayout",), (),
+        "AlterOpLayout", ("ClipToMinMax", "ConvertLayout"), (),
         "~ ConvertLayout(conv2d: NHWC data, HWIO weights): output channels innermost in output and "
         "weights, the axis DefaultSchedule vectorises; Relay's AlterOpLayout asked each schedule for "
-        "its preferred (blocked) layout, Relax takes one layout per op from a table",
+        "its preferred (blocked) layout, Relax takes one layout per op from a table. Before it, "
+        "deltann's ClipToMinMax turns clips (ReLU6) into maximum/minimum, which ConvertLayout keeps "
+        "channel-last (it has no rule for clip: a transpose pair around every ReLU6)",
     ),
     PassEntry(
         "CanonicalizeOps", (), (),

@@ -29,9 +29,10 @@ thread). Splitting such widths with TIR's ``loop_partition`` into a multiple of 
 remainder was tried and measured 6-10x slower: the partition's wrapper blocks keep the
 accumulator buffer from being compacted to one tile.
 
-Another, outside this module: the ONNX frontend emits ReLU6 (Clip) as already-legalised
-``call_tir(maximum/minimum)``, which ConvertLayout cannot see through, so every ReLU6 of
-an NHWC MobileNetV2 sits between two transposes (~14% of its extended time).
+ReLU6 (clip) has no ConvertLayout rule, and the ONNX frontend emits it already legalised
+(``call_tir(maximum/minimum)``); ``ClipToMinMax`` (:mod:`deltann.compile.rewrites`, run
+before ConvertLayout) raises both forms to Relax maximum/minimum, so an NHWC ReLU6 no
+longer sits between two transposes and fuses into its convolution's epilogue here.
 
 The target's ``mcpu`` matters more than anything here: generic ``llvm`` compiles for
 SSE2; the same schedule with ``mcpu`` set to this machine's CPU (AVX-512) measured 5x
@@ -302,5 +303,13 @@ def default_cpu_schedule() -> Any:
     return dlight.ApplyDefaultSchedule(_ParallelVectorize())
 
 
+def clip_to_min_max() -> Any:
+    """``ClipToMinMax`` (:mod:`deltann.compile.rewrites`): clips as maximum/minimum, which
+    ConvertLayout keeps channel-last and FuseOps fuses into the convolution before them."""
+    from deltann.compile import rewrites
+
+    return rewrites.clip_to_min_max()
+
+
 #: deltann's own passes, by the name a setting lists them under.
-PASSES: dict[str, Callable[[], Any]] = {"DefaultCpuSchedule": default_cpu_schedule}
+PASSES: dict[str, Callable[[], Any]] = {"DefaultCpuSchedule": default_cpu_schedule, "ClipToMinMax": clip_to_min_max}

@@ -123,6 +123,32 @@ def stored_records(store: Store, key: str) -> tuple[list[ms_tuning.Record], int]
     return records, int(frame["trials_total"].max())
 
 
+def records_for_build(store: Store, row: dict[str, Any]) -> str:
+    """The records (JSON, as tuned units carry them) that the ``tuned`` build of a
+    ``builds`` row used: the tuning rows of its model, variant and device kind, for the
+    target it was built for (``deltann localize`` rebuilds it with them)."""
+    import polars as pl
+
+    from deltann.errors import StoreError
+
+    frame = store.scan("tuning", complete_only=False).filter(
+        pl.col("model") == row["model"], pl.col("variant") == row["variant"], pl.col("device") == row["device"],
+    ).collect()
+    keys = sorted(set(frame["tuning_key"]))
+    if len(keys) > 1:  # several targets of one kind (boards with other CPUs): the row's own
+        def built_for(key: str) -> bool:
+            target = json.loads(frame.filter(pl.col("tuning_key") == key)["target"][0])["target"]
+            return all(str(v) in row["target"] for k, v in target.items() if k in ("kind", "mcpu", "mtriple"))
+
+        keys = [k for k in keys if built_for(k)]
+    if len(keys) != 1:
+        raise StoreError(f"{store.root}: {'no' if not keys else 'more than one'} tuning database for "
+                         f"{row['config']}@{row['device']} in table=tuning; rerun the study to tune it again")
+    records = [ms_tuning.Record(r["task"], r["workload_hash"], r["workload_json"], r["record_json"], r["run_ms"])
+               for r in frame.filter(pl.col("tuning_key") == keys[0]).iter_rows(named=True)]
+    return ms_tuning.records_to_json(ms_tuning.best_only(records))
+
+
 def _rows(records: list[ms_tuning.Record], *, key: str, unit: Unit, study: str, target: str, board: str,
           hostname: str, round_id: str, trials_total: int) -> pa.Table:
     now = dt.datetime.now(dt.UTC)
@@ -202,7 +228,20 @@ def _tune_group(study: Study, unit: Unit, boards: list[dict[str, Any]], kind: De
                 cache_dir: str, outcome: TuningOutcome) -> list[ms_tuning.Record]:
     from deltann import plan
 
-    extracted = ray.get(extract_remote.options(**_placement(kind, boards[0])).remote(unit, cache_dir))
+    deadline = None if study.tuning.timeout_s is None else time.monotonic() + study.tuning.timeout_s
+
+    def wait(ref: Any) -> Any:
+        """``ray.get`` within ``tuning.timeout_s`` of the group's start (a hung board's task
+        is cancelled and the group fails as ``tune``)."""
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return ray.get(ref, timeout=left)
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            raise TuningFailed(f"tuning {unit.variant} for {unit.device} ran past tuning.timeout_s = "
+                               f"{study.tuning.timeout_s} s; raise it or lower tuning.trials") from None
+
+    extracted = wait(extract_remote.options(**_placement(kind, boards[0])).remote(unit, cache_dir))
     resolved = extracted["target"]
     key = tuning_key(unit, resolved)
     existing, done = stored_records(store, key)
@@ -228,7 +267,7 @@ def _tune_group(study: Study, unit: Unit, boards: list[dict[str, Any]], kind: De
     results = []
     for board, share, ref in calls:
         try:
-            results.append((board, share, ray.get(ref)))
+            results.append((board, share, wait(ref)))
         except Exception as exc:  # noqa: BLE001 - collected: the other boards' records are still kept
             errors.append(exc)
     new: list[ms_tuning.Record] = []

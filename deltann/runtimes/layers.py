@@ -288,7 +288,7 @@ def expose_torch_layers(module: Any, input_shape: tuple[int, ...]) -> tuple[Any,
 
 
 def capture_tvm_torch(module: Any, x: np.ndarray, passes: tuple[str, ...] = (),
-                      target_json: str = '{"kind": "llvm"}', host_json: str = "") -> Trace:
+                      target_json: str = '{"kind": "llvm"}', host_json: str = "", tuning: str = "") -> Trace:
     """Every torch layer from a TVM Relax build imported through the exported-program
     frontend (as deltann's ``torch.export`` builds import it) under ``passes``; layers
     named by module path, as :func:`capture_torch` names them."""
@@ -296,7 +296,7 @@ def capture_tvm_torch(module: Any, x: np.ndarray, passes: tuple[str, ...] = (),
 
     program, recorded = expose_torch_layers(module, (1, *x.shape[1:]))
     mod = from_exported_program(program, keep_params_as_input=False)
-    outs = _run_tvm(mod, passes, target_json, host_json, _to_layout(x, "NCHW"), 1 + len(recorded))
+    outs = _run_tvm(mod, passes, target_json, host_json, _to_layout(x, "NCHW"), 1 + len(recorded), tuning)
     return Trace("tvm", "NCHW", [replace(layer, value=outs[1 + k]) for k, layer in enumerate(recorded)])
 
 
@@ -314,11 +314,21 @@ def _device(target: Any) -> Any:
     return dev
 
 
+def _database(tuning: str) -> Any:
+    """The MetaSchedule database of a ``tuned`` build from its records' JSON (None: untuned)."""
+    if not tuning:
+        return None
+    from deltann.compile import tuning as ms_tuning
+
+    return ms_tuning.records_to_database(ms_tuning.records_from_json(tuning))
+
+
 def _run_tvm(mod: Any, passes: tuple[str, ...], target_json: str, host_json: str, xin: np.ndarray,
-             n_outputs: int) -> list[np.ndarray]:
+             n_outputs: int, tuning: str = "") -> list[np.ndarray]:
     """Build ``mod`` as deltann's builds do (:func:`deltann.compile.pipeline.build`, the
     setting's passes then the target's lowering) and run it one image at a time
-    (exporters fix the batch at 1); returns each output stacked over the batch."""
+    (exporters fix the batch at 1); returns each output stacked over the batch.
+    ``tuning``: the ``tuned`` setting's MetaSchedule records (JSON, as units carry them)."""
     import tvm
     from tvm import relax
 
@@ -326,7 +336,7 @@ def _run_tvm(mod: Any, passes: tuple[str, ...], target_json: str, host_json: str
 
     target = make_target(target_json or '{"kind": "llvm"}', host_json)
     dev = _device(target)
-    executable = build(mod, tuple(passes), target)
+    executable = build(mod, tuple(passes), target, database=_database(tuning))
     vm = relax.VirtualMachine(executable, dev)
     per_image = []
     for i in range(len(xin)):
@@ -408,7 +418,7 @@ def capture_onnxruntime(path: Path, x: np.ndarray, layout: str = "NCHW") -> Trac
 
 
 def capture_tvm(path: Path, x: np.ndarray, passes: tuple[str, ...] = (), target_json: str = '{"kind": "llvm"}',
-                host_json: str = "", layout: str = "NCHW") -> Trace:
+                host_json: str = "", layout: str = "NCHW", tuning: str = "") -> Trace:
     """Every node's output from a TVM Relax build of the ONNX at ``path`` under ``passes``,
     imported as deltann's builds import it (onnxruntime-folded first)."""
     from tvm.relax.frontend.onnx import from_onnx
@@ -418,7 +428,7 @@ def capture_tvm(path: Path, x: np.ndarray, passes: tuple[str, ...] = (), target_
     exposed = expose_onnx_layers(_fold_onnx(Path(path)))
     mod = from_onnx(exposed.model, keep_params_in_input=False)
     names = [o.name for o in exposed.model.graph.output]
-    outs = _run_tvm(mod, passes, target_json, host_json, _to_layout(x, layout), len(names))
+    outs = _run_tvm(mod, passes, target_json, host_json, _to_layout(x, layout), len(names), tuning)
     return _onnx_trace("tvm", layout, exposed, dict(zip(names, outs, strict=True)))
 
 
@@ -438,7 +448,8 @@ def _kernel_ops(name: str) -> list[str]:
 
 
 def capture_tvm_kernels(frontend: str, payload: Any, x: np.ndarray, passes: tuple[str, ...] = (),
-                        target_json: str = '{"kind": "llvm"}', host_json: str = "", layout: str = "NCHW") -> Trace:
+                        target_json: str = '{"kind": "llvm"}', host_json: str = "", layout: str = "NCHW",
+                        tuning: str = "") -> Trace:
     """The build exactly as deltann's builds make it (same import, same passes, nothing
     exposed), one layer per kernel call, read by the Relax VM's instrument hook after
     each call (a kernel writes its output into its last argument). What a setting fused
@@ -458,7 +469,7 @@ def capture_tvm_kernels(frontend: str, payload: Any, x: np.ndarray, passes: tupl
     mod = import_relax(frontend, payload, (1, *xin.shape[1:]))
     target = make_target(target_json or '{"kind": "llvm"}', host_json)
     dev = _device(target)
-    executable = build(mod, tuple(passes), target)
+    executable = build(mod, tuple(passes), target, database=_database(tuning))
     vm = relax.VirtualMachine(executable, dev)
     per_image: list[list[Layer]] = []
 
@@ -636,7 +647,8 @@ def expose_tflite_layers(path: Path, tensors: list[int]) -> bytes:
 
 
 def capture_tvm_tflite(path: Path, x: np.ndarray, passes: tuple[str, ...] = (),
-                       target_json: str = '{"kind": "llvm"}', host_json: str = "", layout: str = "NHWC") -> Trace:
+                       target_json: str = '{"kind": "llvm"}', host_json: str = "", layout: str = "NHWC",
+                       tuning: str = "") -> Trace:
     """Every TFLite operator's output from a TVM Relax build imported through the TFLite
     frontend (as deltann's ``tflite`` builds import it) under ``passes``; layers named and
     parametrised as :func:`capture_litert` names them."""
@@ -649,7 +661,7 @@ def capture_tvm_tflite(path: Path, x: np.ndarray, passes: tuple[str, ...] = (),
     wanted = [out for _, out in templates]
     order = own + [t for t in dict.fromkeys(wanted) if t not in own]
     mod = from_tflite(tflite.Model.GetRootAsModel(expose_tflite_layers(Path(path), wanted), 0))
-    outs = _run_tvm(mod, passes, target_json, host_json, _to_layout(x, layout), len(order))
+    outs = _run_tvm(mod, passes, target_json, host_json, _to_layout(x, layout), len(order), tuning)
     position = {t: k for k, t in enumerate(order)}
     return Trace("tvm", layout, [replace(layer, value=outs[position[out]]) for layer, out in templates])
 
@@ -837,12 +849,13 @@ def _tvm_frontend(payload: Any) -> str:
 
 def capture(runtime: str, payload: Any, x: np.ndarray, layout: str, *, passes: tuple[str, ...] = (),
             target_json: str = "", host_json: str = "", meta: dict[str, Any] | None = None,
-            frontend: str = "", kernels: bool = False) -> Trace:
+            frontend: str = "", kernels: bool = False, tuning: str = "") -> Trace:
     """Capture by runtime name (the names of the ``builds`` table). ``x`` is the canonical
     NCHW batch; ``payload`` the artifact's (a module, or a file path); ``frontend`` the
     TVM frontend the build imported through (told from the payload when empty);
     ``kernels``: a TVM build as built, one layer per kernel (:func:`capture_tvm_kernels`),
-    instead of every layer exposed."""
+    instead of every layer exposed; ``tuning``: a ``tuned`` build's MetaSchedule records
+    (JSON, :mod:`deltann.compile.tuning`)."""
     if runtime == "torch":
         return capture_torch(payload, x)
     if runtime == "onnxruntime":
@@ -852,13 +865,13 @@ def capture(runtime: str, payload: Any, x: np.ndarray, layout: str, *, passes: t
         target_json = target_json or '{"kind": "llvm"}'
         if kernels and frontend in TVM_FRONTENDS:
             return capture_tvm_kernels(frontend, payload, x, passes, target_json, host_json,
-                                       "NCHW" if frontend == "torch.export" else layout)
+                                       "NCHW" if frontend == "torch.export" else layout, tuning)
         if frontend == "onnx":
-            return capture_tvm(Path(payload), x, passes, target_json, host_json, layout)
+            return capture_tvm(Path(payload), x, passes, target_json, host_json, layout, tuning)
         if frontend == "torch.export":
-            return capture_tvm_torch(payload, x, passes, target_json, host_json)
+            return capture_tvm_torch(payload, x, passes, target_json, host_json, tuning)
         if frontend == "tflite":
-            return capture_tvm_tflite(Path(payload), x, passes, target_json, host_json, layout)
+            return capture_tvm_tflite(Path(payload), x, passes, target_json, host_json, layout, tuning)
         raise ValueError(f"no per-layer TVM capture through frontend {frontend!r} ({payload}); "
                          f"have: {', '.join(TVM_FRONTENDS)}")
     if runtime == "litert":

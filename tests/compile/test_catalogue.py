@@ -44,8 +44,8 @@ def test_settings_are_composed_from_the_catalogue() -> None:
         "FoldConstant", "FuseOps", "FuseTIR",
     )
     assert compile_settings.SETTINGS["extended"] == (
-        "FoldBatchnormToConv2D", "FoldConstant", "DecomposeOpsForInference", "ConvertLayout", "FoldConstant",
-        "EliminateCommonSubexpr", "CombineParallelMatmul", "FastMathTransform", "LegalizeOps",
+        "FoldBatchnormToConv2D", "FoldConstant", "DecomposeOpsForInference", "ClipToMinMax", "ConvertLayout",
+        "FoldConstant", "EliminateCommonSubexpr", "CombineParallelMatmul", "FastMathTransform", "LegalizeOps",
         "AnnotateTIROpPattern", "FoldConstant", "FuseOps", "FuseTIR", "DefaultCpuSchedule",
     )
     # FoldBatchnormToConv2D directly followed by ConvertLayout segfaults in TVM 0.27: never composed so

@@ -196,6 +196,13 @@ def test_fleet_tunes_stores_reuses_and_records_failures(tmp_path: Path, study_fi
     assert set(rows["trials_total"]) == {TRIALS}
     assert (out / "table=tuning" / "model=tiny_cnn" / "device=local").is_dir()
 
+    # `deltann localize` rebuilds the tuned build with its stored records: kernel by kernel,
+    # tuned and extended agree (same kernels, other schedules).
+    from deltann.commands.localize import localize_pair
+
+    found = localize_pair(out, "torch [tvm:extended]@local", "torch [tvm:tuned]@local", images="all", kernels=True)
+    assert found.localization.alignment_rate > 0.95 and found.localization.first_divergent is None
+
     # A rerun with another timing protocol: new unit keys, the same variant and target,
     # so the tuned unit builds from the stored records without tuning again.
     summary2 = run_study(study_file(body.replace("repeat = 1", "repeat = 2"), "rerun.toml"), out, progress=False,
@@ -215,3 +222,36 @@ def test_outcome_drops_failed_units_and_carries_records() -> None:
     v = replace(u, key="k2")
     outcome = TuningOutcome(units={"k1": replace(u, tuning="[]")}, failed={"k2"})
     assert outcome.apply([u, v]) == [replace(u, tuning="[]")]
+
+
+def test_tuning_past_its_timeout_is_a_tune_row(tmp_path: Path, study_file: Any, ray_session: None) -> None:
+    """A tuning phase that outlives ``tuning.timeout_s`` fails its tuned units as ``tune``
+    rows (its Ray task is cancelled), the study ends, and the timeout is not in any key."""
+    from deltann.fleet.driver import run_study
+    from deltann.store import Store
+
+    body = """
+        name = "tuned-timeout"
+        models = ["tiny_cnn"]
+        variants = ["torch"]
+        runtimes = ["tvm"]
+        settings = ["tuned"]
+        [tuning]
+        trials = 4
+        timeout_s = 0.001
+        [dataset]
+        limit = 1
+        [timing]
+        repeat = 1
+        """
+    out = tmp_path / "results"
+    summary = run_study(study_file(body), out, progress=False)
+    builds = Store(out).scan("builds").collect()
+    assert summary.failed == 1 and builds.height == 1
+    row = builds.row(0, named=True)
+    assert (row["status"], row["stage"]) == ("failed", "tune") and "tuning.timeout_s" in row["message"]
+    assert Store(out).scan("tuning", complete_only=False).collect().height == 0
+    with_timeout = Study.model_validate({"name": "a", "models": ["tiny_cnn"], "settings": ["tuned"],
+                                         "tuning": {"timeout_s": 5}})
+    assert with_timeout.tuning.budget() == Study.model_validate(
+        {"name": "a", "models": ["tiny_cnn"], "settings": ["tuned"]}).tuning.budget()
