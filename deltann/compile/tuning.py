@@ -391,6 +391,12 @@ def records_from_json(text: str) -> list[Record]:
     return [Record(**r) for r in json.loads(text)] if text else []
 
 
+def database_from_json(text: str) -> Any:
+    """The database a build applies, from the records JSON a tuned unit carries (None
+    for "": an untuned build)."""
+    return records_to_database(records_from_json(text)) if text else None
+
+
 def best_only(records: Iterable[Record]) -> list[Record]:
     """The fastest record of each workload (all a build needs)."""
     best: dict[str, Record] = {}

@@ -22,6 +22,7 @@ on, and records that did come back are kept for the next run.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -118,9 +119,13 @@ def stored_records(store: Store, key: str) -> tuple[list[ms_tuning.Record], int]
     frame = store.scan("tuning", complete_only=False).filter(pl.col("tuning_key") == key).collect()
     if frame.is_empty():
         return [], 0
-    records = [ms_tuning.Record(r["task"], r["workload_hash"], r["workload_json"], r["record_json"], r["run_ms"])
-               for r in frame.iter_rows(named=True)]
-    return records, int(frame["trials_total"].max())
+    return _records(frame), int(frame["trials_total"].max())
+
+
+def _records(frame: Any) -> list[ms_tuning.Record]:
+    """The records of ``table=tuning`` rows."""
+    fields = [f.name for f in dataclasses.fields(ms_tuning.Record)]
+    return [ms_tuning.Record(**r) for r in frame.select(fields).iter_rows(named=True)]
 
 
 def records_for_build(store: Store, row: dict[str, Any]) -> str:
@@ -144,8 +149,7 @@ def records_for_build(store: Store, row: dict[str, Any]) -> str:
     if len(keys) != 1:
         raise StoreError(f"{store.root}: {'no' if not keys else 'more than one'} tuning database for "
                          f"{row['config']}@{row['device']} in table=tuning; rerun the study to tune it again")
-    records = [ms_tuning.Record(r["task"], r["workload_hash"], r["workload_json"], r["record_json"], r["run_ms"])
-               for r in frame.filter(pl.col("tuning_key") == keys[0]).iter_rows(named=True)]
+    records = _records(frame.filter(pl.col("tuning_key") == keys[0]))
     return ms_tuning.records_to_json(ms_tuning.best_only(records))
 
 

@@ -314,15 +314,6 @@ def _device(target: Any) -> Any:
     return dev
 
 
-def _database(tuning: str) -> Any:
-    """The MetaSchedule database of a ``tuned`` build from its records' JSON (None: untuned)."""
-    if not tuning:
-        return None
-    from deltann.compile import tuning as ms_tuning
-
-    return ms_tuning.records_to_database(ms_tuning.records_from_json(tuning))
-
-
 def _run_tvm(mod: Any, passes: tuple[str, ...], target_json: str, host_json: str, xin: np.ndarray,
              n_outputs: int, tuning: str = "") -> list[np.ndarray]:
     """Build ``mod`` as deltann's builds do (:func:`deltann.compile.pipeline.build`, the
@@ -333,10 +324,11 @@ def _run_tvm(mod: Any, passes: tuple[str, ...], target_json: str, host_json: str
     from tvm import relax
 
     from deltann.compile.pipeline import build, make_target
+    from deltann.compile.tuning import database_from_json
 
     target = make_target(target_json or '{"kind": "llvm"}', host_json)
     dev = _device(target)
-    executable = build(mod, tuple(passes), target, database=_database(tuning))
+    executable = build(mod, tuple(passes), target, database=database_from_json(tuning))
     vm = relax.VirtualMachine(executable, dev)
     per_image = []
     for i in range(len(xin)):
@@ -464,12 +456,13 @@ def capture_tvm_kernels(frontend: str, payload: Any, x: np.ndarray, passes: tupl
 
     from deltann.compile.frontends import import_relax
     from deltann.compile.pipeline import build, make_target
+    from deltann.compile.tuning import database_from_json
 
     xin = _to_layout(x, layout)
     mod = import_relax(frontend, payload, (1, *xin.shape[1:]))
     target = make_target(target_json or '{"kind": "llvm"}', host_json)
     dev = _device(target)
-    executable = build(mod, tuple(passes), target, database=_database(tuning))
+    executable = build(mod, tuple(passes), target, database=database_from_json(tuning))
     vm = relax.VirtualMachine(executable, dev)
     per_image: list[list[Layer]] = []
 

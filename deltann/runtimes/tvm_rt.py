@@ -34,12 +34,9 @@ class TvmBuild:
         start = time.perf_counter()
         target = make_target(self.target_json, self.host_json)
         self.resolved_target = str(target)
-        database = None
-        if self.tuning:
-            from deltann.compile import tuning
+        from deltann.compile.tuning import database_from_json
 
-            database = tuning.records_to_database(tuning.records_from_json(self.tuning))
-        self.executable = build(mod, self.passes, target, database=database)
+        self.executable = build(mod, self.passes, target, database=database_from_json(self.tuning))
         self.compile_s = time.perf_counter() - start
         return self.executable
 
