@@ -3,9 +3,12 @@
 For each model: export torch -> ONNX once, run it on onnxruntime (the reference for
 both latency and outputs), import the same ONNX into TVM Relax, build it under each
 setting, and print latency ratios TVM/onnxruntime and the largest logit difference.
+The two runtimes are timed in alternating blocks and the ratio is the median of the
+blocks' ratios (see side_by_side): on a shared machine a ratio of neighbours is stable
+where the absolute times are not.
 
     .venv/bin/python bench/compile.py                       # all four models
-    .venv/bin/python bench/compile.py --models mobilenet_v2 --repeat 5
+    .venv/bin/python bench/compile.py --models mobilenet_v2 --repeat 100
     .venv/bin/python bench/compile.py --settings default,extended
     .venv/bin/python bench/compile.py --models mobilenet_v2 --settings basic,default,extended,tuned \
         --trials 512 --records /tmp/mnv2.json   # MetaSchedule: tune, then time beside the others
@@ -20,7 +23,7 @@ torchvision weights cannot be downloaded here: MobileNetV2, ResNet101 and Incept
 are built with seeded random weights (fine for latency; re-initialised so that their
 logits are O(1) and the difference columns mean something). EfficientNet-Lite0 has
 its real ImageNet weights (deltann.zoo). Untuned ResNet101/InceptionV3 take seconds per
-call under ``basic``: keep ``--repeat`` low.
+call under ``basic``: keep ``--repeat`` low (it is at least 3 calls per block).
 """
 
 from __future__ import annotations
@@ -40,9 +43,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+#: Alternating timing blocks per setting (see side_by_side).
+BLOCKS = 5
 
 TORCHVISION = {"mobilenet_v2": 224, "resnet101": 224, "inception_v3": 299}
 MODELS = ("mobilenet_v2", "resnet101", "inception_v3", "efficientnet_lite0")
@@ -104,20 +111,39 @@ def export_onnx(model: Any, shape: tuple[int, ...], out_dir: Path) -> Path:
     return path
 
 
-def time_ort(path: Path, x: np.ndarray, repeat: int) -> tuple[float, np.ndarray]:
+def ort_runner(path: Path, x: np.ndarray) -> tuple[Callable[[], Any], np.ndarray]:
+    """(one onnxruntime call, its output): the reference for latency and outputs."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ["OMP_NUM_THREADS"])
     sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    out = sess.run(None, {name: x})[0]
-    samples = []
-    for _ in range(max(repeat, 10)):
-        t0 = time.perf_counter()
-        sess.run(None, {name: x})
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e3, out
+    feed = {sess.get_inputs()[0].name: x}
+    return (lambda: sess.run(None, feed)), sess.run(None, feed)[0]
+
+
+def side_by_side(tvm_call: Callable[[], Any], ort_call: Callable[[], Any], repeat: int,
+                 blocks: int = BLOCKS) -> tuple[float, float, float]:
+    """Median ms of each and the ratio TVM/onnxruntime, timed in alternating blocks
+    (TVM, onnxruntime, TVM, ...) of ``repeat // blocks`` calls each, both through the
+    same Python loop. Why blocks: on a shared 2-core machine the load shifts within a
+    run (both runtimes measured 30% slower for minutes at a time here), so each ratio
+    compares neighbours; the ratio printed is the median of the blocks' ratios. Why not
+    call by call: each runtime's thread pool still spins right after a call and would
+    slow the other's next call."""
+    per_block = max(3, repeat // blocks)
+    tvm_ms, ort_ms = [], []
+    for _ in range(blocks):
+        for call, out in ((tvm_call, tvm_ms), (ort_call, ort_ms)):
+            call()  # untimed: this runtime's thread pool awake, its buffers in cache
+            samples = []
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                call()
+                samples.append(time.perf_counter() - t0)
+            out.append(statistics.median(samples) * 1e3)
+    ratios = [a / b for a, b in zip(tvm_ms, ort_ms, strict=True)]
+    return statistics.median(tvm_ms), statistics.median(ort_ms), statistics.median(ratios)
 
 
 def make_target(which: str) -> Any:
@@ -135,8 +161,9 @@ def make_target(which: str) -> Any:
     return tvm.target.Target(json.loads(which))
 
 
-def time_tvm(mod: Any, passes: tuple[str, ...], target: Any, x: np.ndarray,
-             repeat: int, database: Any = None) -> tuple[float, float, np.ndarray]:
+def tvm_runner(mod: Any, passes: tuple[str, ...], target: Any, x: np.ndarray,
+               database: Any = None) -> tuple[Callable[[], Any], np.ndarray, float]:
+    """(one call of the module built under ``passes``, its output, build seconds)."""
     import tvm
     from tvm import relax
 
@@ -146,12 +173,11 @@ def time_tvm(mod: Any, passes: tuple[str, ...], target: Any, x: np.ndarray,
     ex = build(mod, passes, target, database)
     build_s = time.perf_counter() - t0
     dev = tvm.cpu()
-    vm = relax.VirtualMachine(ex, dev)
+    main = relax.VirtualMachine(ex, dev)["main"]
     arg = tvm.runtime.tensor(x, device=dev)
-    out = vm["main"](arg)
+    out = main(arg)
     out = (out if hasattr(out, "numpy") else out[0]).numpy()
-    evaluator = vm.time_evaluator("main", dev, number=1, repeat=repeat)
-    return float(np.median(evaluator(arg).results)) * 1e3, build_s, out
+    return (lambda: main(arg)), out, build_s
 
 
 def tune(mod: Any, passes: tuple[str, ...], target: Any, args: argparse.Namespace, name: str) -> tuple[Any, str]:
@@ -187,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from: " + ", ".join(MODELS))
     parser.add_argument("--settings", default="basic,default,extended", help="comma-separated setting names")
-    parser.add_argument("--repeat", type=int, default=3, help="timed TVM calls per setting (median)")
+    parser.add_argument("--repeat", type=int, default=15,
+                        help=f"timed calls of each runtime per setting, in {BLOCKS} alternating blocks")
     parser.add_argument("--target", default="host",
                         help="'host' (llvm, mcpu = this CPU), 'generic' (plain llvm) or a JSON target dict")
     parser.add_argument("--trials", type=int, default=64, help="tuned: measured candidates in all")
@@ -203,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = args.settings.split(",")
     print(f"threads: {os.environ['TVM_NUM_THREADS']} (TVM) and {os.environ['OMP_NUM_THREADS']} (onnxruntime)")
-    print(f"target {target}; ratio = TVM median / onnxruntime median timed right after it (batch 1, this "
-          "machine); lower is better")
+    print(f"target {target}; ratio = median over {BLOCKS} alternating blocks of TVM ms / onnxruntime ms "
+          "(batch 1, this machine); lower is better")
     print("max|d| = largest |TVM - onnxruntime| logit difference, rel = max|d| / max|logit|")
     print(f"{'model':<20} {'weights':<20} {'setting':<22} {'tvm ms':>9} {'ort ms':>8} {'ratio':>7} "
           f"{'max|d|':>9} {'rel':>8} {'build s':>8}")
@@ -213,25 +240,22 @@ def main(argv: list[str] | None = None) -> int:
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(model, shape, Path(tmp))
-            ort_ms, ref = time_ort(path, x, 20)
+            ort_call, ref = ort_runner(path, x)
             mod = from_onnx(path)
             for setting in settings:
                 label, database = setting, None
                 try:
                     if compile_settings.is_tuned(setting):
                         database, label = tune(mod, compile_settings.passes_of(setting), target, args, name)
-                    ms, build_s, out = time_tvm(mod, compile_settings.passes_of(setting), target, x, args.repeat,
-                                                database)
+                    tvm_call, out, build_s = tvm_runner(mod, compile_settings.passes_of(setting), target, x,
+                                                        database)
                 except Exception as exc:  # a failed build is a row, as in the seed's Table IV
                     print(f"{name:<20} {weights:<20} {label:<22} FAILED {type(exc).__name__}: {exc}"[:200])
                     continue
-                setting = label
-                # onnxruntime again, right after: on a shared machine the load changes within
-                # a run, and the ratio should compare neighbours (the reference is the first)
-                ort_ms = time_ort(path, x, 20)[0]
+                ms, ort_ms, ratio = side_by_side(tvm_call, ort_call, args.repeat)
                 diff = float(np.abs(out - ref).max())
                 rel = diff / max(float(np.abs(ref).max()), 1e-30)
-                print(f"{name:<20} {weights:<20} {setting:<22} {ms:>9.1f} {ort_ms:>8.2f} {ms / ort_ms:>7.2f} "
+                print(f"{name:<20} {weights:<20} {label:<22} {ms:>9.2f} {ort_ms:>8.2f} {ratio:>7.2f} "
                       f"{diff:>9.2e} {rel:>8.1e} {build_s:>8.1f}", flush=True)
     return 0
 

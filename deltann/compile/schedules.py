@@ -16,7 +16,8 @@ every kernel:
   epilogue folded into the write-back, the outer spatial loops fused into one parallel
   loop;
 - an injective block gets all its loops fused, split into a vector lane, parallel
-  outside.
+  outside; one whose innermost axis is short and holds no vector (3 channels) gets its
+  outer loops parallel and that axis unrolled instead.
 
 It pays off most with channel-last layouts (``AlterOpLayout`` → NHWC/HWIO), where the
 innermost spatial loop is the output channel, contiguous in output and weights. Any
@@ -135,9 +136,24 @@ def _inline(sch: Any, root: Any) -> None:
                     pass
 
 
+#: Innermost extents below this that cannot hold a vector are unrolled (see below).
+UNROLL_MAX = 16
+
+
 def _schedule_injective(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> None:
     loops = sch.get_loops(block)
     if not loops:
+        return
+    inner = _const(sch.get(loops[-1]).extent)
+    if len(loops) > 1 and inner is not None and inner < UNROLL_MAX and _lane(inner, lanes_tried) == 1:
+        # A short innermost axis with no vector in it (the 3 channels of an NCHW->NHWC
+        # input transpose): fused with the others, every vector lane would compute its
+        # own indices by division by that odd extent (MobileNetV2's input transpose
+        # measured ~15x slower that way than like this). Parallel outer loops, the next
+        # loop serial (LLVM vectorises it where it can), the short axis unrolled.
+        outer = loops[:-2] if len(loops) > 2 else loops[:1]
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        sch.unroll(loops[-1])
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     extent = _const(sch.get(fused).extent)

@@ -16,9 +16,15 @@ kernels already scheduled). Tasks are extracted from the module after exactly th
 that precede ``MetaScheduleApplyDatabase`` in the setting, so the kernels tuned are
 structurally the kernels the build looks up.
 
-Each task's search is seeded with deltann's own schedule of it, measured like any
-candidate, so a kernel's best record is never slower than what ``extended`` runs (by
-that measurement) and a small budget cannot make ``tuned`` slower than ``extended``.
+deltann's own schedule of each task is measured after the search and competes with
+its candidates as one more record, so a kernel's best record is never slower than what
+``extended`` runs (by that measurement) and a small budget cannot make ``tuned``
+slower than ``extended``. After, not before: its trace samples nothing, so the
+evolutionary search could not mutate it and it would only take a place in the search's
+initial population. For the same reason a resumed search starts from the previous
+records that MetaSchedule sampled; fixed ones like it are kept and compete again at
+the end.
+
 Candidates are built and timed in the tuning process (``_in_process``), not in worker
 processes, and only the CPU tensor intrinsics are loaded (``_cpu_intrinsics_only``):
 each saves ~30 s of fixed cost per tuning call on a 2-core board.
@@ -173,7 +179,12 @@ def records_to_database(records: Iterable[Record]) -> Any:
     """A MetaSchedule in-memory database holding ``records``."""
     from tvm.s_tir import meta_schedule as ms
 
-    db = ms.database.MemoryDatabase()
+    return _commit(ms.database.MemoryDatabase(), records)
+
+
+def _commit(db: Any, records: Iterable[Record]) -> Any:
+    from tvm.s_tir import meta_schedule as ms
+
     workloads: dict[str, Any] = {}
     for rec in records:
         wl = workloads.get(rec.workload_hash)
@@ -289,14 +300,21 @@ def _cpu_intrinsics_only(target: Any) -> None:
         setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
 
 
-def _seed_default_schedule(db: Any, contexts: list[Any], target: Any, builder: Any, runner: Any) -> int:
+def _sampled(record: Record) -> bool:
+    """Whether MetaSchedule sampled this record's schedule (its trace draws tile sizes or
+    other decisions) rather than it being a fixed one such as deltann's default."""
+    return '"Sample' in record.record_json
+
+
+def _add_default_schedule(db: Any, contexts: list[Any], target: Any, builder: Any, runner: Any) -> int:
     """Measure deltann's tuning-free schedule (compile.schedules) of every task and commit
     it to ``db`` as an ordinary tuning record. Why: with a budget of a few trials per
     kernel MetaSchedule's best candidate is often slower than that schedule (measured on
     MobileNetV2: 256 trials for 31 kernels gave 12.5 ms against extended's 7.5 ms), and a
-    kernel whose record is slower would make ``tuned`` slower than ``extended``. Seeded,
-    the best record of each kernel is the faster of the two by the same measurement, and
-    the search starts from it. Returns how many kernels got a seed."""
+    kernel whose record is slower would make ``tuned`` slower than ``extended``. With it,
+    the best record of each kernel is the faster of the two by the same measurement.
+    Called after the search (module docstring). Returns how many kernels got one."""
+    import tvm
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.database import TuningRecord
@@ -304,7 +322,9 @@ def _seed_default_schedule(db: Any, contexts: list[Any], target: Any, builder: A
 
     from deltann.compile.schedules import lanes_for, schedule_func
 
-    seeded = 0
+    # what MetaSchedule's own runner inputs name: the device ("cpu"), not the target kind
+    device_type = str(tvm.runtime.device(target.get_target_device_type(), 0)).partition(":")[0]
+    added = 0
     for ctx in contexts:
         func = ctx.mod["main"]
         sch = schedule_func(func, lanes_for(target))
@@ -315,26 +335,27 @@ def _seed_default_schedule(db: Any, contexts: list[Any], target: Any, builder: A
             log.debug("default schedule of %s did not build: %s", ctx.task_name, built.error_msg)
             continue
         args_info = ArgInfo.from_prim_func(func)
-        (future,) = runner.run([RunnerInput(built.artifact_path, target.kind.name, args_info)])
+        (future,) = runner.run([RunnerInput(built.artifact_path, device_type, args_info)])
         result = future.result()
         if result.error_msg or not result.run_secs:
+            log.debug("default schedule of %s did not run: %s", ctx.task_name, result.error_msg)
             continue
         workload = db.commit_workload(ctx.mod)
         db.commit_tuning_record(TuningRecord(sch.trace, workload, result.run_secs, target, args_info))
-        seeded += 1
-    return seeded
+        added += 1
+    return added
 
 
 def tune(tasks: list[Task], target: Any, trials: int, *, trials_per_task: int | None = None,
          previous: Iterable[Record] = (), threads: int | None = None, seed: int = 0,
-         seed_default: bool = True) -> list[Record]:
+         default_schedule: bool = True) -> list[Record]:
     """Tune ``tasks`` for ``target`` with ``trials`` measured candidates in all, starting
     from ``previous`` records (a resumed search starts from the best of them). Measures
     with the board's thread policy: the runner's worker processes inherit
     ``TVM_NUM_THREADS`` (runtimes.base.thread_env), builders and search threads are
-    limited to ``threads`` (default: runtimes.base.thread_count). With ``seed_default``
-    deltann's own schedule of each task is measured first and competes as a record
-    (:func:`_seed_default_schedule`). Returns the best
+    limited to ``threads`` (default: runtimes.base.thread_count). With ``default_schedule``
+    deltann's own schedule of each task is measured after the search and competes as a
+    record (:func:`_add_default_schedule`). Returns the best
     records of every task tuned (``previous`` ones included where still the best)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -346,7 +367,8 @@ def tune(tasks: list[Task], target: Any, trials: int, *, trials_per_task: int | 
     if not tasks or trials <= 0:
         return []
     _cpu_intrinsics_only(target)
-    db = records_to_database(previous)
+    previous = list(previous)
+    db = records_to_database(r for r in previous if _sampled(r))  # what the search starts from
     # The evolutionary search's population scales with the trials each task gets: its
     # default (512, 4 generations) costs ~10 s of search per round on 2 cores, more than
     # measuring a handful of candidates does.
@@ -367,8 +389,6 @@ def tune(tasks: list[Task], target: Any, trials: int, *, trials_per_task: int | 
         names[workload_hash(contexts[-1].mod)] = task.name  # as the context normalised it
     builder, runner = _in_process()
     start = time.perf_counter()
-    if seed_default:
-        _seed_default_schedule(db, contexts, target, builder, runner)
     with tempfile.TemporaryDirectory(prefix="deltann-tune-") as work_dir:
         ms.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=trials,
@@ -377,6 +397,9 @@ def tune(tasks: list[Task], target: Any, trials: int, *, trials_per_task: int | 
             # the default callbacks minus RemoveBuildArtifact: in-process candidates have no files
             measure_callbacks=[ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel()], cost_model="xgb", task_scheduler="gradient",
         )
+    _commit(db, (r for r in previous if not _sampled(r)))
+    if default_schedule:
+        _add_default_schedule(db, contexts, target, builder, runner)
     log.info("tuned %d tasks, %d trials, in %.1f s", len(tasks), trials, time.perf_counter() - start)
     wanted = set(names)
     return [r for r in database_to_records(db, names) if r.workload_hash in wanted]

@@ -128,6 +128,22 @@ def test_resumed_tuning_starts_from_previous_records(tiny_tuned: dict[str, Any])
     assert more and min(r.run_ms for r in more) <= before
 
 
+
+def test_default_schedule_competes_after_the_search_and_survives_a_resume(tiny_tuned: dict[str, Any]) -> None:
+    """deltann's own schedule of each kernel is a record beside MetaSchedule's sampled ones
+    (TRIALS trials over four kernels: at most one sampled candidate each, so the best
+    four of a kernel hold both); a resumed search does not start from it, yet it is
+    kept and competes again."""
+    records, heavy = tiny_tuned["records"], tiny_tuned["heavy"]
+    fixed = {r.task for r in records if not tuning._sampled(r)}
+    assert fixed == {t.name for t in heavy}
+    assert any(tuning._sampled(r) for r in records)
+    task = heavy[:1]
+    previous = [r for r in records if r.task == task[0].name]
+    more = tuning.tune(task, tiny_tuned["target"], 2, previous=previous, threads=1, default_schedule=False)
+    kept = [r for r in previous if not tuning._sampled(r)]
+    assert kept and {r.record_json for r in kept} <= {r.record_json for r in more}
+
 # --- the fleet's tuning phase (in-process Ray, as `deltann run`) -----------------------
 
 CATALOGUE = """
