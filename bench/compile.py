@@ -48,8 +48,9 @@ from typing import Any
 
 import numpy as np
 
-#: Alternating timing blocks per setting (see side_by_side).
+#: Alternating timing blocks per setting, and the pause before each (see side_by_side).
 BLOCKS = 5
+SETTLE_S = 0.2
 
 TORCHVISION = {"mobilenet_v2": 224, "resnet101": 224, "inception_v3": 299}
 MODELS = ("mobilenet_v2", "resnet101", "inception_v3", "efficientnet_lite0")
@@ -129,12 +130,14 @@ def side_by_side(tvm_call: Callable[[], Any], ort_call: Callable[[], Any], repea
     same Python loop. Why blocks: on a shared 2-core machine the load shifts within a
     run (both runtimes measured 30% slower for minutes at a time here), so each ratio
     compares neighbours; the ratio printed is the median of the blocks' ratios. Why not
-    call by call: each runtime's thread pool still spins right after a call and would
-    slow the other's next call."""
+    call by call, and why a pause before each block: each runtime's thread pool keeps
+    spinning for milliseconds after a call and, on 2 cores, takes one from the other
+    runtime (onnxruntime measured 2.7x slower in 3-call blocks right after TVM's)."""
     per_block = max(3, repeat // blocks)
     tvm_ms, ort_ms = [], []
     for _ in range(blocks):
         for call, out in ((tvm_call, tvm_ms), (ort_call, ort_ms)):
+            time.sleep(SETTLE_S)  # the other runtime's pool threads stop spinning
             call()  # untimed: this runtime's thread pool awake, its buffers in cache
             samples = []
             for _ in range(per_block):
