@@ -238,41 +238,19 @@ def test_tflite_chain_within_tolerance_and_quantised_divergence(model: str, cach
 
 # --- the command over a real results folder ------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_store(tmp_path_factory: pytest.TempPathFactory, record_results: Any) -> Path:
     """A real results folder for the tiny model written by the fleet's own unit executor
     (no Ray: one process), torch native, ONNX on onnxruntime and on TVM."""
-    import socket
-
-    from deltann import plan
     from deltann.fleet.devices import load_catalogue
-    from deltann.fleet.driver import prepare_inputs
-    from deltann.fleet.execute import run_unit
-    from deltann.fleet.markers import is_progress
-    from deltann.store import Store
-    from deltann.study import load_study
 
-    folder = tmp_path_factory.mktemp("localize")
-    study_path = folder / "study.toml"
-    study_path.write_text(
+    return record_results(
+        tmp_path_factory.mktemp("localize"),
         'name = "loc"\nmodels = ["tiny_cnn"]\nvariants = ["torch", "torch->onnx"]\n'
         'runtimes = ["native", "tvm"]\nsettings = ["basic"]\n[dataset]\nlimit = 3\n'
-        "[timing]\nwarmup = 0\nnumber = 1\nrepeat = 1\nmin_repeat_ms = 0\n"
-    )
-    kinds = load_catalogue()
-    study = load_study(study_path, kinds)
-    inputs = prepare_inputs(study, folder)
-    out = folder / "results"
-    store = Store(out)
-    store.write_manifest(study.model_dump(), {"started": "test"})
-    artifacts = ArtifactCache(out / "artifacts")
-    for unit in plan.expand(study, inputs, kinds):
-        if unit.runtime == "tvm" and unit.variant == "torch":
-            continue  # torch.export import: not needed here
-        for table in run_unit(unit, inputs[unit.model], artifacts, study="loc", board="b",
-                              hostname=socket.gethostname()):
-            if not is_progress(table):
-                store.write(table)
-    return out
+        "[timing]\nwarmup = 0\nnumber = 1\nrepeat = 1\nmin_repeat_ms = 0\n",
+        load_catalogue(),
+        keep=lambda unit: not (unit.runtime == "tvm" and unit.variant == "torch"),  # torch.export: not needed
+        board=lambda unit: "b")
 
 
 def test_localize_command_writes_layers_table_and_plot(tiny_store: Path, capsys: pytest.CaptureFixture) -> None:

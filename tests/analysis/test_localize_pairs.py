@@ -8,8 +8,8 @@ machine (the real boards are out of reach: only their names are stand-ins)."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -32,36 +32,21 @@ TORCH_BASIC = "torch [tvm:basic]"
 
 
 @pytest.fixture(scope="module")
-def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from deltann import plan
-    from deltann.convert.chain import ArtifactCache
+def store_dir(tmp_path_factory: pytest.TempPathFactory, record_results: Any) -> Path:
     from deltann.fleet.devices import load_catalogue
-    from deltann.fleet.driver import prepare_inputs
-    from deltann.fleet.execute import run_unit
-    from deltann.fleet.markers import is_progress
-    from deltann.study import load_study
 
     folder = tmp_path_factory.mktemp("pairs")
     (folder / "devices.toml").write_text(CATALOGUE)
-    kinds = load_catalogue(folder / "devices.toml")
-    (folder / "study.toml").write_text(
+    out = record_results(
+        folder,
         'name = "pairs"\nmodels = ["tiny_cnn"]\nvariants = ["torch", "torch->onnx"]\nruntimes = ["tvm"]\n'
         'settings = ["basic", "extended"]\ndevices = ["board-a", "board-b"]\n[dataset]\nlimit = 2\n'
-        "[timing]\nwarmup = 0\nnumber = 1\nrepeat = 1\nmin_repeat_ms = 0\n")
-    study = load_study(folder / "study.toml", kinds)
-    inputs = prepare_inputs(study, folder)
-    out = folder / "results"
-    store = Store(out)
-    store.write_manifest(study.model_dump(), {"started": "test"})
-    artifacts = ArtifactCache(out / "artifacts")
-    for unit in plan.expand(study, inputs, kinds):
-        if unit.variant == "torch" and (unit.device != "board-a" or unit.config != TORCH_BASIC):
-            continue  # one torch.export build is enough
-        for table in run_unit(unit, inputs[unit.model], artifacts, study="pairs", board=unit.device,
-                              hostname=socket.gethostname()):
-            if not is_progress(table):
-                store.write(table)
-    builds = store.scan("builds").collect()
+        "[timing]\nwarmup = 0\nnumber = 1\nrepeat = 1\nmin_repeat_ms = 0\n",
+        load_catalogue(folder / "devices.toml"),
+        # one torch.export build is enough
+        keep=lambda unit: unit.variant != "torch" or (unit.device == "board-a" and unit.config == TORCH_BASIC),
+        board=lambda unit: unit.device)
+    builds = Store(out).scan("builds").collect()
     assert builds["status"].to_list() == ["ok"] * 5, builds.select("config", "device", "message").rows()
     return out
 
