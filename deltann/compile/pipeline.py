@@ -78,8 +78,10 @@ def build(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) 
     import tvm
     from tvm import relax
 
-    if database is None and "MetaScheduleApplyDatabase" in passes:
-        raise ValueError("setting with MetaScheduleApplyDatabase built without a tuning database; tune first "
+    from deltann.compile.settings import APPLY_DATABASE
+
+    if database is None and APPLY_DATABASE in passes:
+        raise ValueError(f"setting with {APPLY_DATABASE} built without a tuning database; tune first "
                          "(deltann.compile.tuning)")
     dispatch = relax.pipeline.library_dispatch_passes(target)
     lowering = _dataflow_lower_passes(target) + relax.pipeline.finalize_passes(target)

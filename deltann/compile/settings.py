@@ -45,8 +45,10 @@ SETTINGS: dict[str, tuple[str, ...]] = {name: catalogue.compose(enabled) for nam
 #: (:mod:`deltann.compile.tuning`; budget from the study's ``[tuning]``). Not a catalogue
 #: entry and not an ablation base: it needs a tuning run, which an ablation should not.
 TUNED = "tuned"
+#: The Relax pass that applies a MetaSchedule database (it reads ``Database.current()``).
+APPLY_DATABASE = "MetaScheduleApplyDatabase"
 _SCHEDULE = SETTINGS["extended"].index("DefaultCpuSchedule")
-SETTINGS[TUNED] = SETTINGS["extended"][:_SCHEDULE] + ("MetaScheduleApplyDatabase",) + SETTINGS["extended"][_SCHEDULE:]
+SETTINGS[TUNED] = SETTINGS["extended"][:_SCHEDULE] + (APPLY_DATABASE,) + SETTINGS["extended"][_SCHEDULE:]
 
 #: Always applied after the setting's passes: TVM's own per-target lowering.
 LOWERING = ("library_dispatch_passes (before)", "dataflow_lower_passes", "finalize_passes")
@@ -73,7 +75,7 @@ def ablation_names() -> list[str]:
 
 def is_tuned(name: str) -> bool:
     """Whether a setting needs a MetaSchedule tuning database (deltann.compile.tuning)."""
-    return "MetaScheduleApplyDatabase" in passes_of(name)
+    return APPLY_DATABASE in passes_of(name)
 
 
 def enabled_of(name: str) -> frozenset[str]:

@@ -44,10 +44,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from deltann.compile.settings import APPLY_DATABASE
+
 log = logging.getLogger("deltann.compile")
 
-#: The pass that applies the database (a Relax pass; it reads ``Database.current()``).
-APPLY = "MetaScheduleApplyDatabase"
+#: The pass that applies the database (settings.APPLY_DATABASE).
+APPLY = APPLY_DATABASE
 
 #: Substrings of a fused kernel's name that make it a "heavy" task.
 HEAVY = ("conv2d", "matmul", "dense")
