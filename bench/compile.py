@@ -1,17 +1,24 @@
 """TVM settings against onnxruntime, side by side in one run.
 
 For each model: export torch -> ONNX once, run it on onnxruntime (the reference for
-both latency and outputs), import the same ONNX into TVM Relax, build it under each
-setting, and print latency ratios TVM/onnxruntime and the largest logit difference.
-The two runtimes are timed in alternating blocks and the ratio is the median of the
-blocks' ratios (see side_by_side): on a shared machine a ratio of neighbours is stable
-where the absolute times are not.
+both latency and outputs), build the same ONNX with TVM Relax under each setting, and
+print latency ratios TVM/onnxruntime and the largest logit difference.
+
+The TVM side is the product's own path, exactly as a board of the device kind
+(``--kind``, default ``local``) runs it: the kind's target from cluster/devices.toml
+resolved on this machine (deltann.compile.pipeline.make_target, host included), built by
+deltann.runtimes.tvm_rt.TvmBuild, run by TvmRunner, timed by the boards' interleaved
+session (deltann.runtimes.interleave: alternating blocks, settle pause, untimed call)
+with the boards' thread policy. onnxruntime is the independent reference. The ratio is
+the ratio of the two medians over every block; the spread of the per-block ratios is
+printed beside it.
 
     .venv/bin/python bench/compile.py                       # all four models
     .venv/bin/python bench/compile.py --models mobilenet_v2 --repeat 100
     .venv/bin/python bench/compile.py --settings default,extended
     .venv/bin/python bench/compile.py --models mobilenet_v2 --settings basic,default,extended,tuned \
         --trials 512 --records /tmp/mnv2.json   # MetaSchedule: tune, then time beside the others
+    .venv/bin/python bench/compile.py --kind x86-server   # another kind's target (it must run here)
 
 ``tuned`` tunes the model's heavy kernels (``--tasks``) with ``--trials`` measured
 candidates in this process (deltann.compile.tuning, as a board does), then builds and
@@ -38,12 +45,10 @@ for _name, _value in thread_env(os.cpu_count() or 1).items():
     os.environ.setdefault(_name, _value)
 
 import argparse  # noqa: E402
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -112,104 +117,94 @@ def export_onnx(model: Any, shape: tuple[int, ...], out_dir: Path) -> Path:
     return path
 
 
-def ort_runner(path: Path, x: np.ndarray) -> tuple[Callable[[], Any], np.ndarray]:
-    """(one onnxruntime call, its output): the reference for latency and outputs."""
-    import onnxruntime as ort
+def ort_runner(path: Path, x: np.ndarray) -> tuple[Any, np.ndarray]:
+    """(an active onnxruntime runner, its output): the reference for latency and outputs.
+    deltann's OnnxrtRunner is a plain InferenceSession (CPU provider, the board's thread
+    count): the same session a user would make."""
+    from deltann.runtimes.onnxrt import OnnxrtRunner
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ["OMP_NUM_THREADS"])
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: x}
-    return (lambda: sess.run(None, feed)), sess.run(None, feed)[0]
+    runner = OnnxrtRunner(path)
+    runner.activate()
+    return runner, runner.infer(x)
 
 
-def side_by_side(tvm_call: Callable[[], Any], ort_call: Callable[[], Any], repeat: int,
-                 blocks: int = BLOCKS) -> tuple[float, float, float]:
-    """Median ms of each and the ratio TVM/onnxruntime, timed in alternating blocks
-    (TVM, onnxruntime, TVM, ...) of ``repeat // blocks`` calls each, both through the
-    same Python loop. Why blocks: on a shared 2-core machine the load shifts within a
-    run (both runtimes measured 30% slower for minutes at a time here), so each ratio
-    compares neighbours; the ratio printed is the median of the blocks' ratios. Why not
-    call by call, and why a pause before each block: each runtime's thread pool keeps
-    spinning for milliseconds after a call and, on 2 cores, takes one from the other
-    runtime (onnxruntime measured 2.7x slower in 3-call blocks right after TVM's)."""
+def side_by_side(tvm: Any, ort: Any, x: np.ndarray, repeat: int, blocks: int = BLOCKS) -> tuple[float, float, float,
+                                                                                                  float, float]:
+    """TVM and onnxruntime timed by the boards' interleaved session: ``blocks`` alternating
+    blocks of ``repeat // blocks`` samples each (at least 3). Returns the two medians (ms),
+    their ratio, and the smallest and largest per-block ratio."""
+    from deltann.runtimes.interleave import Protocol, Slot, time_interleaved
+
     per_block = max(3, repeat // blocks)
-    tvm_ms, ort_ms = [], []
-    for _ in range(blocks):
-        for call, out in ((tvm_call, tvm_ms), (ort_call, ort_ms)):
-            time.sleep(SETTLE_S)  # the other runtime's pool threads stop spinning
-            call()  # untimed: this runtime's thread pool awake, its buffers in cache
-            samples = []
-            for _ in range(per_block):
-                t0 = time.perf_counter()
-                call()
-                samples.append(time.perf_counter() - t0)
-            out.append(statistics.median(samples) * 1e3)
-    ratios = [a / b for a, b in zip(tvm_ms, ort_ms, strict=True)]
-    return statistics.median(tvm_ms), statistics.median(ort_ms), statistics.median(ratios)
+    protocol = Protocol(warmup=1, number=1, repeat=per_block, min_repeat_ms=0, blocks=blocks,
+                        pause_ms=round(SETTLE_S * 1000))
+    result = time_interleaved([Slot("tvm", lambda: tvm, x), Slot("ort", lambda: ort, x)], protocol)
+    t, o = result.samples["tvm"] / 1e6, result.samples["ort"] / 1e6  # (images, blocks, repeat) ms
+    per_block = np.median(t, axis=(0, 2)) / np.median(o, axis=(0, 2))
+    tvm_ms, ort_ms = float(np.median(t)), float(np.median(o))
+    return tvm_ms, ort_ms, tvm_ms / ort_ms, float(per_block.min()), float(per_block.max())
 
 
-def make_target(which: str) -> Any:
-    """``host``: llvm with this machine's CPU as ``mcpu`` (what onnxruntime's kernels use
-    too, by runtime dispatch); ``generic``: plain llvm (SSE2 on x86-64); else a JSON dict."""
+def board_target(kind_name: str) -> tuple[str, str]:
+    """The device kind's target and host as a board receives them (JSON, as in a unit)."""
     import json
 
-    import tvm
-    from tvm.target import codegen
+    from deltann.fleet.devices import load_catalogue
 
-    if which == "host":
-        return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
-    if which == "generic":
-        return tvm.target.Target({"kind": "llvm"})
-    return tvm.target.Target(json.loads(which))
+    kind = load_catalogue()[kind_name]
+    return json.dumps(kind.target, sort_keys=True), json.dumps(kind.host, sort_keys=True)
 
 
-def tvm_runner(mod: Any, passes: tuple[str, ...], target: Any, x: np.ndarray,
-               database: Any = None) -> tuple[Callable[[], Any], np.ndarray, float]:
-    """(one call of the module built under ``passes``, its output, build seconds)."""
-    import tvm
-    from tvm import relax
+def tvm_runner(path: Path, shape: tuple[int, ...], passes: tuple[str, ...], target: tuple[str, str], x: np.ndarray,
+               tuning: str = "") -> tuple[Any, np.ndarray, float, str]:
+    """(an active TvmRunner of the ONNX file built under ``passes``, its output, build
+    seconds, the target as resolved): deltann.runtimes.tvm_rt as a board builds and runs."""
+    import json
 
-    from deltann.compile.pipeline import build
+    from deltann.runtimes.tvm_rt import TvmBuild, TvmRunner
 
+    builder = TvmBuild("onnx", path, shape, passes, target[0], target[1], tuning=tuning)
     t0 = time.perf_counter()
-    ex = build(mod, passes, target, database)
+    exe = builder()
     build_s = time.perf_counter() - t0
-    dev = tvm.cpu()
-    main = relax.VirtualMachine(ex, dev)["main"]
-    arg = tvm.runtime.tensor(x, device=dev)
-    out = main(arg)
-    out = (out if hasattr(out, "numpy") else out[0]).numpy()
-    return (lambda: main(arg)), out, build_s
+    runner = TvmRunner(exe, device=json.loads(target[0])["kind"])
+    runner.activate()
+    return runner, runner.infer(x), build_s, builder.resolved_target
 
 
-def tune(mod: Any, passes: tuple[str, ...], target: Any, args: argparse.Namespace, name: str) -> tuple[Any, str]:
-    """MetaSchedule database for the tuned setting (resumed from ``--records``), and the
-    row's label: the setting with its budget."""
+def tune(path: Path, shape: tuple[int, ...], passes: tuple[str, ...], target: tuple[str, str],
+         args: argparse.Namespace, name: str) -> tuple[str, str]:
+    """MetaSchedule records for the tuned setting (resumed from ``--records``) as the JSON a
+    tuned unit carries, and the row's label: the setting with its budget."""
     import json
 
     from deltann.compile import tuning
+    from deltann.compile.frontends import import_relax
+    from deltann.compile.pipeline import make_target
 
     records: list[tuning.Record] = []
     done = 0
-    path = args.records.with_suffix(f".{name}.json") if args.records else None
-    if path is not None and path.exists():
-        saved = json.loads(path.read_text())
+    saved_path = args.records.with_suffix(f".{name}.json") if args.records else None
+    if saved_path is not None and saved_path.exists():
+        saved = json.loads(saved_path.read_text())
         records, done = tuning.records_from_json(json.dumps(saved["records"])), int(saved["trials"])
-    tasks = tuning.select(tuning.extract(mod, passes, target), args.tasks)
+    tvm_target = make_target(*target)
+    tasks = tuning.select(tuning.extract(import_relax("onnx", path, shape), passes, tvm_target), args.tasks)
     t0 = time.perf_counter()
     if args.trials > done:
-        new = tuning.tune(tasks, target, args.trials - done, trials_per_task=args.trials_per_task, previous=records)
+        new = tuning.tune(tasks, tvm_target, args.trials - done, trials_per_task=args.trials_per_task,
+                          previous=records)
         keep = {r.workload_hash for r in new}
         records = new + [r for r in records if r.workload_hash not in keep]
         done = args.trials
-        if path is not None:
-            path.write_text(json.dumps({"trials": done, "records": json.loads(tuning.records_to_json(records))}))
+        if saved_path is not None:
+            saved_path.write_text(json.dumps({"trials": done,
+                                              "records": json.loads(tuning.records_to_json(records))}))
     tune_s = time.perf_counter() - t0
     tuned = {r.workload_hash for r in records}
     print(f"  tuned: {len(tasks)} {args.tasks} kernels, {len(tuned)} with a record, budget {done} trials, "
           f"{tune_s:.0f} s of tuning in this run", flush=True)
-    return tuning.records_to_database(tuning.best_only(records)), f"tuned({done})"
+    return tuning.records_to_json(tuning.best_only(records)), f"tuned({done})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,49 +213,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="basic,default,extended", help="comma-separated setting names")
     parser.add_argument("--repeat", type=int, default=15,
                         help=f"timed calls of each runtime per setting, in {BLOCKS} alternating blocks")
-    parser.add_argument("--target", default="host",
-                        help="'host' (llvm, mcpu = this CPU), 'generic' (plain llvm) or a JSON target dict")
+    parser.add_argument("--kind", default="local", help="device kind of cluster/devices.toml whose target TVM builds for")
     parser.add_argument("--trials", type=int, default=64, help="tuned: measured candidates in all")
     parser.add_argument("--trials-per-task", type=int, default=None, help="tuned: at most this many per kernel")
     parser.add_argument("--tasks", default="heavy", choices=("heavy", "all"), help="tuned: which kernels to tune")
     parser.add_argument("--records", type=Path, default=None,
                         help="tuned: JSON file of tuning records to resume from and write back")
     args = parser.parse_args(argv)
-    target = make_target(args.target)
+    target = board_target(args.kind)
+    rows = run(args, target)
+    return 0 if rows else 1
 
+
+def run(args: argparse.Namespace, target: tuple[str, str]) -> list[dict[str, Any]]:
+    """Print the table; return its rows (bench/agreement.py reads them)."""
     from deltann.compile import settings as compile_settings
-    from deltann.compile.frontends import from_onnx
 
     settings = args.settings.split(",")
     print(f"threads: {os.environ['TVM_NUM_THREADS']} (TVM) and {os.environ['OMP_NUM_THREADS']} (onnxruntime)")
-    print(f"target {target}; ratio = median over {BLOCKS} alternating blocks of TVM ms / onnxruntime ms "
-          "(batch 1, this machine); lower is better")
+    print(f"kind {args.kind!r}: target {target[0]}, host {target[1]}; ratio = median TVM ms / median onnxruntime "
+          f"ms over {BLOCKS} interleaved blocks (batch 1, this machine; lower is better), blocks = the per-block "
+          "ratios' range")
     print("max|d| = largest |TVM - onnxruntime| logit difference, rel = max|d| / max|logit|")
-    print(f"{'model':<20} {'weights':<20} {'setting':<22} {'tvm ms':>9} {'ort ms':>8} {'ratio':>7} "
+    print(f"{'model':<20} {'weights':<16} {'setting':<14} {'tvm ms':>9} {'ort ms':>8} {'ratio':>7} {'blocks':>11} "
           f"{'max|d|':>9} {'rel':>8} {'build s':>8}")
+    rows: list[dict[str, Any]] = []
+    resolved = ""
     for name in args.models.split(","):
         model, shape, weights = load(name)
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(model, shape, Path(tmp))
-            ort_call, ref = ort_runner(path, x)
-            mod = from_onnx(path)
+            ort, ref = ort_runner(path, x)
             for setting in settings:
-                label, database = setting, None
+                label, records = setting, ""
                 try:
+                    passes = compile_settings.passes_of(setting)
                     if compile_settings.is_tuned(setting):
-                        database, label = tune(mod, compile_settings.passes_of(setting), target, args, name)
-                    tvm_call, out, build_s = tvm_runner(mod, compile_settings.passes_of(setting), target, x,
-                                                        database)
+                        records, label = tune(path, shape, passes, target, args, name)
+                    tvm, out, build_s, resolved = tvm_runner(path, shape, passes, target, x, records)
                 except Exception as exc:  # a failed build is a row, as in the seed's Table IV
-                    print(f"{name:<20} {weights:<20} {label:<22} FAILED {type(exc).__name__}: {exc}"[:200])
+                    print(f"{name:<20} {weights:<16} {label:<14} FAILED {type(exc).__name__}: {exc}"[:200])
                     continue
-                ms, ort_ms, ratio = side_by_side(tvm_call, ort_call, args.repeat)
+                ms, ort_ms, ratio, low, high = side_by_side(tvm, ort, x, args.repeat)
+                tvm.deactivate()
+                out = np.asarray(out).reshape(ref.shape)
                 diff = float(np.abs(out - ref).max())
                 rel = diff / max(float(np.abs(ref).max()), 1e-30)
-                print(f"{name:<20} {weights:<20} {label:<22} {ms:>9.2f} {ort_ms:>8.2f} {ratio:>7.2f} "
-                      f"{diff:>9.2e} {rel:>8.1e} {build_s:>8.1f}", flush=True)
-    return 0
+                print(f"{name:<20} {weights:<16} {label:<14} {ms:>9.2f} {ort_ms:>8.2f} {ratio:>7.2f} "
+                      f"{low:>5.2f}-{high:<5.2f} {diff:>9.2e} {rel:>8.1e} {build_s:>8.1f}", flush=True)
+                rows.append({"model": name, "setting": label, "tvm_ms": ms, "ort_ms": ort_ms, "ratio": ratio,
+                             "max_abs": diff})
+            ort.deactivate()
+    if resolved:
+        print(f"built for {resolved}")
+    return rows
 
 
 if __name__ == "__main__":

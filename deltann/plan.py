@@ -2,17 +2,24 @@
 
 A unit is one (model variant, runtime, setting, device kind) over the study's inputs.
 Its key hashes everything that determines its result — model and weights, conversion
-chain and tool versions, runtime and compiler versions, passes, target, device kind,
-the exact input tensors and the timing protocol — and nothing else (not the study's
-name, not the order of its lists). A unit whose key is in the store is not run again.
-Pure: no framework is imported, nothing is executed.
+chain and tool versions, runtime and compiler versions, passes, target, device kind and
+the exact input tensors — and nothing else (not the study's name, not the order of its
+lists). A unit whose key is in the store is not run again.
+
+Timing is planned apart (:class:`TimingJob`): the units of one model on one device kind
+are timed together, interleaved, in one session on one board, so every time change
+compares configurations measured side by side. A session's rows name it and its protocol;
+a group of units is timed again only when no session in the store covers all of them
+with the study's protocol. Pure: no framework is imported, nothing is executed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -48,10 +55,6 @@ class Unit:
     target: str  # JSON of the TVM target ("" for native runtimes)
     host: str
     recipe: str  # preprocessing recipe key
-    warmup: int
-    number: int
-    repeat: int
-    min_repeat_ms: int
     #: key of the unit's batch in the inputs mapping: the model name, or
     #: ``model@source`` where the source framework's model needs its own recipe
     inputs: str = ""
@@ -108,7 +111,6 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
     """Every unit of the study, in a stable order. ``inputs`` maps model name to its
     preprocessed inputs; ``kinds`` is the device catalogue."""
     units: list[Unit] = []
-    timing = study.timing
     for model in study.models:
         spec = zoo.get(model)
         user_model = study.user_models.get(model)
@@ -144,7 +146,6 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                         "device": kind_name,
                         "preprocess": asdict(spec.preprocess_for(source)),
                         "inputs": batch.hashes,
-                        "timing": timing.model_dump(),
                     }
                     if compiled and compile_settings.is_tuned(setting):
                         identity["tuning"] = study.tuning.budget()  # the budget changes the result
@@ -163,12 +164,55 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                             target=json.dumps(kind.target, sort_keys=True) if compiled else "",
                             host=json.dumps(kind.host, sort_keys=True) if compiled else "",
                             recipe=batch.recipe,
-                            warmup=timing.warmup,
-                            number=timing.number,
-                            repeat=timing.repeat,
-                            min_repeat_ms=timing.min_repeat_ms,
                             inputs=batch_key,
                             user_model=carried,
                         )
                     )
     return units
+
+
+@dataclass(frozen=True)
+class TimingJob:
+    """One timing session to run: the units of one model on one device kind (on one given
+    board with ``replicate``), timed together in alternating blocks
+    (:mod:`deltann.runtimes.interleave`) on the images at ``images`` (indices into each
+    unit's input batch)."""
+
+    key: str  # the session's id (every attempt gets a new one)
+    model: str
+    device: str
+    units: tuple[Unit, ...]
+    protocol: tuple[tuple[str, int], ...]  # Timing's fields but ``images``, as sorted pairs
+    images: tuple[int, ...]
+    board: str = ""  # replicate: the board that must time it ("" = any board of the kind)
+
+
+def timing_protocol(study: Study) -> tuple[tuple[str, int], ...]:
+    """The study's timing protocol as a session records and compares it."""
+    return tuple(sorted(study.timing.model_dump(exclude={"images"}).items()))
+
+
+def timing_groups(units: list[Unit]) -> dict[tuple[str, str], list[Unit]]:
+    """Units timed together: one group per (model, device kind), in plan order."""
+    groups: dict[tuple[str, str], list[Unit]] = {}
+    for u in units:
+        groups.setdefault((u.model, u.device), []).append(u)
+    return groups
+
+
+def timing_job(study: Study, units: list[Unit], n_images: int, board: str = "") -> TimingJob:
+    """A new session for ``units`` of one model and device kind; ``n_images`` is the size
+    of their input batches."""
+    first = units[0]
+    job = TimingJob(key="", model=first.model, device=first.device, units=tuple(units),
+                    protocol=timing_protocol(study), images=tuple(study.timing.timed_indices(n_images)), board=board)
+    return renewed(job)
+
+
+def renewed(job: TimingJob) -> TimingJob:
+    """``job`` under a fresh session key (its units, protocol and images, the time and a
+    nonce): every attempt at a session is its own, so rows of a broken attempt never mix
+    with a later one's."""
+    key = content_key({"units": sorted(u.key for u in job.units), "protocol": job.protocol, "images": job.images,
+                       "board": job.board, "at": time.time_ns(), "nonce": uuid.uuid4().hex})
+    return replace(job, key=key)

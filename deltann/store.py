@@ -6,6 +6,7 @@ Layout (the unit people share: copy the folder)::
     DIR/table=predictions/model=<m>/device=<d>/part-<unit key>-<seq>.parquet
     DIR/table=timings/...
     DIR/table=builds/...
+    DIR/table=sessions/...
 
 Every file is written to a temporary name and renamed into place, so a reader never sees
 half a file. File names are deterministic per (unit, table, sequence), so a unit rerun
@@ -74,16 +75,27 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("latency_ns", pa.int64()),
         ]
     ),
+    # One row per (unit, timed image, timing session): the raw samples of that image in
+    # every block of the session (deltann.fleet.session). Configurations are compared only
+    # within one session: same board, same blocks.
     "timings": pa.schema(
         UNIT_FIELDS
         + [
+            pa.field("session", pa.string()),
             pa.field("image_id", pa.string()),
+            pa.field("image_index", pa.int32()),
             pa.field("warmup", pa.int32()),
             pa.field("number", pa.int32()),
             pa.field("repeat", pa.int32()),
             pa.field("min_repeat_ms", pa.int32()),
+            pa.field("blocks", pa.int32()),
+            pa.field("pause_ms", pa.int32()),
             pa.field("threads", pa.int32()),
+            pa.field("resident", pa.bool_()),  # kept loaded for the session (else loaded per block)
+            pa.field("order", pa.string()),  # the session's configurations, " | "-joined, block 0's order
+            pa.field("positions", pa.list_(pa.int32())),  # this configuration's place in each block
             pa.field("samples_ns", pa.list_(pa.int64())),
+            pa.field("sample_block", pa.list_(pa.int32())),  # the block of each sample
             pa.field("median_ns", pa.int64()),
         ]
     ),
@@ -142,6 +154,39 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("alignment_rate", pa.float64()),
         ]
     ),
+    # One row per timing session (deltann.fleet.session): what was timed together, where,
+    # under which protocol, how quiet the machine was before and after, and how it ended.
+    "sessions": pa.schema([
+        pa.field("session", pa.string()),
+        pa.field("study", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("device", pa.string()),
+        pa.field("board", pa.string()),
+        pa.field("hostname", pa.string()),
+        pa.field("status", pa.string()),  # ok | failed
+        pa.field("outcome", pa.string()),  # ok | exception | crash | timeout
+        pa.field("error_type", pa.string()),
+        pa.field("message", pa.string()),
+        pa.field("unit_keys", pa.list_(pa.string())),
+        pa.field("configs", pa.list_(pa.string())),
+        pa.field("dropped", pa.string()),  # JSON {config: why} of configurations that dropped out
+        pa.field("warmup", pa.int32()),
+        pa.field("number", pa.int32()),
+        pa.field("repeat", pa.int32()),
+        pa.field("min_repeat_ms", pa.int32()),
+        pa.field("blocks", pa.int32()),
+        pa.field("pause_ms", pa.int32()),
+        pa.field("images", pa.int32()),  # how many images were timed
+        pa.field("cores", pa.int32()),
+        pa.field("load_before", pa.float64()),  # 1-minute load average
+        pa.field("load_after", pa.float64()),
+        pa.field("others_before", pa.float64()),  # cores other processes kept busy
+        pa.field("others_after", pa.float64()),
+        pa.field("mhz_before", pa.float64()),
+        pa.field("mhz_after", pa.float64()),
+        pa.field("seconds", pa.float64()),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+    ]),
     # MetaSchedule's tuning database of the ``tuned`` setting (deltann.fleet.tuning): one row
     # per record, MetaSchedule's own JSON. Partitioned like the others (model, device kind);
     # ``tuning_key`` (variant identity + resolved target) says which builds may use it.
@@ -391,7 +436,7 @@ class Store:
         )
         columns = SCHEMAS[table].names
         frame = frame.select(columns)
-        if complete_only and table != "builds":
+        if complete_only and table in UNIT_TABLES and table != "builds":
             frame = frame.join(self.scan("builds").select("unit_key"), on="unit_key", how="semi")
         return frame
 

@@ -13,7 +13,7 @@ allowed values. Example (``studies/quickstart.toml``)::
     [dataset]
     source = "samples"
     [timing]
-    repeat = 5
+    blocks = 5
 """
 
 from __future__ import annotations
@@ -46,14 +46,33 @@ class Dataset(_Strict):
 
 
 class Timing(_Strict):
-    """TVM ``time_evaluator``'s protocol: ``warmup`` untimed calls, then ``repeat``
-    samples, each the mean of ``number`` calls (``number`` grows until one sample lasts
-    at least ``min_repeat_ms``)."""
+    """How a board times (deltann.runtimes.interleave): the configurations of one model are
+    timed together in ``blocks`` alternating blocks, each configuration's block beginning
+    with a ``pause_ms`` settle pause and ``warmup`` untimed calls; within a block every
+    timed image gets TVM ``time_evaluator``'s protocol (one untimed call, then ``repeat``
+    samples, each the mean of ``number`` calls, ``number`` growing until one sample lasts
+    at least ``min_repeat_ms``). ``images``: time that many images, evenly spaced through
+    the dataset (deterministic), instead of every image."""
 
     warmup: int = Field(1, ge=0, le=1000)
     number: int = Field(1, ge=1, le=1_000_000)
-    repeat: int = Field(5, ge=1, le=10_000)
+    repeat: int = Field(1, ge=1, le=10_000)
     min_repeat_ms: int = Field(0, ge=0, le=600_000)
+    blocks: int = Field(5, ge=1, le=1000)
+    pause_ms: int = Field(200, ge=0, le=60_000)
+    images: int | None = Field(None, ge=1, le=1_000_000)
+
+    def protocol(self) -> Any:
+        """The board-side :class:`~deltann.runtimes.interleave.Protocol`."""
+        from deltann.runtimes.interleave import Protocol
+
+        return Protocol(**self.model_dump(exclude={"images"}))
+
+    def timed_indices(self, n: int) -> list[int]:
+        """Which of ``n`` images are timed: all, or ``images`` of them evenly spaced."""
+        if self.images is None or self.images >= n:
+            return list(range(n))
+        return sorted({round(i * (n - 1) / max(1, self.images - 1)) for i in range(self.images)})
 
 
 class Tuning(_Strict):

@@ -8,7 +8,7 @@ import numpy as np
 
 from deltann import dataset, zoo
 from deltann.fleet.devices import load_catalogue
-from deltann.plan import expand
+from deltann.plan import expand, renewed, timing_groups, timing_job, timing_protocol
 from deltann.study import Study
 
 KINDS = load_catalogue()
@@ -60,13 +60,35 @@ def test_adding_a_setting_keeps_existing_keys() -> None:
 def test_keys_change_with_every_input() -> None:
     keys = _keys(_study())
     changed = {
-        "timing": _keys(_study(timing={"repeat": 7})),
-        "min_repeat_ms": _keys(_study(timing={"min_repeat_ms": 10})),
         "dataset size": _keys(_study(), _inputs(4)),
         "one pixel": _keys(_study(), _inputs(3, bump=True)),
     }
     for what, other in changed.items():
         assert all(other[c] != keys[c] for c in keys), what
+
+
+def test_the_timing_protocol_is_the_sessions_not_the_units() -> None:
+    # Predictions do not depend on how the board times: a new protocol keeps every unit key
+    # (nothing is predicted again); the driver times the group again (see timing_protocol).
+    keys = _keys(_study())
+    for timing in ({"repeat": 7}, {"min_repeat_ms": 10}, {"blocks": 3, "pause_ms": 0}, {"images": 2}):
+        assert _keys(_study(timing=timing)) == keys, timing
+        assert timing_protocol(_study(timing=timing)) != timing_protocol(_study()) or "images" in timing
+
+
+def test_timing_groups_and_jobs() -> None:
+    study = _study(timing={"images": 2, "blocks": 3})
+    units = expand(study, _inputs(), KINDS)
+    groups = timing_groups(units)
+    assert list(groups) == [("tiny_cnn", "local")] and groups[("tiny_cnn", "local")] == units
+    job = timing_job(study, units, n_images=3)
+    again = timing_job(study, units, n_images=3)
+    assert job.key != again.key  # every attempt is its own session
+    assert job.units == tuple(units) and job.images == (0, 2)  # evenly spaced, first and last
+    assert dict(job.protocol) == {"warmup": 1, "number": 1, "repeat": 1, "min_repeat_ms": 0, "blocks": 3,
+                                  "pause_ms": 200}
+    assert renewed(job).key != job.key and renewed(job).units == job.units
+    assert timing_job(_study(), units, n_images=3).images == (0, 1, 2)  # default: every image
 
 
 def test_input_hash_is_of_the_exact_tensor() -> None:

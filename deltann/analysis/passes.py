@@ -94,6 +94,11 @@ def per_pass_table(builds: Any, timings: Any) -> Any:
 
 def from_store(store: Any) -> tuple[Any, Any]:
     """(Table III, Table IV) from a results store (:class:`deltann.store.Store`)."""
+    import polars as pl
+
+    from deltann.analysis.timing import latency_table
+
     builds = store.scan("builds").collect()
-    timings = store.scan("timings").collect()
+    # each configuration's median from its latest timing session (one row per configuration)
+    timings = latency_table(store).with_columns((pl.col("median_ms") * 1e6).alias("median_ns"))
     return settings_table(builds, timings), per_pass_table(builds, timings)

@@ -1,4 +1,4 @@
-"""Statistics that hold for latency comparisons (issue 6, after asv and torch.utils.benchmark).
+"""Statistics that hold for latency comparisons (after asv and torch.utils.benchmark).
 
 Why these and not the seed's uncorrected ANOVA:
 
@@ -13,6 +13,15 @@ Why these and not the seed's uncorrected ANOVA:
 4. A p-value says nothing about size: the matched-pairs rank-biserial correlation
    (:func:`rank_biserial`) is the effect size that goes with the signed-rank test, and a
    change is only called significant when it is also larger than a minimum factor (asv).
+5. The unit of a comparison is a *cell*: one image in one block of an interleaved timing
+   session (deltann.runtimes.interleave), where A and B ran minutes apart at most. The test
+   pairs cells (same image, same block), so its sample is images x blocks, not images: a
+   study of 6 images in 5 blocks has 30 pairs, and a 25x change gets p ~ 2e-9 instead of
+   the 0.03 six pairs allow at best. The confidence interval resamples the two crossed
+   factors, images and blocks, together (:func:`cell_bootstrap_ratio_ci`): a block is a
+   machine state shared by every image in it, so resampling cells alone would understate
+   the uncertainty. :func:`min_detectable_change` says what a comparison of this size and
+   noise can see at all.
 """
 
 from __future__ import annotations
@@ -154,3 +163,66 @@ def significant(p_holm: float, ratio: float, *, alpha: float = ALPHA, min_factor
     if not (math.isfinite(p_holm) and math.isfinite(ratio)) or ratio <= 0:
         return False
     return p_holm <= alpha and max(ratio, 1 / ratio) >= min_factor
+
+
+def cell_bootstrap_ratio_ci(ta: np.ndarray, tb: np.ndarray, *, confidence: float = 0.95, n_resamples: int = 2000,
+                            seed: int = 0, max_cells: int = 20_000_000) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``median(ta) / median(tb)`` over paired cells
+    ``ta[i, b]``, ``tb[i, b]`` (image i, block b; NaN where a cell is missing): each
+    resample draws images and blocks with replacement, the same for both sides (a two-way
+    crossed bootstrap). Numpy has no such resampler and scipy.stats.bootstrap resamples
+    one axis of independent observations, so it is written out here (vectorised; the
+    number of resamples shrinks, to no fewer than 200, when images x blocks x resamples
+    would pass ``max_cells``). (NaN, NaN) with fewer than 2 valid cells."""
+    ta, tb = np.asarray(ta, float), np.asarray(tb, float)
+    if ta.ndim == 1:
+        ta, tb = ta[None, :], tb[None, :]
+    valid = np.isfinite(ta) & np.isfinite(tb)
+    if valid.sum() < 2:
+        return math.nan, math.nan
+    ta, tb = np.where(valid, ta, np.nan), np.where(valid, tb, np.nan)
+    n_i, n_b = ta.shape
+    if np.nanmax(ta) == np.nanmin(ta) and np.nanmax(tb) == np.nanmin(tb):
+        r = float(np.nanmedian(ta) / np.nanmedian(tb))
+        return r, r
+    reps = max(200, min(n_resamples, max_cells // max(1, n_i * n_b)))
+    rng = np.random.default_rng(seed)
+    ii = rng.integers(0, n_i, size=(reps, n_i))
+    bb = rng.integers(0, n_b, size=(reps, n_b))
+    sa = ta[ii[:, :, None], bb[:, None, :]].reshape(reps, -1)
+    sb = tb[ii[:, :, None], bb[:, None, :]].reshape(reps, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample of only missing cells: NaN, dropped
+        ratios = np.nanmedian(sa, axis=1) / np.nanmedian(sb, axis=1)
+    ratios = ratios[np.isfinite(ratios)]
+    if ratios.size == 0:
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+#: The signed-rank test's asymptotic efficiency relative to the paired t-test (3/pi):
+#: it needs about 1/0.955 as many pairs for the same power under normal noise.
+WILCOXON_ARE = 3 / math.pi
+
+
+def min_detectable_change(d: np.ndarray, *, tests: int = 1, alpha: float = ALPHA, power: float = 0.8,
+                          min_factor: float = MIN_FACTOR) -> float:
+    """The smallest time change (in %, either way) that a paired signed-rank test over the
+    cells' log-ratios ``d = log t_A − log t_B`` detects with ``power`` at level
+    ``alpha / tests`` (Holm's strictest step), given their spread: the normal-theory
+    size (z₁₋α/2 + z_power)·σ/√(0.955·n), σ the MAD-based spread of ``d`` around its
+    median (robust to the shift itself and to outliers). Never below the ``min_factor``
+    that :func:`significant` also asks for; ``inf`` when ``n`` pairs cannot reach that
+    level at all (the exact test's smallest p-value is 2/2ⁿ)."""
+    d = np.asarray(d, float)
+    d = d[np.isfinite(d)]
+    n = d.size
+    level = alpha / max(1, tests)
+    if n == 0 or 2.0 / 2.0 ** min(n, 1000) > level:
+        return math.inf
+    sigma = float(st.median_abs_deviation(d, scale="normal")) if n > 1 else 0.0
+    z = st.norm.ppf(1 - level / 2) + st.norm.ppf(power)
+    size = z * sigma / math.sqrt(WILCOXON_ARE * n)
+    return float(max(math.expm1(size), min_factor - 1) * 100)

@@ -22,7 +22,7 @@ import ray
 
 from deltann.dataset import Inputs
 from deltann.fleet.devices import DeviceKind
-from deltann.plan import Unit
+from deltann.plan import TimingJob, Unit
 
 log = logging.getLogger("deltann.fleet")
 
@@ -52,14 +52,34 @@ class Board:
             yield from run_in_container(self.kind, units, inputs, self.cache_dir, study=self.study,
                                         board=self.node_id, hostname=self.hostname)
             return
-        from deltann.convert.chain import ArtifactCache
         from deltann.fleet.execute import run_unit
+
+        for unit in units:
+            yield from run_unit(unit, inputs[unit.inputs or unit.model], self._cache(), study=self.study,
+                                board=self.node_id, hostname=self.hostname)
+
+    def time(self, job: TimingJob, inputs: dict[str, Inputs]) -> Iterator[pa.Table]:
+        """Stream one timing session's tables (deltann.fleet.session), in the kind's image
+        where the kind runs in a container."""
+        from deltann.fleet.container import inside_image, time_in_container
+
+        if self.kind.container and not inside_image(self.kind):
+            yield from time_in_container(self.kind, job, inputs, self.cache_dir, study=self.study,
+                                         board=self.node_id, hostname=self.hostname)
+            return
+        from deltann.fleet.session import time_session
+
+        yield from time_session(job, inputs, self._cache(), study=self.study, board=self.node_id,
+                                hostname=self.hostname)
+
+    def _cache(self) -> Any:
+        """This board's artifact cache, kept for the actor's life (converted models in
+        memory, compiled TVM modules on disk)."""
+        from deltann.convert.chain import ArtifactCache
 
         if self._artifacts is None:
             self._artifacts = ArtifactCache(self.cache_dir)
-        for unit in units:
-            yield from run_unit(unit, inputs[unit.inputs or unit.model], self._artifacts, study=self.study,
-                                board=self.node_id, hostname=self.hostname)
+        return self._artifacts
 
     def synthetic(self, tables: int, rows: int, unit_prefix: str = "synthetic") -> Iterator[pa.Table]:
         """Stream ``tables`` tagged ``timings`` tables of ``rows`` rows each, as fast as the
@@ -75,8 +95,9 @@ class Board:
         samples = pa.array([[1, 2, 3]] * rows, pa.list_(pa.int64()))
         for i in range(tables):
             cols = {f.name: base.get(f.name) for f in schema}
-            for name in ("warmup", "number", "repeat", "min_repeat_ms", "threads"):
-                cols[name] = ints
+            for f in schema:
+                if cols[f.name] is None:  # the other columns: their type's null
+                    cols[f.name] = ints if f.type == pa.int32() else pa.nulls(rows, f.type)
             cols["samples_ns"] = samples
             cols["median_ns"] = pa.array(np.full(rows, i, dtype=np.int64))
             key = f"{unit_prefix}-{self.node_id[:8]}-{i}"

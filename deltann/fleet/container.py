@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from deltann.dataset import Inputs
 from deltann.fleet.devices import DeviceKind
-from deltann.plan import Unit
+from deltann.plan import TimingJob, Unit
 
 log = logging.getLogger("deltann.fleet")
 
@@ -52,8 +52,9 @@ def inside_image(kind: DeviceKind) -> bool:
 
 # --- the job folder ------------------------------------------------------------
 def write_job(work: Path, units: list[Unit], inputs: dict[str, Inputs], *, study: str, board: str,
-              hostname: str) -> None:
-    """Everything the container needs, as JSON and npz."""
+              hostname: str, timing: TimingJob | None = None) -> None:
+    """Everything the container needs, as JSON and npz; with ``timing``, the job is that
+    timing session (its units are ``units``)."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "out").mkdir(exist_ok=True)
     wanted = sorted({u.inputs or u.model for u in units})
@@ -65,6 +66,10 @@ def write_job(work: Path, units: list[Unit], inputs: dict[str, Inputs], *, study
                          "labels": batch.labels, "recipe": batch.recipe}
     job = {"study": study, "board": board, "hostname": hostname, "inputs": batches,
            "units": [asdict(u) for u in units]}
+    if timing is not None:
+        job["timing"] = {"key": timing.key, "model": timing.model, "device": timing.device,
+                         "protocol": [list(p) for p in timing.protocol], "images": list(timing.images),
+                         "board": timing.board}
     (work / "job.json").write_text(json.dumps(job))
 
 
@@ -88,12 +93,22 @@ def execute_job(work: Path, cache: Path) -> None:
     job, units, inputs = read_job(work)
     artifacts = ArtifactCache(cache)
     out = work / "out"
+    who = {"study": job["study"], "board": job["board"], "hostname": job["hostname"]}
+    if job.get("timing"):
+        from deltann.fleet.session import time_session
+
+        t = job["timing"]
+        timing = TimingJob(key=t["key"], model=t["model"], device=t["device"], units=tuple(units),
+                           protocol=tuple((str(k), int(v)) for k, v in t["protocol"]),
+                           images=tuple(int(i) for i in t["images"]), board=t["board"])
+        tables: Iterator[pa.Table] = time_session(timing, inputs, artifacts, **who)
+    else:
+        tables = (table for unit in units for table in run_unit(unit, inputs[unit.inputs or unit.model], artifacts,
+                                                                  **who))
     n = 0
-    for unit in units:
-        for table in run_unit(unit, inputs[unit.inputs or unit.model], artifacts, study=job["study"],
-                              board=job["board"], hostname=job["hostname"]):
-            _write_ipc(out / f"{n:06d}.arrow", table)
-            n += 1
+    for table in tables:
+        _write_ipc(out / f"{n:06d}.arrow", table)
+        n += 1
     (out / "done").write_text(str(n))
 
 
@@ -253,6 +268,54 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
                               message=f"container {kind.image} exited with {status.get('StatusCode')}: {logs}",
                               seconds=time.monotonic() - started)
             left = [u for u in left if u.key != victim.key]
+
+
+def time_in_container(kind: DeviceKind, job: TimingJob, inputs: dict[str, Inputs], cache_dir: Path, *,
+                      study: str, board: str, hostname: str) -> Iterator[pa.Table]:
+    """Run timing session ``job`` in ``kind.image`` and stream its tables. A container
+    that cannot start, or dies, ends the session as a failed ``sessions`` row."""
+    import docker
+
+    from deltann.fleet.session import session_row
+
+    def failed(outcome: str, error: str, message: str) -> pa.Table:
+        return session_row(job, study=study, board=board, hostname=hostname,
+                           failure={"outcome": outcome, "error_type": error, "message": message})
+
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException as exc:
+        yield failed("exception", type(exc).__name__, f"no Docker-compatible engine reachable: {exc}")
+        return
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    work = cache_dir.parent / "jobs" / uuid.uuid4().hex
+    write_job(work, list(job.units), inputs, study=study, board=board, hostname=hostname, timing=job)
+    if os.getuid() == 0:  # the container runs as nobody: give it the two folders it writes
+        for folder in (work / "out", cache_dir):
+            os.chown(folder, NOBODY, NOBODY)
+    try:
+        container = client.containers.run(kind.image, labels={BOARD_LABEL: board, STUDY_LABEL: study},
+                                          **container_options(kind, work, cache_dir))
+    except (docker.errors.DockerException, OSError) as exc:
+        yield failed("exception", type(exc).__name__,
+                     f"container failed to start from image {kind.image!r}: {' '.join(str(exc).split())}")
+        return
+    ended = False
+    try:
+        def running() -> bool:
+            container.reload()
+            return container.status in ("created", "running")
+
+        for table in follow(work, running):
+            ended = ended or (table.schema.metadata or {}).get(b"deltann.table") == b"sessions"
+            yield table
+        status = container.wait()
+        logs = "" if ended else container.logs(tail=20).decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    if not ended:
+        yield failed("crash", "ContainerExited",
+                     f"container {kind.image} exited with {status.get('StatusCode')}: {' '.join(logs.split())}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from deltann.compile.pipeline import host_of
 
 from deltann.errors import StudyError
 
@@ -25,6 +27,14 @@ class DeviceKind(BaseModel):
     host: dict[str, Any] = {"kind": "llvm"}
     image: str = ""
     container: bool = False
+
+    @model_validator(mode="after")
+    def _host_matches_a_cpu_target(self) -> DeviceKind:
+        try:
+            host_of(self.target, self.host)
+        except ValueError as exc:  # a CPU kind's host that names another CPU
+            raise ValueError(f"host: {exc}") from None
+        return self
 
 
 def catalogue_path(explicit: Path | None = None) -> Path:
@@ -51,6 +61,6 @@ def load_catalogue(path: Path | None = None) -> dict[str, DeviceKind]:
             out[name] = DeviceKind(name=name, **body)
         except (ValidationError, TypeError) as exc:
             first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
-            loc = ".".join(str(p) for p in first["loc"])
-            raise StudyError(f"{path}: kinds.{name}.{loc}: {first['msg']}") from None
+            where = ".".join([f"kinds.{name}", *(str(p) for p in first["loc"])])
+            raise StudyError(f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
     return out

@@ -40,6 +40,9 @@ class RunSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     #: dataset files not used (unreadable images), with the reason; also in the manifest
     skipped_images: list[dataset.Skipped] = field(default_factory=list)
+    #: ``sessions`` rows of the timing sessions this run made, and how many it could not run
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    timing_pending: int = 0
 
 
 def prepare_inputs(study: Study, root: Path, skipped: list[dataset.Skipped] | None = None) -> dict[str, dataset.Inputs]:
@@ -150,10 +153,27 @@ class Lane:
     batch: list[plan.Unit] = field(default_factory=list)  # units of those streams not yet complete, in order
     pinned: list[plan.Unit] = field(default_factory=list)  # replicate: units only this board runs
     current: plan.Unit | None = None
+    jobs: list[plan.TimingJob] = field(default_factory=list)  # timing sessions meant for this board
+    job: plan.TimingJob | None = None  # the timing session in flight
+    job_ended: bool = False  # its ``sessions`` row has arrived
     stage: str = ""
     since: float = 0.0
     restarts: int = 0
     dead: bool = False
+
+
+@dataclass
+class Group:
+    """The units of one model on one device kind (one board, with ``replicate``) that are
+    timed together once all of them are complete (see :class:`~deltann.plan.TimingJob`)."""
+
+    units: list[plan.Unit]
+    waiting: set[str]  # not complete yet in this run
+    ok: set[str]  # complete, status ok: these are timed
+    n_images: int  # size of their input batches
+    board: str = ""  # replicate: the board that runs and times them
+    ran_on: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # board -> units it ran now
+    scheduled: bool = False
 
 
 class Dispatcher:
@@ -174,6 +194,11 @@ class Dispatcher:
         #: seconds per unit seen so far, by configuration (the longest go first)
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self.probed: set[str] = set()  # configurations sent once, not yet measured
+        self.groups: list[Group] = []
+        self.group_of: dict[str, Group] = {}
+        self.kind_jobs: dict[str, list[plan.TimingJob]] = defaultdict(list)  # sessions any board may run
+        self.sessions: list[dict[str, Any]] = []  # ``sessions`` rows written in this run
+        self.pending_timing: list[plan.TimingJob] = []  # sessions no live board could run
 
     # --- set-up -------------------------------------------------------------
     def add_lane(self, kind: DeviceKind, board: dict[str, Any], pinned: list[plan.Unit] | None = None) -> Lane:
@@ -198,10 +223,61 @@ class Dispatcher:
             runtime_env={"env_vars": thread_env(lane.threads)},
         ).remote(lane.kind, self.cache_dir, self.study.name)
 
+    def add_group(self, group: Group) -> None:
+        """Time ``group`` once its waiting units are complete (at once if none is waiting)."""
+        self.groups.append(group)
+        for u in group.units:
+            self.group_of[u.key] = group
+        if not group.waiting:
+            self._schedule_timing(group)
+
+    def _unit_finished(self, key: str, ok: bool, board: str) -> None:
+        group = self.group_of.get(key)
+        if group is None or key not in group.waiting:
+            return
+        group.waiting.discard(key)
+        group.ran_on[board] += 1
+        if ok:
+            group.ok.add(key)
+        if not group.waiting:
+            self._schedule_timing(group)
+
+    def _schedule_timing(self, group: Group) -> None:
+        """A session for the group's ok units, on the board that ran most of them (its
+        compiled modules are in that board's cache), else on any board of the kind."""
+        if group.scheduled or not group.ok:
+            return
+        group.scheduled = True
+        units = [u for u in group.units if u.key in group.ok]
+        job = plan.timing_job(self.study, units, group.n_images, board=group.board)
+        kind = units[0].device
+        lanes = [x for x in self.lanes if x.kind.name == kind and not x.dead]
+        if group.board:
+            lanes = [x for x in lanes if x.node_id == group.board]
+        elif lanes:
+            lanes = [max(lanes, key=lambda x: group.ran_on.get(x.node_id, 0))]
+        if lanes:
+            lanes[0].jobs.append(job)
+            self._feed(lanes[0])
+        elif group.board:
+            self.pending_timing.append(job)
+        else:
+            self.kind_jobs[kind].append(job)
+
     def _feed(self, lane: Lane) -> None:
-        """Keep DEPTH batches queued on a lane: its pinned units first, then its kind's
-        queue, in batches small enough (a few per board) that boards finish together."""
+        """Keep DEPTH batches queued on a lane: a timing session first (its own, then any of
+        its kind's), else its pinned units, then its kind's queue, in batches small enough
+        (a few per board) that boards finish together."""
         while not lane.dead and len(lane.flights) < DEPTH:
+            job = lane.jobs.pop(0) if lane.jobs else (
+                self.kind_jobs[lane.kind.name].pop(0) if self.kind_jobs[lane.kind.name] else None)
+            if job is not None:
+                lane.current, lane.job, lane.job_ended = None, job, False
+                lane.stage, lane.since = "", time.monotonic()
+                lane.flights.append(lane.actor.time.options(
+                    num_returns="streaming", _generator_backpressure_num_objects=BACKPRESSURE
+                ).remote(job, self.inputs_ref))
+                continue
             if lane.pinned:
                 batch, lane.pinned = lane.pinned[:MAX_BATCH], lane.pinned[MAX_BATCH:]
             else:
@@ -250,31 +326,47 @@ class Dispatcher:
 
         for lane in self.lanes:
             self._feed(lane)
-        timeout_s = self.study.unit_timeout_s
         while True:
             active = [lane for lane in self.lanes if lane.flights]
             if not active:
                 break
             by_stream = {id(lane.flights[0]): lane for lane in active}
             wait_s = None
-            timed = [lane for lane in active if lane.current is not None]
-            if timeout_s is not None and timed:
+            limits = {id(lane): self._limit(lane) for lane in active}
+            timed = [lane for lane in active if limits[id(lane)] is not None]
+            if timed:
                 now = time.monotonic()
-                wait_s = max(0.05, min(lane.since + timeout_s - now for lane in timed))
+                wait_s = max(0.05, min(lane.since + limits[id(lane)] - now for lane in timed))
             ready, _ = ray.wait([lane.flights[0] for lane in active], num_returns=1, timeout=wait_s)
             for stream in ready:
                 self._step(by_stream[id(stream)])
-            if timeout_s is not None:
-                now = time.monotonic()
-                for lane in active:
-                    if lane.flights and lane.current is not None and now - lane.since > timeout_s:
-                        self._timed_out(lane, now - lane.since)
+            now = time.monotonic()
+            for lane in timed:
+                limit = self._limit(lane)
+                if lane.flights and limit is not None and now - lane.since > limit:
+                    self._timed_out(lane, now - lane.since)
         for name, queue in self.queues.items():
             self.pending.extend(u.key for u in queue)
             queue.clear()
+        for jobs in self.kind_jobs.values():
+            self.pending_timing.extend(jobs)
+            jobs.clear()
+        for lane in self.lanes:
+            self.pending_timing.extend(lane.jobs)
+            lane.jobs.clear()
         for lane in self.lanes:
             self.pending.extend(u.key for u in lane.pinned)
             lane.pinned.clear()
+
+    def _limit(self, lane: Lane) -> float | None:
+        """Seconds the lane's current work may take: ``unit_timeout_s`` for a unit, that
+        times the number of configurations for a timing session; None: no limit."""
+        timeout_s = self.study.unit_timeout_s
+        if timeout_s is None:
+            return None
+        if lane.job is not None:
+            return timeout_s * len(lane.job.units)
+        return timeout_s if lane.current is not None else None
 
     def _step(self, lane: Lane) -> None:
         """Take one table from a ready stream: a marker moves the lane's clock, anything
@@ -288,6 +380,11 @@ class Dispatcher:
             table = ray.get(next(lane.flights[0]))
         except StopIteration:
             lane.flights.pop(0)
+            if lane.job is not None:
+                if not lane.job_ended:  # never happens unless a board skipped its session's last row
+                    self._session_failed(lane, "exception", "NoResult", "the board's stream ended without the "
+                                         "session's result")
+                lane.job = None
             if not lane.flights and lane.batch:  # only if a board skipped units; never lose them
                 log.warning("board %s ended its streams with %d units unreported", lane.node_id, len(lane.batch))
                 self._requeue(lane, lane.batch)
@@ -306,13 +403,36 @@ class Dispatcher:
             lane.stage = meta.get(b"deltann.stage", b"").decode()
             return
         self.store.write(table)
-        if meta.get(b"deltann.table") == b"builds":
+        name = meta.get(b"deltann.table")
+        if name == b"builds":
             lane.batch = [u for u in lane.batch if u.key != key]
             lane.current = None
             row = table.to_pylist()[0]
             if row["status"] == "ok":
                 self.seconds[row["config"]].append(float(row["total_s"]))
             self.on_done(row)
+            self._unit_finished(key, row["status"] == "ok", lane.node_id)
+        elif name == b"sessions":
+            lane.job_ended = True
+            self._session_ended(table.to_pylist()[0])
+
+    def _session_ended(self, row: dict[str, Any]) -> None:
+        self.sessions.append(row)
+        if row["status"] != "ok":
+            log.warning("timing session of %s on %s (board %s) failed: %s: %s", row["model"], row["device"],
+                        row["board"][:12], row["outcome"], row["message"][:300])
+
+    def _session_failed(self, lane: Lane, outcome: str, error_type: str, message: str) -> None:
+        """The board could not report on its session (crash, timeout): its row, written here."""
+        from deltann.fleet.session import session_row
+
+        assert lane.job is not None
+        table = session_row(lane.job, study=self.study.name, board=lane.node_id, hostname=lane.hostname,
+                            failure={"outcome": outcome, "error_type": error_type, "message": message},
+                            seconds=time.monotonic() - lane.since)
+        self.store.write(table)
+        lane.job_ended = True
+        self._session_ended(table.to_pylist()[0])
 
     # --- faults ---------------------------------------------------------------
     def _requeue(self, lane: Lane, units: list[plan.Unit]) -> None:
@@ -348,18 +468,36 @@ class Dispatcher:
         if lane.pinned:
             self.pending.extend(u.key for u in lane.pinned)
             lane.pinned = []
+        self._move_jobs(lane, lane.jobs)
+        lane.jobs = []
+
+    def _move_jobs(self, lane: Lane, jobs: list[plan.TimingJob]) -> None:
+        """Sessions a gone board will not run: to another board of the kind, or pending
+        when they were this board's own (``replicate``)."""
+        for job in jobs:
+            (self.pending_timing if job.board else self.kind_jobs[lane.kind.name]).append(job)
+        for other in self.lanes:
+            if other.kind.name == lane.kind.name and not other.dead:
+                self._feed(other)
 
     def _lost(self, lane: Lane, exc: Exception) -> None:
         """A stream failed. Node gone: its unfinished units move to other boards of the
         kind. Node alive: the actor died under the current unit, which becomes a
         ``crash`` row; the rest go to a fresh actor on the same board."""
         unfinished, current, stage = lane.batch, lane.current, lane.stage or "convert"
-        lane.flights, lane.batch, lane.current = [], [], None
+        job = lane.job if not lane.job_ended else None
+        lane.flights, lane.batch, lane.current, lane.job = [], [], None, None
         if not node_alive(lane.node_id):
             lane.dead = True
             self._retire(lane, f"node lost ({type(exc).__name__})")
             self._requeue(lane, unfinished)
+            if job is not None:  # a session is moved whole: it is timed again from its first block
+                self._move_jobs(lane, [plan.renewed(job)])
             return
+        if job is not None:
+            lane.job = job
+            self._session_failed(lane, "crash", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            lane.job = None
         if current is not None:
             self._fail(lane, current, stage, "crash", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             unfinished = [u for u in unfinished if u.key != current.key]
@@ -379,6 +517,15 @@ class Dispatcher:
         the rest of the batch to a fresh actor on the same board."""
         import ray
 
+        if lane.job is not None:  # a timing session past its limit: a failed session row, the board goes on
+            ray.kill(lane.actor, no_restart=True)
+            lane.flights = []
+            self._session_failed(lane, "timeout", "Timeout", f"still timing ({lane.stage}) after {seconds:.1f} s "
+                                 f"(unit_timeout_s = {self.study.unit_timeout_s} per configuration)")
+            lane.job = None
+            self._start_actor(lane)
+            self._feed(lane)
+            return
         assert lane.current is not None
         current, stage = lane.current, lane.stage or "convert"
         unfinished = [u for u in lane.batch if u.key != current.key]
@@ -401,6 +548,7 @@ class Dispatcher:
                             seconds=time.monotonic() - lane.since)
         self.store.write(table)
         self.on_done(table.to_pylist()[0])
+        self._unit_finished(unit.key, False, lane.node_id)
 
 
 def ingest(streams: list[Any], store: Store) -> int:
@@ -421,6 +569,38 @@ def ingest(streams: list[Any], store: Store) -> int:
             store.write(table)
             rows += table.num_rows
     return rows
+
+
+def unit_status(store: Store) -> dict[str, str]:
+    """``status`` (ok | failed) of every unit complete in the store."""
+    if not store.files("builds"):
+        return {}
+    frame = store.scan("builds").select("unit_key", "status").collect()
+    return dict(zip(frame["unit_key"].to_list(), frame["status"].to_list(), strict=True))
+
+
+def timed_sets(store: Store, study: Study) -> list[tuple[frozenset[str], int]]:
+    """The unit keys and image count of each session in the store that ended well under
+    the study's timing protocol: a group whose ok units are inside one of them, timed on
+    as many images, is not timed again."""
+    import polars as pl
+
+    if not store.files("sessions"):
+        return []
+    want = dict(plan.timing_protocol(study))
+    frame = store.scan("sessions", complete_only=False).filter(pl.col("status") == "ok").collect()
+    out = []
+    for row in frame.iter_rows(named=True):
+        if all(row.get(k) == v for k, v in want.items()):
+            out.append((frozenset(row["unit_keys"]), int(row["images"] or 0)))
+    return out
+
+
+def session_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """A session as the manifest's run entry lists it: where, how it ended, how quiet."""
+    keys = ("session", "model", "device", "board", "hostname", "status", "outcome", "cores", "load_before",
+            "load_after", "others_before", "others_after", "mhz_before", "mhz_after", "seconds")
+    return {k: row.get(k) for k in keys}
 
 
 def run_study(
@@ -458,12 +638,31 @@ def run_study(
     t = time.perf_counter()
     units = plan.expand(study, inputs, kinds)
     store = Store(out)
-    done = store.completed_keys()
+    status = unit_status(store)
+    done = set(status)
     todo = [u for u in units if u.key not in done]
     summary.planned, summary.skipped = len(units), len(units) - len(todo)
+    timed = timed_sets(store, study)
+    n_images = {key: len(batch.ids) for key, batch in inputs.items()}
+
+    def group_for(members: list[plan.Unit], board: str = "") -> Group | None:
+        """The timing group of ``members`` (one model, one kind), or None when nothing is
+        left to run and a session in the store already covers its ok units."""
+        waiting = {u.key for u in members if u.key not in done}
+        ok = {u.key for u in members if status.get(u.key) == "ok"}
+        first = members[0]
+        count = n_images[first.inputs or first.model]
+        wanted = len(study.timing.timed_indices(count))
+        if not waiting and (not ok or any(ok <= keys and n == wanted for keys, n in timed)):
+            return None
+        return Group(members, waiting, ok, count, board=board)
+
+    groups = {} if study.replicate else {
+        key: g for key, members in plan.timing_groups(units).items() if (g := group_for(members)) is not None}
     summary.seconds["plan"] = time.perf_counter() - t
-    if not todo and not study.replicate:
-        console.print(f"[green]nothing to do[/]: all {len(units)} units of {study.name!r} are already in {out}")
+    if not todo and not groups and not study.replicate:
+        console.print(f"[green]nothing to do[/]: all {len(units)} units of {study.name!r} are already in {out}, "
+                      "and timed")
         store.write_manifest(study.model_dump(), {"started": started, "planned": len(units), "ran": 0,
                                                   "skipped": summary.skipped, "skipped_images": skipped_images})
         return summary
@@ -483,38 +682,51 @@ def run_study(
             bar_ref["bar"].update(bar_ref["task"], advance=1, description=escape(f"{study.name}: {row['config']}"))
 
     # Setting ``tuned`` (deltann.fleet.tuning): MetaSchedule over each kind's boards first;
-    # tuned units then carry their records, and one whose tuning failed is already a row.
-    if any(u.setting != "native" for u in todo):
+    # tuned units then carry their records (also those only timed again), and one whose
+    # tuning failed is already a row.
+    retimed = [u for g in groups.values() for u in g.units if u.key in g.ok]
+    if any(u.setting != "native" for u in todo + retimed):
         from deltann.fleet import tuning as fleet_tuning
 
         def tune_failed(unit: plan.Unit, board: str, error_type: str, message: str) -> None:
             from deltann.fleet.markers import failure_row
 
+            if unit.key in done:  # complete already: it is left out of its timing session
+                log.warning("%s is not timed again: its tuning records failed: %s", unit.config, message[:200])
+                return
             table = failure_row(unit, study=study.name, board=board, hostname="", stage=fleet_tuning.STAGE,
                                 outcome="exception", error_type=error_type, message=message, seconds=0.0)
             store.write(table)
             on_done(table.to_pylist()[0])
 
-        tuned = fleet_tuning.tune_units(study, units if study.replicate else todo, store, kinds, cache_dir,
-                                        tune_failed)
+        tuned = fleet_tuning.tune_units(study, units if study.replicate else todo + retimed, store, kinds,
+                                        cache_dir, tune_failed)
         units, todo = tuned.apply(units), tuned.apply(todo)
+        for g in groups.values():
+            g.units = tuned.apply(g.units)
+            g.ok -= tuned.failed & done
+            g.waiting -= tuned.failed  # already a failure row
         summary.seconds["tune"] = time.perf_counter() - t
 
     dispatcher = Dispatcher(study, store, ray.put(inputs), cache_dir, on_done)
     by_kind: dict[str, list[plan.Unit]] = defaultdict(list)
     for u in units if study.replicate else todo:
         by_kind[u.device].append(u)
+    for key in groups:
+        by_kind.setdefault(key[1], [])
     total = 0
     if study.replicate:
         summary.planned = summary.skipped = 0
     for kind_name, kind_units in by_kind.items():
         kind = kinds[kind_name]
         boards = alive_boards(kind.resource)
+        kind_groups = [g for key, g in groups.items() if key[1] == kind_name]
         if study.replicate:
-            # Every board runs every unit, each run under its own key (resumable per board).
-            per_board = [[dc_replace(u, key=replica_key(u.key, b["node_id"])) for u in kind_units] for b in boards]
-            summary.planned += sum(len(share) for share in per_board) or len(kind_units)
-            per_board = [[u for u in share if u.key not in done] for share in per_board]
+            # Every board runs every unit, each run under its own key (resumable per board),
+            # and times its own runs.
+            replicas = [[dc_replace(u, key=replica_key(u.key, b["node_id"])) for u in kind_units] for b in boards]
+            summary.planned += sum(len(share) for share in replicas) or len(kind_units)
+            per_board = [[u for u in share if u.key not in done] for share in replicas]
             summary.skipped += sum(len(kind_units) - len(share) for share in per_board)
         if not boards:
             summary.pending.extend(u.key for u in kind_units)
@@ -522,16 +734,22 @@ def run_study(
                           f"(Ray resource {kind.resource!r})")
             continue
         if study.replicate:
-            for board, share in zip(boards, per_board, strict=True):
-                if share:
+            for board, share, replica in zip(boards, per_board, replicas, strict=True):
+                board_groups = [g for members in plan.timing_groups(replica).values()
+                                if (g := group_for(members, board["node_id"])) is not None]
+                if share or board_groups:
                     dispatcher.add_lane(kind, board, pinned=share)
                     total += len(share)
+                for g in board_groups:
+                    dispatcher.add_group(g)
         else:
             # Grouped by (model, variant) so consecutive units share an artifact.
             dispatcher.queues[kind_name] = sorted(kind_units, key=lambda u: (u.model, u.variant))
             total += len(kind_units)
-            for board in boards[: len(kind_units)]:
+            for board in boards[: max(len(kind_units), len(kind_groups))]:
                 dispatcher.add_lane(kind, board)
+            for g in kind_groups:
+                dispatcher.add_group(g)
     summary.seconds["start"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -543,12 +761,19 @@ def run_study(
         if not lane.dead:
             ray.kill(lane.actor, no_restart=True)
     summary.pending.extend(dispatcher.pending)
+    summary.sessions = dispatcher.sessions
+    summary.timing_pending = len(dispatcher.pending_timing)
     summary.seconds["run"] = time.perf_counter() - t
     store.write_manifest(study.model_dump(), {
         "started": started, "finished": dt.datetime.now(dt.UTC).isoformat(), "planned": summary.planned,
         "ran": summary.ran, "failed": summary.failed, "skipped": summary.skipped, "pending": len(summary.pending),
-        "skipped_images": skipped_images,
+        "skipped_images": skipped_images, "timing_sessions": [session_entry(r) for r in dispatcher.sessions],
+        "timing_pending": summary.timing_pending,
     })
+    failed_sessions = sum(1 for r in dispatcher.sessions if r["status"] != "ok")
+    if dispatcher.sessions or summary.timing_pending:
+        console.print(f"{len(dispatcher.sessions)} timing sessions ({failed_sessions} failed, "
+                      f"{summary.timing_pending} pending)")
     console.print(f"{summary.ran} units run ({summary.failed} failed), {summary.skipped} already in the store, "
                   f"{len(summary.pending)} pending; results in {out}")
     return summary

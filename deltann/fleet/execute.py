@@ -1,6 +1,8 @@
-"""Execute one unit on this board: materialise, build, load, run, measure — producing
-Arrow tables for the store. Every exception becomes the unit's ``builds`` row with the
-stage it happened in; nothing raises out of :func:`run_unit`."""
+"""Execute one unit on this board: materialise, build, load, run — producing Arrow tables
+for the store. Every exception becomes the unit's ``builds`` row with the stage it
+happened in; nothing raises out of :func:`run_unit`. Timing is not done here: the
+configurations of a model are timed together afterwards, interleaved, in one session per
+board (:mod:`deltann.fleet.session`), which loads each unit through :func:`load_runner`."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +24,7 @@ import pyarrow as pa
 
 from deltann import zoo
 from deltann.convert.base import parse_chain
-from deltann.convert.chain import ArtifactCache
+from deltann.convert.chain import Artifact, ArtifactCache
 from deltann.dataset import Inputs
 from deltann.plan import Unit
 from deltann.runtimes.base import Runner, thread_count
@@ -52,6 +56,76 @@ def make_runner(unit: Unit, payload: Any, layout: str = "NCHW", meta: dict[str, 
     return native_runner(unit.runtime, payload, layout, meta)
 
 
+def compiled_dir(artifacts: ArtifactCache) -> Path:
+    """The board's cache of compiled TVM modules, beside its converted artifacts."""
+    return artifacts.root / "compiled"
+
+
+@dataclass
+class Loaded:
+    """What loading a unit produced: the active runner and how it got there."""
+
+    runner: Runner
+    artifact: Artifact
+    built_target: str = ""  # TVM target as the board resolved it, host included
+    times: dict[str, float] = field(default_factory=dict)
+
+
+def load_stages(unit: Unit, artifacts: ArtifactCache, stage: list[str]) -> Generator[str, None, Loaded]:
+    """Materialise ``unit``'s artifact, build it when the runtime is TVM (from the board's
+    compiled-module cache when this board built it before), and activate its runner.
+    Yields each stage's name as it begins (and keeps ``stage[0]`` at it, for failure
+    rows); returns the :class:`Loaded` runner."""
+    times = {"convert_s": 0.0, "import_s": 0.0, "compile_s": 0.0, "load_s": 0.0}
+    stage[0] = "convert"
+    yield stage[0]
+    start = time.perf_counter()
+    artifact = artifacts.get(unit.model, unit.variant)
+    times["convert_s"] = time.perf_counter() - start
+    payload, built_target = artifact.payload, ""
+    if unit.runtime == "tvm":
+        stage[0] = "build"
+        yield stage[0]
+        from deltann.convert._tools import input_shape
+        from deltann.runtimes.tvm_rt import TvmBuild
+
+        # The artifact's own input shape: an NHWC TFLite or ONNX is imported as NHWC.
+        builder = TvmBuild(unit.frontend, artifact.payload,
+                           input_shape(zoo.get(unit.model).input_shape, artifact.layout), unit.passes,
+                           unit.target, unit.host, tuning=unit.tuning, cache_dir=compiled_dir(artifacts),
+                           cache_key=unit.key)
+        with build_memory_cap():
+            payload = builder()
+        times["import_s"], times["compile_s"] = builder.import_s, builder.compile_s
+        built_target = builder.resolved_target
+    stage[0] = "load"
+    yield stage[0]
+    runner = make_runner(unit, payload, artifact.layout, artifact.meta)
+    runner.activate()
+    times["load_s"] = runner.activate_s
+    return Loaded(runner, artifact, built_target, times)
+
+
+def load_runner(unit: Unit, artifacts: ArtifactCache) -> Loaded:
+    """:func:`load_stages` run to its end (a timing session's loader)."""
+    stages = load_stages(unit, artifacts, [""])
+    while True:
+        try:
+            next(stages)
+        except StopIteration as done:
+            return done.value
+
+
+def _with_progress(unit_key: str, stages: Generator[str, None, Loaded]) -> Generator[pa.Table, None, Loaded]:
+    """A progress marker for each stage :func:`load_stages` enters; returns its result."""
+    while True:
+        try:
+            name = next(stages)
+        except StopIteration as done:
+            return done.value
+        yield progress(unit_key, name)
+
+
 class UnitFailure(Exception):
     def __init__(self, stage: str, outcome: str, message: str) -> None:
         super().__init__(message)
@@ -61,9 +135,9 @@ class UnitFailure(Exception):
 def run_unit(
     unit: Unit, batch: Inputs, artifacts: ArtifactCache, *, study: str, board: str, hostname: str
 ) -> Iterator[pa.Table]:
-    """Yield the unit's ``predictions`` (in chunks of :data:`PREDICTION_CHUNK` images) and
-    ``timings`` tables, then its ``builds`` row (always last: it marks the unit complete),
-    with a :func:`~deltann.fleet.markers.progress` marker as each stage begins."""
+    """Yield the unit's ``predictions`` (in chunks of :data:`PREDICTION_CHUNK` images), then
+    its ``builds`` row (always last: it marks the unit complete), with a
+    :func:`~deltann.fleet.markers.progress` marker as each stage begins."""
     if unit.user_model:  # a study's [user_models] entry: register it in this (board) process
         from deltann.zoo import user
 
@@ -79,48 +153,27 @@ def run_unit(
     }
     times = {"convert_s": 0.0, "import_s": 0.0, "compile_s": 0.0, "load_s": 0.0}
     failure: dict[str, str] = {}
-    built_target = ""  # TVM target as the board resolved it (mcpu "native" -> its CPU)
-    stage = "convert"
+    built_target = ""  # TVM target as the board resolved it (mcpu "native" -> its CPU), host included
+    stage = ["convert"]
     hops: list[dict[str, Any]] = []
     layout = ""
     runner: Runner | None = None
     start_all = time.perf_counter()
     try:
-        yield progress(unit.key, stage)
-        start = time.perf_counter()
-        artifact = artifacts.get(unit.model, unit.variant)
-        hops, layout = artifact.hops, artifact.layout
-        times["convert_s"] = time.perf_counter() - start
-        payload = artifact.payload
-        if unit.runtime == "tvm":
-            stage = "build"
-            yield progress(unit.key, stage)
-            from deltann.convert._tools import input_shape
-            from deltann.runtimes.tvm_rt import TvmBuild
+        loaded = yield from _with_progress(unit.key, load_stages(unit, artifacts, stage))
+        runner, times, built_target = loaded.runner, loaded.times, loaded.built_target
+        hops, layout = loaded.artifact.hops, loaded.artifact.layout
 
-            # The artifact's own input shape: an NHWC TFLite or ONNX is imported as NHWC.
-            builder = TvmBuild(unit.frontend, artifact.payload, input_shape(spec.input_shape, artifact.layout),
-                               unit.passes, unit.target, unit.host, tuning=unit.tuning)
-            with build_memory_cap():
-                payload = builder()
-            times["import_s"], times["compile_s"] = builder.import_s, builder.compile_s
-            built_target = builder.resolved_target
-        stage = "load"
-        yield progress(unit.key, stage)
-        runner = make_runner(unit, payload, artifact.layout, artifact.meta)
-        runner.activate()
-        times["load_s"] = runner.activate_s
-
-        stage = "execute"
-        yield progress(unit.key, stage)
+        stage[0] = "execute"
+        yield progress(unit.key, stage[0])
         rows: dict[str, list[Any]] = {k: [] for k in ("image_index", "image_id", "input_hash", "label", "top1",
                                                        "top5", "top5_prob", "logits", "latency_ns")}
         for i, image_id in enumerate(batch.ids):
             x = batch.tensors[i : i + 1]
             t0 = time.perf_counter_ns()
             out = runner.infer(x)
-            latency = time.perf_counter_ns() - t0
-            stage = "verify"
+            latency = time.perf_counter_ns() - t0  # one call, untimed warm-up: not a timing (see session)
+            stage[0] = "verify"
             if out.ndim > 2 and out.shape[-1] == out.size == labels.num_classes:
                 # TVM's TFLite frontend keeps FULLY_CONNECTED's keep_num_dims shape
                 # (1, 1, 1, n) where LiteRT gives (1, n), with the same values (measured on
@@ -145,7 +198,7 @@ def run_unit(
             rows["top5_prob"].append(probs[top5].astype(np.float32).tolist())
             rows["logits"].append(logits)
             rows["latency_ns"].append(latency)
-            stage = "execute"
+            stage[0] = "execute"
         n = len(batch.ids)
         for seq, lo in enumerate(range(0, n, PREDICTION_CHUNK)):
             hi = min(n, lo + PREDICTION_CHUNK)
@@ -154,26 +207,17 @@ def run_unit(
                 pa.array(np.concatenate(rows["logits"][lo:hi])), 1000
             ).cast(pa.list_(pa.float32()))
             yield tag(pa.table(columns, schema=SCHEMAS["predictions"]), "predictions", unit.key, seq)
-
-        samples = runner.measure(batch.tensors[:1], warmup=unit.warmup, number=unit.number,
-                                 repeat=unit.repeat, min_repeat_ms=unit.min_repeat_ms)
-        timing = ident | {
-            "image_id": batch.ids[0], "warmup": unit.warmup, "number": unit.number, "repeat": unit.repeat,
-            "min_repeat_ms": unit.min_repeat_ms, "threads": _threads(unit.runtime),
-            "samples_ns": samples, "median_ns": int(np.median(samples)),
-        }
-        yield tag(pa.Table.from_pylist([timing], schema=SCHEMAS["timings"]), "timings", unit.key, 0)
     except UnitFailure as exc:
         failure = {"stage": exc.stage, "outcome": exc.outcome, "message": str(exc),
                    "error_type": "NonFiniteOutput" if exc.outcome == "nan" else "OutputMismatch"}
     except Exception as exc:  # errors are data: the study goes on
-        log.debug("unit %s failed in %s:\n%s", unit.config, stage, traceback.format_exc())
+        log.debug("unit %s failed in %s:\n%s", unit.config, stage[0], traceback.format_exc())
         message = " ".join(str(exc).strip().splitlines())
         # Out of memory: Python's MemoryError, an OS call's ENOMEM, or C++'s std::bad_alloc
         # surfacing through TVM.
         oom = (isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM
                or any(s in message.lower() for s in ("bad_alloc", "out of memory", "cannot allocate memory")))
-        failure = {"stage": stage, "outcome": "oom" if oom else "exception", "error_type": type(exc).__name__,
+        failure = {"stage": stage[0], "outcome": "oom" if oom else "exception", "error_type": type(exc).__name__,
                    "message": message[:2000] or type(exc).__name__}
     finally:
         if runner is not None:
@@ -227,7 +271,7 @@ def build_memory_cap() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
-def _threads(runtime: str) -> int:
+def runtime_threads(runtime: str) -> int:
     """Threads the runtime actually ran with (torch reports its own; onnxruntime and TVM
     were configured from :func:`thread_count`)."""
     if runtime == "torch":

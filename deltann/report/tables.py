@@ -12,7 +12,6 @@ import polars as pl
 
 from deltann import analysis
 from deltann.analysis import passes
-from deltann.analysis import stats
 from deltann.report import html as html_page
 from deltann.report import latex, plots
 from deltann.store import SCHEMAS, Store
@@ -45,6 +44,11 @@ class Report:
 def _slug(*parts: str) -> str:
     """A file name from table name and partition values: ``top1_dissimilarity_tiny-cnn_local``."""
     return "_".join([parts[0], *("".join(c if c.isalnum() else "-" for c in p) for p in parts[1:])])
+
+
+def _short_ids(frame: pl.DataFrame) -> pl.DataFrame:
+    """Board and session ids cut to 12 characters for display (the saved CSV keeps them whole)."""
+    return frame.with_columns(pl.col(c).str.slice(0, 12) for c in ("board", "session") if c in frame.columns)
 
 
 class _Doc:
@@ -174,12 +178,17 @@ def build_report(results: Path | str, out: Path | str | None = None) -> Report:
              "cv: coefficient of variation (std/mean, %) of raw samples and of per-run medians.")
 
     # --- time ---------------------------------------------------------------------
-    latency = analysis.latency_table(store)
+    per_session = analysis.session_latency(store)
+    latency = analysis.latency_table(store, per_session)
     doc.save(latency, "latency", floats=4)
     doc.heading("Latency (ms)")
-    doc.table(latency.drop("variant", "runtime", "setting"), floats=3)
+    doc.table(_short_ids(latency.drop("variant", "runtime", "setting")), floats=3)
+    doc.note("Each configuration from its latest timing session: the configurations of a model timed together "
+             "on one board in alternating blocks (images × blocks × repeat samples); board and session say where.")
+    for warning in analysis.quiet_warnings(store):
+        doc.note(f"**Warning:** {warning}")
     samples = (
-        store.scan("timings").select("model", "device", "config", "samples_ns")
+        analysis.latest_samples(store, latency)
         .group_by("model", "device", "config").agg(pl.col("samples_ns").explode())
         .sort("model", "device", "config").collect()
     )
@@ -197,15 +206,13 @@ def build_report(results: Path | str, out: Path | str | None = None) -> Report:
         doc.figure(plots.heatmap_png(matrix, out / f"{slug}.png", f"{model}: median latency (ms)", fmt="{:.2f}",
                                      cmap="magma"), f"latency heatmap {model}")
 
-    speedups = analysis.speedup_stats(store, latency)
+    speedups = analysis.speedup_stats(store, per_session)
     doc.save(speedups, "speedup", floats=4)
     doc.heading("Time change between configurations")
-    doc.table(speedups, floats=2)
+    doc.table(_short_ids(speedups), floats=2)
     doc.note(f"Convention: {analysis.SPEEDUP_CONVENTION}")
-    doc.note("ratio = t_A / t_B with its bootstrap 95 % CI (ci_*_pct in the same convention); p_value: paired "
-             "Wilcoxon signed-rank over per-image latencies; p_holm: Holm-corrected across this table; effect_rb: "
-             f"matched-pairs rank-biserial (positive: B faster); significant: p_holm ≤ {stats.ALPHA} and a change "
-             f"of at least ×{stats.MIN_FACTOR} either way.")
+    doc.note("ratio = t_A / t_B with its 95 % CI (ci_*_pct in the same convention); effect_rb: matched-pairs "
+             f"rank-biserial (positive: B faster). {analysis.test_note(speedups)}")
     for (model, device), sub in speedups.group_by(["model", "device"], maintain_order=True):
         slug = _slug("speedup", model, device)
         doc.figure(plots.speedup_png(sub, out / f"{slug}.png", f"Time change: {model} on {device}"),
@@ -228,8 +235,11 @@ def build_report(results: Path | str, out: Path | str | None = None) -> Report:
     doc.save(noise, "noise_floor")
     doc.heading("A/A noise floor")
     doc.table(noise)
-    doc.note("Each configuration against itself: even-indexed vs odd-indexed timing samples, in the speedup "
-             "convention. A change smaller than both sides' noise_pct is noise.")
+    doc.note("Each configuration against itself: its even blocks against its odd blocks (image by image; with "
+             "one block, alternate samples), in the speedup convention. drift: the same test as the time changes "
+             "finds that the configuration's time moved between blocks (the machine changed state while timing); "
+             "time changes pair A and B within each block, so drift cancels out of them, but absolute times are "
+             "then uncertain by about noise_pct. A change smaller than both sides' noise_pct is noise.")
 
     if "layers" in SCHEMAS and store.files("layers"):  # written by `deltann localize`
         from deltann.analysis.localize import divergence_summary

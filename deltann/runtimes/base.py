@@ -1,8 +1,9 @@
 """Runner: the one interface every runtime implements (after Polygraphy's BaseRunner).
 
 ``activate`` loads (and for TVM, builds), ``infer`` maps one NCHW float32 batch to
-logits in the model's own label space, ``measure`` times ``infer`` under TVM's
-``time_evaluator`` protocol, ``deactivate`` frees. An NHWC artifact (TF, Keras, TFLite
+logits in the model's own label space, ``prepare`` stages one input and returns the call
+that every timing path times (``measure``: TVM's ``time_evaluator`` protocol; the
+interleaved sessions of :mod:`deltann.runtimes.interleave`), ``deactivate`` frees. An NHWC artifact (TF, Keras, TFLite
 and what is converted from them) gets the same tensor transposed here, so input hashes
 are always of the canonical NCHW tensor; the layout is the artifact's recorded metadata. Subclasses write only the ``*_impl``
 methods; the public ones check state and record how long activation took.
@@ -95,17 +96,19 @@ class Runner:
             raise RuntimeError(f"{self.name} runner must be activated before infer")
         return np.asarray(self.infer_impl(self.to_layout(x)))
 
-    def measure(self, x: np.ndarray, *, warmup: int, number: int, repeat: int, min_repeat_ms: int) -> list[int]:
+    def prepare(self, x: np.ndarray) -> Callable[[], Any]:
+        """One inference on ``x`` as a call without arguments, with everything that is not
+        inference (the layout transpose, staging the input on the device) done here, once.
+        The timed calls of :meth:`measure` and of the interleaved sessions
+        (:mod:`deltann.runtimes.interleave`) are calls of it, for every runtime alike."""
         if not self.active:
             raise RuntimeError(f"{self.name} runner must be activated before measure")
-        # The transpose happens once, outside the timed calls.
-        return self.measure_impl(
-            self.to_layout(x),
-            warmup=warmup,
-            number=number,
-            repeat=repeat,
-            min_repeat_ms=min_repeat_ms,
-        )
+        return self.prepare_impl(self.to_layout(x))
+
+    def measure(self, x: np.ndarray, *, warmup: int, number: int, repeat: int, min_repeat_ms: int) -> list[int]:
+        """``x`` timed under :func:`time_evaluator_protocol` through :meth:`prepare`."""
+        return time_evaluator_protocol(self.prepare(x), warmup=warmup, number=number, repeat=repeat,
+                                       min_repeat_ms=min_repeat_ms)
 
     def deactivate(self) -> None:
         if self.active:
@@ -126,8 +129,9 @@ class Runner:
     def infer_impl(self, x: np.ndarray) -> Any:
         raise NotImplementedError
 
-    def measure_impl(self, x: np.ndarray, **protocol: int) -> list[int]:
-        return time_evaluator_protocol(lambda: self.infer_impl(x), **protocol)
+    def prepare_impl(self, x: np.ndarray) -> Callable[[], Any]:
+        """A call of one inference on ``x`` (already in the artifact's layout)."""
+        return lambda: self.infer_impl(x)
 
     def deactivate_impl(self) -> None:
         pass

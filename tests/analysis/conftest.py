@@ -31,9 +31,13 @@ def unit_ident(variant: str, runtime: str, setting: str, *, device: str = "local
 def write_unit(store: Store, ident: dict[str, Any], *, top1: list[int], top5: list[list[int]] | None = None,
                top5_prob: list[list[float]] | None = None, labels: list[int | None] | None = None,
                latency_ms: list[float] | None = None, samples_ms: list[float] | None = None,
+               cells_ms: list[list[float]] | None = None, session: str = "s1",
                logits: list[list[float]] | None = None) -> None:
-    """Predictions for images ``img0..imgN-1`` (N = len(top1)), one timing row and the
-    ``builds`` row that marks the unit complete."""
+    """Predictions for images ``img0..imgN-1`` (N = len(top1)), its timings and the
+    ``builds`` row that marks the unit complete. Timings: ``cells_ms[i][b]`` is image i's
+    sample in block b of timing session ``session`` (one row per image, as a board writes
+    them); ``samples_ms`` instead writes one row of image ``img0`` with those samples and
+    no session or blocks, as deltann wrote before timing sessions existed."""
     n = len(top1)
     base = {name: None for name in SCHEMAS["predictions"].names} | ident
     rows = [base | {
@@ -46,11 +50,19 @@ def write_unit(store: Store, ident: dict[str, Any], *, top1: list[int], top5: li
     } for i in range(n)]
     key = ident["unit_key"]
     store.write(tag(pa.Table.from_pylist(rows, schema=SCHEMAS["predictions"]), "predictions", key, 0))
+    blank = {name: None for name in SCHEMAS["timings"].names} | ident
     if samples_ms is not None:
-        timing = {name: None for name in SCHEMAS["timings"].names} | ident | {
-            "image_id": "img0", "warmup": 1, "number": 1, "repeat": len(samples_ms), "min_repeat_ms": 0,
-            "threads": 1, "samples_ns": [int(s * MS) for s in samples_ms], "median_ns": 0}
+        timing = blank | {"image_id": "img0", "warmup": 1, "number": 1, "repeat": len(samples_ms),
+                          "min_repeat_ms": 0, "threads": 1, "samples_ns": [int(s * MS) for s in samples_ms],
+                          "median_ns": 0}
         store.write(tag(pa.Table.from_pylist([timing], schema=SCHEMAS["timings"]), "timings", key, 0))
+    if cells_ms is not None:
+        timing_rows = [blank | {"session": session, "image_id": f"img{i}", "image_index": i, "warmup": 1, "number": 1,
+                                "repeat": 1, "min_repeat_ms": 0, "blocks": len(c), "pause_ms": 0, "threads": 1,
+                                "samples_ns": [int(s * MS) for s in c], "sample_block": list(range(len(c))),
+                                "median_ns": int(np.median(c) * MS)} for i, c in enumerate(cells_ms)]
+        store.write(tag(pa.Table.from_pylist(timing_rows, schema=SCHEMAS["timings"]), "timings",
+                        f"{session}-{key}", 0))
     build = {name: None for name in SCHEMAS["builds"].names} | ident | {"status": "ok", "passes": []}
     store.write(tag(pa.Table.from_pylist([build], schema=SCHEMAS["builds"]), "builds", key, 0))
 

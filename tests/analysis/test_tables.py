@@ -65,14 +65,17 @@ def test_dissimilarity_matrix_is_square_with_zero_diagonal(tmp_path: Path) -> No
     assert values[0, 1] == pytest.approx(100 / 3)
 
 
-def test_latency_and_speedup_by_hand(tmp_path: Path) -> None:
-    latency = analysis.latency_table(_store(tmp_path))
+def test_latency_and_speedup_by_hand_on_a_store_without_sessions(tmp_path: Path) -> None:
+    # rows as deltann wrote them before timing sessions (no session, no blocks): one board's
+    # rows count as one session, so old stores still compare
+    store = _store(tmp_path)
+    latency = analysis.latency_table(store)
     medians = dict(zip(latency["config"], latency["median_ms"], strict=True))
     assert medians == {"torch [torch]": pytest.approx(20.0), "torch [tvm:basic]": pytest.approx(5.0)}
     iqr = dict(zip(latency["config"], latency["iqr_ms"], strict=True))
     assert iqr["torch [torch]"] == pytest.approx(10.0)  # q3 25 - q1 15 (linear)
-    speed = analysis.speedup_table(latency)
-    assert speed.height == 1
+    speed = analysis.speedup_table(analysis.session_latency(store))
+    assert speed.height == 1 and speed["session"].to_list() == ["legacy-b"]
     row = speed.row(0, named=True)
     assert (row["A"], row["B"]) == ("torch [torch]", "torch [tvm:basic]")
     assert row["speedup_pct"] == pytest.approx((20 / 5 - 1) * 100)  # B is 4x faster: +300 %
@@ -91,8 +94,9 @@ def test_tables_on_a_real_run_match_numpy(tiny_results: Path) -> None:
     latency = analysis.latency_table(store)
     t = store.scan("timings").collect()
     for row in latency.iter_rows(named=True):
-        raw = t.filter(pl.col("config") == row["config"])["samples_ns"].to_list()[0]
+        raw = np.concatenate(t.filter(pl.col("config") == row["config"])["samples_ns"].to_list())
         assert row["median_ms"] == pytest.approx(np.median(raw) / 1e6)
+        assert row["images"] == 4 and row["blocks"] == 5 and row["samples"] == 4 * 5 * 3
 
 
 def test_failures_lists_failed_units(tmp_path: Path) -> None:
@@ -206,15 +210,23 @@ def test_new_tables_on_a_real_run_match_numpy(tiny_results: Path) -> None:
     store = Store(tiny_results)
     p = store.scan("predictions").select("config", "variant", "setting", "image_id", "top1", "top5_prob",
                                          "label").collect()
-    t = store.scan("timings").select("config", "samples_ns").collect()
+    t = store.scan("timings").select("config", "image_id", "samples_ns", "sample_block").collect()
     top1 = {c: g.sort("image_id")["top1"].to_numpy() for (c,), g in p.group_by(["config"])}
 
     for row in analysis.noise_floor(store).iter_rows(named=True):
-        raw = np.asarray(t.filter(pl.col("config") == row["config"])["samples_ns"].to_list()[0], float)
-        assert row["aa_speedup_pct"] == pytest.approx((np.median(raw[0::2]) / np.median(raw[1::2]) - 1) * 100)
+        # A/A: blocks 0 and 2 against blocks 1 and 3 (of 5), image by image, each cell the
+        # median of its block's 3 samples
+        even, odd = [], []
+        for samples, blocks in t.filter(pl.col("config") == row["config"]).select("samples_ns",
+                                                                                  "sample_block").iter_rows():
+            s, b = np.asarray(samples, float), np.asarray(blocks)
+            even += [np.median(s[b == 0]), np.median(s[b == 2])]
+            odd += [np.median(s[b == 1]), np.median(s[b == 3])]
+        assert row["aa_speedup_pct"] == pytest.approx((np.median(even) / np.median(odd) - 1) * 100)
+        assert row["samples"] == 16
 
     for row in analysis.stability(store).iter_rows(named=True):
-        raw = np.asarray(t.filter(pl.col("config") == row["config"])["samples_ns"].to_list()[0], float)
+        raw = np.concatenate(t.filter(pl.col("config") == row["config"])["samples_ns"].to_list()).astype(float)
         assert row["runs"] == 1 and row["flips"] == 0 and row["cv_runs_pct"] is None
         assert row["cv_samples_pct"] == pytest.approx(raw.std(ddof=1) / raw.mean() * 100)
 

@@ -234,7 +234,7 @@ def test_outcome_drops_failed_units_and_carries_records() -> None:
     from deltann.fleet.tuning import TuningOutcome
     from deltann.plan import Unit
 
-    u = Unit("k1", "tiny_cnn", "torch", "tvm", "tuned", (), "torch.export", "local", "{}", "{}", "", 1, 1, 1, 0)
+    u = Unit("k1", "tiny_cnn", "torch", "tvm", "tuned", (), "torch.export", "local", "{}", "{}", "")
     v = replace(u, key="k2")
     outcome = TuningOutcome(units={"k1": replace(u, tuning="[]")}, failed={"k2"})
     assert outcome.apply([u, v]) == [replace(u, tuning="[]")]

@@ -18,10 +18,21 @@ def test_every_unit_streams_rows_into_the_store(tiny_results: Path) -> None:
     assert predictions.height == 6 * 4
     assert predictions.group_by("unit_key").len()["len"].to_list() == [4] * 6
     assert predictions["logits"].list.len().unique().to_list() == [1000]
-    # each timing row keeps its raw samples (int64 ns), as many as `repeat`
+    # one timing row per unit and image, keeping its raw samples (int64 ns): `repeat` in
+    # each of the 5 blocks, with the block of each sample
     timings = store.scan("timings").collect()
-    assert timings["samples_ns"].list.len().to_list() == [3] * 6
+    assert timings.height == 6 * 4 and timings["samples_ns"].list.len().to_list() == [15] * 24
     assert timings.schema["samples_ns"] == pl.List(pl.Int64)
+    assert timings["sample_block"].to_list() == [[b for b in range(5) for _ in range(3)]] * 24
+    # the six configurations were timed together, in one session, in rotating order
+    assert timings["session"].n_unique() == 1 and timings["resident"].all()
+    positions = timings.group_by("config").agg(pl.col("positions").first())["positions"].to_list()
+    assert sorted(p[0] for p in positions) == list(range(6))  # block 0: each configuration once
+    assert all(p[1] == (p[0] - 1) % 6 for p in positions)  # block 1: the order rotated by one
+    session = store.scan("sessions", complete_only=False).collect().row(0, named=True)
+    assert session["status"] == "ok" and sorted(session["unit_keys"]) == sorted(builds["unit_key"].to_list())
+    assert (session["blocks"], session["repeat"], session["images"]) == (5, 3, 4)
+    assert session["others_before"] is not None and session["load_before"] is not None
     # TVM rows carry build times; every row names its board
     tvm = builds.filter(pl.col("runtime") == "tvm")
     assert (tvm["compile_s"] > 0).all() and tvm.height == 4
@@ -38,7 +49,7 @@ def test_second_run_does_no_work(tiny_results: Path, capsys) -> None:
     study = tiny_results.parent / "study.toml"
     before = {p: p.stat().st_mtime_ns for p in tiny_results.rglob("*.parquet")}
     summary = run_study(study, tiny_results, progress=True)
-    assert (summary.planned, summary.skipped, summary.ran) == (6, 6, 0)
+    assert (summary.planned, summary.skipped, summary.ran) == (6, 6, 0) and summary.sessions == []
     assert "nothing to do" in capsys.readouterr().err
     after = {p: p.stat().st_mtime_ns for p in tiny_results.rglob("*.parquet")}
     assert after == before
@@ -62,3 +73,26 @@ def test_a_failing_build_becomes_a_row(study_file, tmp_path: Path, monkeypatch, 
     assert ok["config"] == "torch [torch]"
     # the failed unit wrote no predictions; the good one did
     assert Store(tmp_path / "out").scan("predictions").collect()["config"].unique().to_list() == ["torch [torch]"]
+
+
+def test_a_new_protocol_times_again_without_predicting_again(tiny_results: Path, tmp_path: Path) -> None:
+    """Predictions do not depend on the timing protocol; timings do: a study whose [timing]
+    changed runs no unit and one new session, and the report then uses the newer one."""
+    import shutil
+
+    from deltann import analysis
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_results, out)
+    study = tiny_results.parent / "study.toml"
+    changed = tmp_path / "study.toml"
+    changed.write_text(study.read_text().replace("repeat = 3", "repeat = 2\nblocks = 2\npause_ms = 0\nimages = 2"))
+    summary = run_study(changed, out, progress=False)
+    assert summary.ran == 0 and len(summary.sessions) == 1 and summary.sessions[0]["status"] == "ok"
+    store = Store(out)
+    assert store.scan("timings").collect()["session"].n_unique() == 2
+    latest = analysis.latency_table(store)
+    assert set(latest["session"]) == {summary.sessions[0]["session"]}
+    assert set(latest["blocks"]) == {2} and set(latest["images"]) == {2} and set(latest["samples"]) == {2 * 2 * 2}
+    again = run_study(changed, out, progress=False)
+    assert again.ran == 0 and again.sessions == []  # covered now

@@ -53,21 +53,21 @@ def test_a_build_that_exhausts_memory_is_an_oom_row_and_the_board_goes_on(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_unit_that_hangs_ends_as_a_timeout_row_and_the_study_ends(study_file, tmp_path: Path, tally,
-                                                                   ray_session: None) -> None:
+def test_a_timing_session_that_hangs_ends_as_a_timeout_row_and_the_study_ends(study_file, tmp_path: Path, tally,
+                                                                               ray_session: None) -> None:
     """A real hang as far as the driver can tell: the timing protocol asks for ten minutes
-    of samples; ``unit_timeout_s = 3`` ends it."""
+    of samples; ``unit_timeout_s = 3`` (per configuration of the session) ends it."""
     from deltann.fleet.driver import run_study
     from deltann.store import Store
 
     study = study_file('name = "hang"\nmodels = ["tiny_cnn"]\nvariants = ["torch"]\nruntimes = ["native"]\n'
                        "unit_timeout_s = 3\n[dataset]\nlimit = 1\n[timing]\nrepeat = 1\nmin_repeat_ms = 600000\n")
-    with tally.case("faults", "unit-hangs") as case:
+    with tally.case("faults", "session-hangs") as case:
         t0 = time.monotonic()
         summary = run_study(study, tmp_path / "out", progress=False)
         assert time.monotonic() - t0 < 120  # a guard against a hung test, not a speed claim
-        assert (summary.ran, summary.failed, summary.pending) == (1, 1, [])
-        row = Store(tmp_path / "out").scan("builds").collect().row(0, named=True)
-        assert (row["status"], row["stage"], row["outcome"]) == ("failed", "execute", "timeout"), row
+        assert (summary.ran, summary.failed, summary.pending) == (1, 0, [])
+        row = Store(tmp_path / "out").scan("sessions", complete_only=False).collect().row(0, named=True)
+        assert (row["status"], row["outcome"]) == ("failed", "timeout"), row
         assert "unit_timeout_s" in row["message"]
         case.refused(row["message"])

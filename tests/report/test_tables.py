@@ -70,7 +70,7 @@ def test_report_writes_html_latex_and_png(tiny_results: Path, tmp_path: Path) ->
     env = Store(tiny_results).read_manifest()["environment"]
     assert fingerprint(env) in page and env["cpu"] in page
     tex = (tmp_path / "speedup.tex").read_text()
-    assert tex.startswith("\\begin{table}") and "\\begin{tabular}{lllllrrrrrrrrrrrrl}" in tex
+    assert tex.startswith("\\begin{table}") and "\\begin{tabular}{lllllrrrllrrrrrrrrrrl}" in tex
     assert tex.count("\\\\\n") == 1 + 6  # header + one line per pair
     speed = pl.read_csv(tmp_path / "speedup.csv")
     assert {"ci_low_pct", "ci_high_pct", "p_holm", "effect_rb", "significant"} <= set(speed.columns)

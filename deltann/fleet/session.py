@@ -1,0 +1,133 @@
+"""A timing session on a board: the units of one model, timed together, interleaved.
+
+The board loads every unit of the :class:`~deltann.plan.TimingJob` (TVM units from its
+compiled-module cache, so nothing is compiled twice on the board that ran them), times
+them in alternating blocks with :class:`~deltann.runtimes.interleave.Session` and yields,
+for each unit, one ``timings`` row per timed image, then the session's ``sessions`` row
+(protocol, order, machine state, failures). A configuration that cannot load or fails
+mid-session drops out (named in the row) and the others are still timed; nothing raises
+out of :func:`time_session`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from deltann.convert.chain import ArtifactCache
+from deltann.dataset import Inputs
+from deltann.fleet.execute import load_runner, runtime_threads
+from deltann.fleet.markers import progress, unit_columns
+from deltann.plan import TimingJob, Unit
+from deltann.runtimes.base import Runner
+from deltann.store import SCHEMAS, tag
+
+log = logging.getLogger("deltann.fleet")
+
+#: Progress stage of a session's markers (the driver's clock for ``unit_timeout_s``).
+STAGE = "time"
+
+
+def _loader(unit: Unit, artifacts: ArtifactCache) -> Any:
+    def load() -> Runner:
+        return load_runner(unit, artifacts).runner
+
+    return load
+
+
+def time_session(job: TimingJob, inputs: dict[str, Inputs], artifacts: ArtifactCache, *, study: str,
+                 board: str, hostname: str) -> Iterator[pa.Table]:
+    """Yield a progress marker per block, then the ``timings`` tables (one per unit) and
+    the ``sessions`` row of ``job``."""
+    from deltann.runtimes.interleave import Protocol, Session, Slot
+    from deltann.zoo import user
+
+    protocol = Protocol(**dict(job.protocol))
+    yield progress(job.key, STAGE)
+    start = time.perf_counter()
+    idx = list(job.images)
+    slots, ids = [], {}
+    for unit in job.units:
+        if unit.user_model:
+            user.register_json(unit.user_model)
+        batch = inputs[unit.inputs or unit.model]
+        slots.append(Slot(unit.key, _loader(unit, artifacts), batch.tensors[idx]))
+        ids[unit.key] = [batch.ids[i] for i in idx]
+    failure: dict[str, str] = {}
+    result = None
+    try:
+        session = Session(slots, protocol)
+        for block in session.run():
+            yield progress(job.key, f"{STAGE} {block + 1}/{protocol.blocks}")
+        result = session.result
+    except Exception as exc:  # noqa: BLE001 - errors are data: a failed session is a row
+        log.warning("timing session %s failed: %s: %s", job.key[:12], type(exc).__name__, exc)
+        failure = {"outcome": "exception", "error_type": type(exc).__name__,
+                   "message": " ".join(str(exc).split())[:2000] or type(exc).__name__}
+    configs = {u.key: u.config for u in job.units}
+    if result is not None:
+        order = " | ".join(configs[k] for k in result.orders[0]) if result.orders else ""
+        for seq, unit in enumerate(job.units):
+            samples = result.samples.get(unit.key)
+            if samples is None:
+                continue
+            yield _timings_table(job, unit, samples, ids[unit.key], result, order, seq, study=study, board=board,
+                                 hostname=hostname)
+        if not result.samples:
+            failure = {"outcome": "exception", "error_type": "NothingTimed",
+                       "message": "no configuration could be timed: "
+                                  + "; ".join(f"{configs[k]}: {e}" for k, e in result.errors.items())}
+    yield session_row(job, study=study, board=board, hostname=hostname, failure=failure, result=result,
+                      seconds=time.perf_counter() - start)
+
+
+def session_row(job: TimingJob, *, study: str, board: str, hostname: str, failure: dict[str, str],
+                result: Any = None, seconds: float = 0.0) -> pa.Table:
+    """The ``sessions`` row of ``job``: ``failure`` (outcome, error_type, message) empty
+    when it ended well; ``result`` (a SessionResult) when the blocks ran."""
+    configs = {u.key: u.config for u in job.units}
+    before = after = None
+    if result is not None:
+        before, after = result.before, result.after
+    row = {
+        "session": job.key, "study": study, "model": job.model, "device": job.device, "board": board,
+        "hostname": hostname, "status": "failed" if failure else "ok", "outcome": failure.get("outcome", "ok"),
+        "error_type": failure.get("error_type", ""), "message": failure.get("message", "")[:2000],
+        "unit_keys": [u.key for u in job.units], "configs": [u.config for u in job.units],
+        "dropped": json.dumps({configs[k]: e for k, e in (result.errors if result is not None else {}).items()}),
+        **{k: int(v) for k, v in job.protocol}, "images": len(job.images), "cores": os.cpu_count() or 1,
+        "load_before": before.load1 if before else None, "load_after": after.load1 if after else None,
+        "others_before": before.others_busy if before else None,
+        "others_after": after.others_busy if after else None,
+        "mhz_before": before.cpu_mhz if before else None, "mhz_after": after.cpu_mhz if after else None,
+        "seconds": seconds, "finished_at": dt.datetime.now(dt.UTC),
+    }
+    return tag(pa.Table.from_pylist([row], schema=SCHEMAS["sessions"]), "sessions", job.key, 0)
+
+
+def _timings_table(job: TimingJob, unit: Unit, samples: np.ndarray, image_ids: list[str], result: Any,
+                   order: str, seq: int, *, study: str, board: str, hostname: str) -> pa.Table:
+    """One row per timed image: its samples in block order, each sample's block."""
+    n_images, blocks, repeat = samples.shape
+    ident = unit_columns(unit, study=study, board=board, hostname=hostname)
+    positions = [o.index(unit.key) for o in result.orders]
+    sample_block = np.repeat(np.arange(blocks, dtype=np.int32), repeat).tolist()
+    p = result.protocol
+    rows = []
+    for i in range(n_images):
+        flat = samples[i].reshape(-1)
+        rows.append(ident | {
+            "session": job.key, "image_id": image_ids[i], "image_index": int(job.images[i]),
+            "warmup": p.warmup, "number": p.number, "repeat": p.repeat, "min_repeat_ms": p.min_repeat_ms,
+            "blocks": p.blocks, "pause_ms": p.pause_ms, "threads": runtime_threads(unit.runtime),
+            "resident": bool(result.resident.get(unit.key, True)), "order": order, "positions": positions,
+            "samples_ns": flat.tolist(), "sample_block": sample_block, "median_ns": int(np.median(flat)),
+        })
+    return tag(pa.Table.from_pylist(rows, schema=SCHEMAS["timings"]), "timings", job.key, seq)
