@@ -7,11 +7,22 @@ deltann.fleet.container WORKDIR`` inside the image). The folder holds::
 
     job.json               study, board, hostname and the units (plain JSON, no pickle)
     inputs-<name>.npz      each input batch's tensors; its ids/hashes/labels in job.json
+    artifacts.json         the artifacts the board's actor converted for the units (see below)
     out/000000.arrow ...   every table run_unit yields, as an Arrow IPC file, in order
     out/done               written last by the container
 
 The actor streams ``out/`` while the container runs. If the container dies, the unit it
-was on becomes a ``crash`` row and the rest run in a fresh container."""
+was on becomes a ``crash`` row and the rest run in a fresh container.
+
+What a board image holds (``[tool.deltann.images] board`` in pyproject.toml): TVM, the
+small runtimes a board measures (onnxruntime, LiteRT) and the unit protocol; not the big
+frameworks conversions need (torch, TensorFlow, Keras: gigabytes). So the board's actor,
+which runs beside the engine with deltann's full dependencies, converts each variant into
+the shared artifact cache before the container starts (:func:`prepare_artifacts`), and the
+container reads the files. A unit that needs a framework the image lacks (the ``torch``
+runtime, TVM's torch frontend) becomes a failure row naming what is missing
+(:func:`missing_in_image`), never a traceback. Every ``builds`` row a container made
+records its image (``name@id``) in the ``image`` column."""
 
 from __future__ import annotations
 
@@ -25,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +44,9 @@ import pyarrow as pa
 from deltann.dataset import Inputs
 from deltann.fleet.devices import DeviceKind
 from deltann.plan import Unit
+
+if TYPE_CHECKING:
+    from deltann.convert.chain import Artifact, ArtifactCache
 
 log = logging.getLogger("deltann.fleet")
 
@@ -86,15 +100,124 @@ def execute_job(work: Path, cache: Path) -> None:
     from deltann.fleet.execute import run_unit
 
     job, units, inputs = read_job(work)
-    artifacts = ArtifactCache(cache)
+    artifacts = PreparedArtifacts(ArtifactCache(cache), work, cache)  # issue 14: converted by the board's actor
     out = work / "out"
     n = 0
     for unit in units:
-        for table in run_unit(unit, inputs[unit.inputs or unit.model], artifacts, study=job["study"],
-                              board=job["board"], hostname=job["hostname"]):
+        lacking = missing_in_image(unit, artifacts, study=job["study"], board=job["board"],  # issue 14: a row,
+                                   hostname=job["hostname"])  # not a traceback
+        tables = [lacking] if lacking is not None else run_unit(
+            unit, inputs[unit.inputs or unit.model], artifacts, study=job["study"], board=job["board"],
+            hostname=job["hostname"])
+        for table in tables:
             _write_ipc(out / f"{n:06d}.arrow", table)
             n += 1
     (out / "done").write_text(str(n))
+
+
+# --- what the board image holds, and the artifacts converted for it -----------------
+#: File in the job folder: the artifacts the board's actor made for the job's units.
+ARTIFACTS_FILE = "artifacts.json"
+#: PyPI distribution -> the module it installs, where the two names differ.
+IMPORT_NAME = {"apache-tvm": "tvm", "tensorflow-cpu": "tensorflow", "ai-edge-litert": "ai_edge_litert"}
+
+
+def _artifact_key(model: str, variant: str) -> str:
+    return f"{model}|{variant}"
+
+
+def prepare_artifacts(units: list[Unit], artifacts: ArtifactCache, cache_dir: Path) -> Iterator[pa.Table]:
+    """The board's side, before a container starts: make each variant the units need in
+    the shared artifact cache (where the frameworks are), yielding a ``convert`` progress
+    marker first so the driver's unit clock runs, and return what the container reads:
+    ``{"model|variant": {payload, layout, meta, hops} | {error}}`` (a generator's return
+    value). In-memory artifacts (a framework's own model object) are left to the container."""
+    from deltann.fleet.markers import progress
+
+    prepared: dict[str, dict[str, Any]] = {}
+    root = cache_dir.resolve()
+    for unit in units:
+        key = _artifact_key(unit.model, unit.variant)
+        if key in prepared:
+            continue
+        yield progress(unit.key, "convert")
+        try:
+            artifact = artifacts.get(unit.model, unit.variant)
+        except Exception as exc:  # the container reports it as this unit's convert failure
+            message = " ".join(str(exc).split())[:1500]
+            prepared[key] = {"error": message if isinstance(exc, _conversion_error()) else
+                             f"{type(exc).__name__}: {message}"}
+            continue
+        payload = artifact.payload
+        if isinstance(payload, Path) and payload.resolve().is_relative_to(root):
+            prepared[key] = {"payload": str(payload.resolve().relative_to(root)), "layout": artifact.layout,
+                             "meta": artifact.meta, "hops": artifact.hops}
+    return prepared
+
+
+def _conversion_error() -> type[Exception]:
+    from deltann.errors import ConversionError
+
+    return ConversionError
+
+
+class PreparedArtifacts:
+    """The container's artifact source: what the board's actor prepared (read from the
+    job folder, paths under the mounted cache), else its own :class:`ArtifactCache`."""
+
+    def __init__(self, own: ArtifactCache, work: Path, cache: Path) -> None:
+        self.own, self.cache = own, cache
+        path = work / ARTIFACTS_FILE
+        self.prepared: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+
+    def has(self, model: str, variant: str) -> bool:
+        return _artifact_key(model, variant) in self.prepared
+
+    def get(self, model: str, variant: str) -> Artifact:
+        from deltann.convert.chain import Artifact
+
+        entry = self.prepared.get(_artifact_key(model, variant))
+        if entry is None:
+            return self.own.get(model, variant)
+        if "error" in entry:
+            raise _conversion_error()(entry["error"])
+        return Artifact(model, variant, self.cache / entry["payload"], entry["hops"], entry["layout"], entry["meta"])
+
+
+def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, board: str,
+                     hostname: str) -> pa.Table | None:
+    """A failure row for ``unit`` when this image lacks a module it needs (its runtime,
+    TVM's frontend for it, or the source framework of an artifact nobody prepared), else
+    None. Why before running: the import error would surface deep in a stage as
+    ``No module named 'torch'``; this row says which image, what is missing and why."""
+    import importlib.util
+
+    from deltann.convert.base import parse_chain
+    from deltann.fleet.markers import failure_row
+    from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST
+
+    def module(dist: str) -> str:
+        return IMPORT_NAME.get(dist, dist)
+
+    needs: list[tuple[str, str, str]] = []  # (module, stage, what needs it)
+    if not artifacts.has(unit.model, unit.variant):
+        source = parse_chain(unit.variant)[0].framework
+        dist = RUNTIME_DIST.get(NATIVE_RUNTIME.get(source, ""), "")
+        if dist and source != "onnx" and source != "tflite":  # file formats: read as data
+            needs.append((module(dist), "convert", f"loading the {source} model"))
+    if unit.frontend:
+        needs.append((unit.frontend.split(".")[0], "build", f"TVM's {unit.frontend} frontend"))
+    if unit.runtime in RUNTIME_DIST:
+        needs.append((module(RUNTIME_DIST[unit.runtime]), "load", f"runtime {unit.runtime!r}"))
+    for name, stage, why in needs:
+        if importlib.util.find_spec(name) is None:
+            kind = os.environ.get(IMAGE_ENV, "this")
+            message = (f"the {kind} image has no {name}, needed for {why}: a board image holds TVM and the small "
+                       "runtimes only ([tool.deltann.images] board in pyproject.toml); run this configuration on a "
+                       "kind without a container, or add it to the kind's image")
+            return failure_row(unit, study=study, board=board, hostname=hostname, stage=stage, outcome="exception",
+                               error_type="MissingInImage", message=message, seconds=0.0)
+    return None
 
 
 def _write_ipc(path: Path, table: pa.Table) -> None:
@@ -140,7 +263,8 @@ def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, An
         "volumes": {str(work): {"bind": WORK_MOUNT, "mode": "ro"},
                     str(work / "out"): {"bind": f"{WORK_MOUNT}/out", "mode": "rw"},
                     str(cache): {"bind": CACHE_MOUNT, "mode": "rw"}},
-        "environment": {IMAGE_ENV: kind.name},
+        # HOME: the container's user (the board's, or nobody) may have none in the image
+        "environment": {IMAGE_ENV: kind.name, "HOME": "/tmp"},
         "detach": True,
         "network_mode": "none",  # a build and a run need no network
         # the board user's ids, so files in the work folder stay theirs; never root inside
@@ -191,9 +315,12 @@ def remove_stale(client: Any, board: str, study: str) -> int:
 def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inputs], cache_dir: Path, *,
                      study: str, board: str, hostname: str) -> Iterator[pa.Table]:
     """Run ``units`` in ``kind.image`` and stream their tables (the Board actor's path
-    where ``container = true``). A dead container's current unit becomes a ``crash`` row."""
+    where ``container = true``). Variants are converted here first (:func:`prepare_artifacts`);
+    a dead container's current unit becomes a ``crash`` row and the rest go on in a fresh
+    container; every ``builds`` row carries the image it ran in."""
     import docker
 
+    from deltann.convert.chain import ArtifactCache
     from deltann.fleet.markers import failure_row, is_progress
 
     def refuse_all(error: Exception, what: str) -> Iterator[pa.Table]:
@@ -201,28 +328,35 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
         so the study ends with rows instead of a board that keeps dying."""
         message = " ".join(str(error).split())[:1500] or type(error).__name__
         for unit in left:
-            yield failure_row(unit, study=study, board=board, hostname=hostname, stage="container",
-                              outcome="exception", error_type=type(error).__name__,
-                              message=f"{what} {kind.image!r}: {message}", seconds=0.0)
+            yield stamp(failure_row(unit, study=study, board=board, hostname=hostname, stage="container",
+                                    outcome="exception", error_type=type(error).__name__,
+                                    message=f"{what} {kind.image!r}: {message}", seconds=0.0), image_ref)
 
     left = list(units)
+    image_ref = kind.image
     try:
         client = docker.from_env()
-    except docker.errors.DockerException as exc:
+        image_ref = f"{kind.image}@{client.images.get(kind.image).id}"
+    except docker.errors.ImageNotFound as exc:
+        yield from refuse_all(exc, f"image not in this engine (build it: deltann images build {kind.name}); image")
+        return
+    except (docker.errors.DockerException, OSError) as exc:
         yield from refuse_all(exc, "no Docker-compatible engine reachable to run image")
         return
     remove_stale(client, board, study)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    prepared = yield from prepare_artifacts(left, ArtifactCache(cache_dir), cache_dir)
     while left:
         work = cache_dir.parent / "jobs" / uuid.uuid4().hex
         write_job(work, left, inputs, study=study, board=board, hostname=hostname)
+        (work / ARTIFACTS_FILE).write_text(json.dumps(prepared))
         if os.getuid() == 0:  # the container runs as nobody: give it the two folders it writes
             for folder in (work / "out", cache_dir):
                 os.chown(folder, NOBODY, NOBODY)
         try:
             container = client.containers.run(kind.image, labels={BOARD_LABEL: board, STUDY_LABEL: study},
                                               **container_options(kind, work, cache_dir))
-        except (docker.errors.DockerException, OSError) as exc:  # image missing, engine gone, bad device
+        except (docker.errors.DockerException, OSError) as exc:  # image gone, engine gone, bad device
             yield from refuse_all(exc, "container failed to start from image")
             return
         current: Unit | None = None
@@ -241,6 +375,7 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
                 elif meta.get(b"deltann.table") == b"builds":
                     left = [u for u in left if u.key != key]
                     current = None
+                    table = stamp(table, image_ref)
                 yield table
             status = container.wait()
             logs = container.logs(tail=20).decode(errors="replace") if left else ""
@@ -248,11 +383,21 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
             container.remove(force=True)
         if left:
             victim = current or left[0]
-            yield failure_row(victim, study=study, board=board, hostname=hostname, stage="execute",
-                              outcome="crash", error_type="ContainerExited",
-                              message=f"container {kind.image} exited with {status.get('StatusCode')}: {logs}",
-                              seconds=time.monotonic() - started)
+            message = " ".join(logs.split())[-1200:]
+            yield stamp(failure_row(victim, study=study, board=board, hostname=hostname, stage="execute",
+                                    outcome="crash", error_type="ContainerExited",
+                                    message=f"container {kind.image} exited with {status.get('StatusCode')}: {message}",
+                                    seconds=time.monotonic() - started), image_ref)
             left = [u for u in left if u.key != victim.key]
+
+
+def stamp(table: pa.Table, image: str) -> pa.Table:
+    """A ``builds`` table with its ``image`` column set: the image (``name@id``) its unit ran in."""
+    values = pa.array([image] * table.num_rows, pa.string())
+    column = table.schema.get_field_index("image")
+    if column < 0:  # made by an image whose deltann predates the column (it is the builds table's last)
+        return table.append_column(pa.field("image", pa.string()), values)
+    return table.set_column(column, table.schema.field(column), values)
 
 
 def main(argv: list[str] | None = None) -> int:
