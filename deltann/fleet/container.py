@@ -254,6 +254,8 @@ def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, An
     kind's target needs (NVIDIA GPUs for CUDA, the Mali device node for OpenCL)."""
     import docker
 
+    from deltann.runtimes.base import thread_env
+
     # Least privilege (issue 8): the job folder is read-only except its out/ folder, the
     # artifact cache is the only other writable place; no network, no Linux capabilities,
     # no setuid escalation.
@@ -263,8 +265,11 @@ def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, An
         "volumes": {str(work): {"bind": WORK_MOUNT, "mode": "ro"},
                     str(work / "out"): {"bind": f"{WORK_MOUNT}/out", "mode": "rw"},
                     str(cache): {"bind": CACHE_MOUNT, "mode": "rw"}},
-        # HOME: the container's user (the board's, or nobody) may have none in the image
-        "environment": {IMAGE_ENV: kind.name, "HOME": "/tmp"},
+        # HOME: the container's user (the board's, or nobody) may have none in the image.
+        # The board's thread policy (runtimes.base.thread_env, set on its actor) goes in too:
+        # units measure with the board's threads inside the container as outside.
+        "environment": {IMAGE_ENV: kind.name, "HOME": "/tmp"} | {
+            name: os.environ[name] for name in thread_env(1) if name in os.environ},
         "detach": True,
         "network_mode": "none",  # a build and a run need no network
         # the board user's ids, so files in the work folder stay theirs; never root inside

@@ -114,12 +114,16 @@ def test_the_container_reads_what_the_boards_actor_converted(tmp_path: Path) -> 
     assert all("bad op" in b["message"] for b in builds)
 
 
-def test_container_options_mount_the_work_folder_and_ask_for_the_accelerator(tmp_path: Path) -> None:
+def test_container_options_mount_the_work_folder_and_ask_for_the_accelerator(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the board's thread policy, as its actor has it
+    monkeypatch.setenv("TVM_NUM_THREADS", "3")
     opts = container_options(X86.model_copy(update={"target": {"kind": "cuda"}}), tmp_path / "w", tmp_path / "c")
     assert opts["volumes"][str(tmp_path / "w")]["bind"] == "/deltann/work"
     assert opts["network_mode"] == "none" and opts["device_requests"][0].capabilities == [["gpu"]]
     assert opts["command"][:3] == ["python3", "-m", "deltann.fleet.container"]
     assert opts["environment"]["HOME"] == "/tmp"  # nobody has no home in a minimal image
+    assert opts["environment"]["OMP_NUM_THREADS"] == opts["environment"]["TVM_NUM_THREADS"] == "3"
 
 
 # --- inside the image, on a real engine ---------------------------------------------------------
