@@ -66,8 +66,11 @@ def build_options(kind: DeviceKind, root: Path = ROOT, base: str | None = None) 
     buildargs = {"DELTANN_VERSION": __version__, "BOARD_PINS": board_pins(root)}
     if base:
         buildargs["BASE"] = base
+    from deltann.fleet.container import SOURCE_LABEL, source_digest
+
     return {
         "dockerfile": str(dockerfile.relative_to(root)), "tag": kind.image, "buildargs": buildargs,
+        "labels": {SOURCE_LABEL: source_digest()},  # the actor refuses an image of other sources
         "platform": platform_of(kind), "rm": True, "decode": True,
     }
 

@@ -14,6 +14,13 @@ deltann.fleet.container WORKDIR`` inside the image). The folder holds::
 The actor streams ``out/`` while the container runs. If the container dies, the unit it
 was on becomes a ``crash`` row and the rest run in a fresh container.
 
+One container per board serves job after job (``--serve``): the board's actor drops each
+job folder into the container's session folder and marks it ``ready``, and the process
+inside, already warm (TVM imported, LLVM initialised), runs it. Why: a cold container per
+job cost ~7 s of imports and first-build warm-up over the units themselves (bench/fleet.py
+--container). It exits when its actor stops its heartbeat (the actor was killed) or after
+:data:`IDLE_S` without a job; the board's next actor removes what an old one left.
+
 What a board image holds (``[tool.deltann.images] board`` in pyproject.toml): TVM, the
 small runtimes a board measures (onnxruntime, LiteRT) and the unit protocol; not the big
 frameworks conversions need (torch, TensorFlow, Keras: gigabytes). So the board's actor,
@@ -250,18 +257,19 @@ def follow(work: Path, running: Callable[[], bool], poll_s: float = 0.05) -> Ite
 
 # --- the docker SDK side ------------------------------------------------------------
 def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, Any]:
-    """``containers.run`` keyword arguments for a kind: mounts, and the accelerator the
-    kind's target needs (NVIDIA GPUs for CUDA, the Mali device node for OpenCL)."""
+    """``containers.run`` keyword arguments for a kind's board container serving the job
+    folders of session folder ``work``: mounts, and the accelerator the kind's target needs
+    (NVIDIA GPUs for CUDA, the Mali device node for OpenCL)."""
     import docker
 
     from deltann.runtimes.base import thread_env
 
-    # Least privilege (issue 8): the job folder is read-only except its out/ folder, the
+    # Least privilege (issue 8): the job folders are read-only except the out/ folder, the
     # artifact cache is the only other writable place; no network, no Linux capabilities,
     # no setuid escalation.
     uid = os.getuid()
     options: dict[str, Any] = {
-        "command": ["python3", "-m", "deltann.fleet.container", WORK_MOUNT, CACHE_MOUNT],
+        "command": ["python3", "-m", "deltann.fleet.container", "--serve", WORK_MOUNT, CACHE_MOUNT],
         "volumes": {str(work): {"bind": WORK_MOUNT, "mode": "ro"},
                     str(work / "out"): {"bind": f"{WORK_MOUNT}/out", "mode": "rw"},
                     str(cache): {"bind": CACHE_MOUNT, "mode": "rw"}},
@@ -288,6 +296,25 @@ def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, An
     return options
 
 
+#: Label of a board image (set by ``deltann images build``): the digest of the deltann
+#: sources it installed. The actor and the container speak one job-folder protocol, so an
+#: image built from other sources is refused with a row saying to rebuild it.
+SOURCE_LABEL = "deltann.source"
+
+
+def source_digest() -> str:
+    """SHA-256 over this deltann's Python sources (relative path and bytes, sorted)."""
+    import hashlib
+
+    import deltann
+
+    root = Path(deltann.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 #: Labels on every container a board starts: the board (its Ray node id) and the study.
 BOARD_LABEL = "deltann.board"
 STUDY_LABEL = "deltann.study"
@@ -296,13 +323,15 @@ STUDY_LABEL = "deltann.study"
 def remove_stale(client: Any, board: str, study: str) -> int:
     """Remove this board's containers of this study left by an actor that was killed (a
     unit past ``unit_timeout_s``, a crash): killing the actor cannot stop the container it
-    started, so the board's next actor does. Returns how many it removed."""
+    started, so the board's next actor does; and the board's containers of any study that
+    have exited (a board container that outlived its actor ends on its own). Returns how
+    many it removed."""
     import docker
 
     removed = 0
     try:
-        stale = client.containers.list(all=True, filters={"label": [f"{BOARD_LABEL}={board}",
-                                                                    f"{STUDY_LABEL}={study}"]})
+        stale = [c for c in client.containers.list(all=True, filters={"label": [f"{BOARD_LABEL}={board}"]})
+                 if (c.labels or {}).get(STUDY_LABEL) == study or c.status not in ("created", "running")]
     except (docker.errors.DockerException, OSError) as exc:
         log.warning("cannot list this board's old containers: %s", exc)
         return 0
@@ -317,12 +346,107 @@ def remove_stale(client: Any, board: str, study: str) -> int:
     return removed
 
 
+#: A board container with no job for this long, or no heartbeat from its actor for
+#: :data:`HEARTBEAT_LOST_S`, exits (seconds).
+IDLE_S = 300.0
+HEARTBEAT_S = 5.0
+HEARTBEAT_LOST_S = 30.0
+HEARTBEAT_FILE = "heartbeat"
+
+
+class BoardContainer:
+    """A running container of one board serving jobs from its session folder, as the
+    actor's process holds it between jobs."""
+
+    def __init__(self, container: Any, session: Path, key: tuple[str, str]) -> None:
+        self.container, self.session, self.key, self.jobs = container, session, key, 0
+
+    def running(self) -> bool:
+        import docker
+
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return False
+        return self.container.status in ("created", "running")
+
+    def submit(self) -> Path:
+        """A fresh job folder whose ``out`` is the container's writable out folder."""
+        self.jobs += 1
+        name = f"job-{self.jobs:06d}"
+        out = self.session / "out" / name
+        out.mkdir(parents=True)
+        if os.getuid() == 0:  # the container runs as nobody: it writes there
+            os.chown(out, NOBODY, NOBODY)
+        work = self.session / name
+        work.mkdir()
+        (work / "out").symlink_to(Path("..") / "out" / name)  # inside: the out/ mount
+        return work
+
+    def stop(self) -> None:
+        try:
+            self.container.remove(force=True)
+        except Exception as exc:  # noqa: BLE001 - gone already, or the engine is: nothing left to stop
+            log.debug("removing container: %s", exc)
+        if _SERVERS.get(self.key) is self:
+            del _SERVERS[self.key]
+
+
+#: This process's board containers, by (board, image): a Board actor keeps its own warm.
+_SERVERS: dict[tuple[str, str], BoardContainer] = {}
+
+
+def _heartbeat() -> None:
+    """Touch every live session's heartbeat file, so their containers know this actor lives."""
+    while True:
+        for server in list(_SERVERS.values()):
+            try:
+                (server.session / HEARTBEAT_FILE).touch()
+            except OSError:
+                pass
+        time.sleep(HEARTBEAT_S)
+
+
+def _board_container(client: Any, kind: DeviceKind, cache_dir: Path, *, study: str, board: str) -> BoardContainer:
+    """This board's warm container for ``kind``, started (and its board's leftovers
+    removed) when there is none."""
+    import threading
+
+    key = (board, kind.image)
+    server = _SERVERS.get(key)
+    if server is not None and server.running():
+        return server
+    if server is not None:
+        server.stop()
+    remove_stale(client, board, study)
+    session = cache_dir.parent / "jobs" / uuid.uuid4().hex
+    (session / "out").mkdir(parents=True)
+    (session / HEARTBEAT_FILE).touch()
+    if os.getuid() == 0:  # the container runs as nobody: give it the folders it writes
+        for folder in (session / "out", cache_dir):
+            os.chown(folder, NOBODY, NOBODY)
+    container = client.containers.run(kind.image, labels={BOARD_LABEL: board, STUDY_LABEL: study},
+                                      **container_options(kind, session, cache_dir))
+    server = BoardContainer(container, session, key)
+    if not _SERVERS and not any(t.name == "deltann-heartbeat" for t in threading.enumerate()):
+        threading.Thread(target=_heartbeat, name="deltann-heartbeat", daemon=True).start()
+    _SERVERS[key] = server
+    return server
+
+
+def stop_board_containers() -> None:
+    """Stop and remove this process's board containers (they also end on their own)."""
+    for server in list(_SERVERS.values()):
+        server.stop()
+
+
 def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inputs], cache_dir: Path, *,
                      study: str, board: str, hostname: str) -> Iterator[pa.Table]:
     """Run ``units`` in ``kind.image`` and stream their tables (the Board actor's path
-    where ``container = true``). Variants are converted here first (:func:`prepare_artifacts`);
-    a dead container's current unit becomes a ``crash`` row and the rest go on in a fresh
-    container; every ``builds`` row carries the image it ran in."""
+    where ``container = true``), in the board's warm container. Variants are converted here
+    first (:func:`prepare_artifacts`); a dead container's current unit becomes a ``crash``
+    row and the rest go on in a fresh container; every ``builds`` row carries the image it
+    ran in."""
     import docker
 
     from deltann.convert.chain import ArtifactCache
@@ -341,59 +465,65 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
     image_ref = kind.image
     try:
         client = docker.from_env()
-        image_ref = f"{kind.image}@{client.images.get(kind.image).id}"
+        image = client.images.get(kind.image)
+        image_ref = f"{kind.image}@{image.id}"
+        built_from = (image.labels or {}).get(SOURCE_LABEL)
+        if built_from != source_digest():
+            raise docker.errors.ImageNotFound(
+                f"built from other deltann sources ({SOURCE_LABEL}={(built_from or 'none')[:12]}, this board's "
+                f"{source_digest()[:12]}); rebuild it: deltann images build {kind.name}")
     except docker.errors.ImageNotFound as exc:
-        yield from refuse_all(exc, f"image not in this engine (build it: deltann images build {kind.name}); image")
+        yield from refuse_all(exc, f"no usable image in this engine (build it: deltann images build {kind.name}); image")
         return
     except (docker.errors.DockerException, OSError) as exc:
         yield from refuse_all(exc, "no Docker-compatible engine reachable to run image")
         return
-    remove_stale(client, board, study)
     cache_dir.mkdir(parents=True, exist_ok=True)
     prepared = yield from prepare_artifacts(left, ArtifactCache(cache_dir), cache_dir)
     while left:
-        work = cache_dir.parent / "jobs" / uuid.uuid4().hex
-        write_job(work, left, inputs, study=study, board=board, hostname=hostname)
-        (work / ARTIFACTS_FILE).write_text(json.dumps(prepared))
-        if os.getuid() == 0:  # the container runs as nobody: give it the two folders it writes
-            for folder in (work / "out", cache_dir):
-                os.chown(folder, NOBODY, NOBODY)
         try:
-            container = client.containers.run(kind.image, labels={BOARD_LABEL: board, STUDY_LABEL: study},
-                                              **container_options(kind, work, cache_dir))
+            server = _board_container(client, kind, cache_dir, study=study, board=board)
         except (docker.errors.DockerException, OSError) as exc:  # image gone, engine gone, bad device
             yield from refuse_all(exc, "container failed to start from image")
             return
+        work = server.submit()
+        write_job(work, left, inputs, study=study, board=board, hostname=hostname)
+        (work / ARTIFACTS_FILE).write_text(json.dumps(prepared))
+        (work / READY_FILE).touch()  # written last: the container takes the job
         current: Unit | None = None
         started = time.monotonic()
+        seen = 0
+        for table in follow(work, server.running):
+            seen += 1
+            meta = table.schema.metadata or {}
+            key = meta.get(b"deltann.unit", b"").decode()
+            if is_progress(table):
+                current = next((u for u in left if u.key == key), current)
+                started = time.monotonic() if meta.get(b"deltann.stage") == b"convert" else started
+            elif meta.get(b"deltann.table") == b"builds":
+                left = [u for u in left if u.key != key]
+                current = None
+                table = stamp(table, image_ref)
+            yield table
+        if not left or (work / "out" / "done").exists():
+            continue
+        # The container is gone with units left: it died (a crash of the unit it was on), or
+        # it had just ended idle before taking the job (nothing seen, exit 0): start another.
         try:
-            def running() -> bool:
-                container.reload()
-                return container.status in ("created", "running")
-
-            for table in follow(work, running):
-                meta = table.schema.metadata or {}
-                key = meta.get(b"deltann.unit", b"").decode()
-                if is_progress(table):
-                    current = next((u for u in left if u.key == key), current)
-                    started = time.monotonic() if meta.get(b"deltann.stage") == b"convert" else started
-                elif meta.get(b"deltann.table") == b"builds":
-                    left = [u for u in left if u.key != key]
-                    current = None
-                    table = stamp(table, image_ref)
-                yield table
-            status = container.wait()
-            logs = container.logs(tail=20).decode(errors="replace") if left else ""
-        finally:
-            container.remove(force=True)
-        if left:
-            victim = current or left[0]
-            message = " ".join(logs.split())[-1200:]
-            yield stamp(failure_row(victim, study=study, board=board, hostname=hostname, stage="execute",
-                                    outcome="crash", error_type="ContainerExited",
-                                    message=f"container {kind.image} exited with {status.get('StatusCode')}: {message}",
-                                    seconds=time.monotonic() - started), image_ref)
-            left = [u for u in left if u.key != victim.key]
+            status = server.container.wait(timeout=30)
+            logs = server.container.logs(tail=20).decode(errors="replace")
+        except Exception as exc:  # noqa: BLE001 - the engine lost it: report what we know
+            status, logs = {"StatusCode": "unknown"}, f"({type(exc).__name__}: {exc})"
+        server.stop()
+        if seen == 0 and status.get("StatusCode") == 0:
+            continue
+        victim = current or left[0]
+        message = " ".join(logs.split())[-1200:]
+        yield stamp(failure_row(victim, study=study, board=board, hostname=hostname, stage="execute",
+                                outcome="crash", error_type="ContainerExited",
+                                message=f"container {kind.image} exited with {status.get('StatusCode')}: {message}",
+                                seconds=time.monotonic() - started), image_ref)
+        left = [u for u in left if u.key != victim.key]
 
 
 def stamp(table: pa.Table, image: str) -> pa.Table:
@@ -405,10 +535,43 @@ def stamp(table: pa.Table, image: str) -> pa.Table:
     return table.set_column(column, table.schema.field(column), values)
 
 
+#: A job folder is complete (job.json, inputs, artifacts) once this file exists.
+READY_FILE = "ready"
+
+
+def serve(session: Path, cache: Path, idle_s: float = IDLE_S) -> int:
+    """The container's side of a board container: run each job folder of ``session`` as
+    its ``ready`` file appears, in order, in this one warm process; end after ``idle_s``
+    without a job, or when the actor's heartbeat stops."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1 in a container: no default action
+    done: set[str] = set()
+    last = time.monotonic()
+    while True:
+        ready = sorted(p.parent.name for p in session.glob(f"job-*/{READY_FILE}") if p.parent.name not in done)
+        if ready:
+            execute_job(session / ready[0], cache)
+            done.add(ready[0])
+            last = time.monotonic()
+            continue
+        try:
+            beat = (session / HEARTBEAT_FILE).stat().st_mtime
+        except OSError:
+            beat = 0.0
+        if time.monotonic() - last > idle_s or time.time() - beat > HEARTBEAT_LOST_S:
+            return 0
+        time.sleep(0.02)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 3 and argv[0] == "--serve":
+        return serve(Path(argv[1]), Path(argv[2]))
     if len(argv) != 2:
-        print("usage: python -m deltann.fleet.container WORKDIR CACHEDIR", file=sys.stderr)
+        print("usage: python -m deltann.fleet.container WORKDIR CACHEDIR   (one job)\n"
+              "       python -m deltann.fleet.container --serve SESSION CACHEDIR   (a board container)",
+              file=sys.stderr)
         return 2
     execute_job(Path(argv[0]), Path(argv[1]))
     return 0

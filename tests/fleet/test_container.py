@@ -23,7 +23,7 @@ import pytest
 from deltann import plan
 from deltann.convert.chain import ArtifactCache
 from deltann.fleet.container import (ARTIFACTS_FILE, BOARD_LABEL, container_options, follow, prepare_artifacts,
-                                     read_job, run_in_container, write_job)
+                                     read_job, run_in_container, stop_board_containers, write_job)
 from deltann.fleet.devices import DEFAULT_CATALOGUE, DeviceKind, load_catalogue
 from deltann.fleet.driver import prepare_inputs
 from deltann.fleet.markers import is_progress
@@ -121,7 +121,7 @@ def test_container_options_mount_the_work_folder_and_ask_for_the_accelerator(tmp
     opts = container_options(X86.model_copy(update={"target": {"kind": "cuda"}}), tmp_path / "w", tmp_path / "c")
     assert opts["volumes"][str(tmp_path / "w")]["bind"] == "/deltann/work"
     assert opts["network_mode"] == "none" and opts["device_requests"][0].capabilities == [["gpu"]]
-    assert opts["command"][:3] == ["python3", "-m", "deltann.fleet.container"]
+    assert opts["command"][:4] == ["python3", "-m", "deltann.fleet.container", "--serve"]
     assert opts["environment"]["HOME"] == "/tmp"  # nobody has no home in a minimal image
     assert opts["environment"]["OMP_NUM_THREADS"] == opts["environment"]["TVM_NUM_THREADS"] == "3"
 
@@ -205,4 +205,33 @@ def test_a_container_killed_mid_unit_gives_a_crash_row_and_the_rest_run_in_a_fre
     assert "exited with 137" in crash["message"] and crash["image"] == x86_image
     rest = builds[units[1].key]
     assert rest["status"] == "ok" and rest["image"] == x86_image  # ran in a fresh container
+    (fresh,) = client.containers.list(filters={"label": f"{BOARD_LABEL}=crash-board"})
+    assert fresh.id not in killed  # the board's warm container now, the killed one removed
+    stop_board_containers()
     assert not client.containers.list(all=True, filters={"label": f"{BOARD_LABEL}=crash-board"})  # none left
+
+
+def test_the_boards_container_stays_warm_between_jobs_and_ends_without_its_actor(x86_image: str,
+                                                                               tmp_path: Path) -> None:
+    """Two jobs, one container (the second without the imports and warm-up of a cold
+    one); when its actor stops beating, the container ends on its own."""
+    from deltann.fleet import container as boxes
+
+    client, _ = engine_with(X86.image)
+    units, inputs = _job(tmp_path, variants=["torch->onnx"])
+    label = {"label": f"{BOARD_LABEL}=warm-board"}
+    ids = []
+    for _ in range(2):
+        builds = _data(list(run_in_container(X86, units, inputs, tmp_path / "cache", study="warm",
+                                             board="warm-board", hostname="h")), "builds")
+        assert {b["status"] for b in builds} == {"ok"}
+        ids.append([c.id for c in client.containers.list(filters=label)])
+    assert ids[0] == ids[1] and len(ids[0]) == 1
+    (server,) = boxes._SERVERS.values()
+    boxes._SERVERS.clear()  # as if the actor died: no heartbeat from here on
+    (server.session / boxes.HEARTBEAT_FILE).touch()
+    os.utime(server.session / boxes.HEARTBEAT_FILE, (0, 0))  # the last beat, long ago
+    server.container.wait(timeout=60)
+    server.container.reload()
+    assert server.container.status == "exited"
+    server.container.remove()

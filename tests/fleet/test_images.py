@@ -172,7 +172,7 @@ def test_a_failing_step_is_one_line_with_its_last_output(tmp_path: Path) -> None
     with pytest.raises(FleetError) as err:
         build_image(KINDS["x86-cpu"], client, echo=shown.append, base="local/debian:bookworm", root=root)
     message = str(err.value)
-    assert "\n" not in message and "Step 3/3 : RUN echo resolving wheels" in message
+    assert "\n" not in message and re.search(r"Step 3/\d : RUN echo resolving wheels", message)
     assert "returned a non-zero code: 3" in message and "last lines: resolving wheels | no matching distribution" \
         in message
-    assert any(line.startswith("Step 1/3") for line in shown)  # progress was printed as it went
+    assert any(line.startswith("Step 1/") for line in shown)  # progress was printed as it went
