@@ -107,12 +107,12 @@ def execute_job(work: Path, cache: Path) -> None:
     from deltann.fleet.execute import run_unit
 
     job, units, inputs = read_job(work)
-    artifacts = PreparedArtifacts(ArtifactCache(cache), work, cache)  # issue 14: converted by the board's actor
+    artifacts = PreparedArtifacts(ArtifactCache(cache), work, cache)  # what the board's actor converted
     out = work / "out"
     n = 0
     for unit in units:
-        lacking = missing_in_image(unit, artifacts, study=job["study"], board=job["board"],  # issue 14: a row,
-                                   hostname=job["hostname"])  # not a traceback
+        # a framework this image lacks: a row that says so, not a traceback deep in a stage
+        lacking = missing_in_image(unit, artifacts, study=job["study"], board=job["board"], hostname=job["hostname"])
         tables = [lacking] if lacking is not None else run_unit(
             unit, inputs[unit.inputs or unit.model], artifacts, study=job["study"], board=job["board"],
             hostname=job["hostname"])
