@@ -256,10 +256,11 @@ def follow(work: Path, running: Callable[[], bool], poll_s: float = 0.05) -> Ite
 
 
 # --- the docker SDK side ------------------------------------------------------------
-def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, Any]:
-    """``containers.run`` keyword arguments for a kind's board container serving the job
-    folders of session folder ``work``: mounts, and the accelerator the kind's target needs
-    (NVIDIA GPUs for CUDA, the Mali device node for OpenCL)."""
+def container_options(kind: DeviceKind, work: Path, cache: Path, *, serve: bool = False) -> dict[str, Any]:
+    """``containers.run`` keyword arguments for a kind's container running the job folder
+    ``work`` (or, with ``serve``, a board container serving the job folders of session
+    folder ``work``): mounts, and the accelerator the kind's target needs (NVIDIA GPUs for
+    CUDA, the Mali device node for OpenCL)."""
     import docker
 
     from deltann.runtimes.base import thread_env
@@ -269,7 +270,8 @@ def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, An
     # no setuid escalation.
     uid = os.getuid()
     options: dict[str, Any] = {
-        "command": ["python3", "-m", "deltann.fleet.container", "--serve", WORK_MOUNT, CACHE_MOUNT],
+        "command": ["python3", "-m", "deltann.fleet.container", *(["--serve"] if serve else []), WORK_MOUNT,
+                    CACHE_MOUNT],
         "volumes": {str(work): {"bind": WORK_MOUNT, "mode": "ro"},
                     str(work / "out"): {"bind": f"{WORK_MOUNT}/out", "mode": "rw"},
                     str(cache): {"bind": CACHE_MOUNT, "mode": "rw"}},
@@ -426,7 +428,7 @@ def _board_container(client: Any, kind: DeviceKind, cache_dir: Path, *, study: s
         for folder in (session / "out", cache_dir):
             os.chown(folder, NOBODY, NOBODY)
     container = client.containers.run(kind.image, labels={BOARD_LABEL: board, STUDY_LABEL: study},
-                                      **container_options(kind, session, cache_dir))
+                                      **container_options(kind, session, cache_dir, serve=True))
     server = BoardContainer(container, session, key)
     if not _SERVERS and not any(t.name == "deltann-heartbeat" for t in threading.enumerate()):
         threading.Thread(target=_heartbeat, name="deltann-heartbeat", daemon=True).start()

@@ -121,7 +121,10 @@ def test_container_options_mount_the_work_folder_and_ask_for_the_accelerator(tmp
     opts = container_options(X86.model_copy(update={"target": {"kind": "cuda"}}), tmp_path / "w", tmp_path / "c")
     assert opts["volumes"][str(tmp_path / "w")]["bind"] == "/deltann/work"
     assert opts["network_mode"] == "none" and opts["device_requests"][0].capabilities == [["gpu"]]
-    assert opts["command"][:4] == ["python3", "-m", "deltann.fleet.container", "--serve"]
+    assert opts["command"] == ["python3", "-m", "deltann.fleet.container", "/deltann/work", "/deltann/cache"]
+    served = container_options(X86, tmp_path / "w", tmp_path / "c", serve=True)
+    assert served["command"][3] == "--serve" and served["volumes"] == container_options(X86, tmp_path / "w",
+                                                                                         tmp_path / "c")["volumes"]
     assert opts["environment"]["HOME"] == "/tmp"  # nobody has no home in a minimal image
     assert opts["environment"]["OMP_NUM_THREADS"] == opts["environment"]["TVM_NUM_THREADS"] == "3"
 
