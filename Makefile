@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= results/quickstart
 
-.PHONY: setup run report test test-slow test-all bench bench-fleet clean
+.PHONY: setup run report test test-slow test-all test-fleet bench bench-fleet clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ test-slow: setup
 
 test-all: setup
 	$(VENV)/bin/pytest -q -m "slow or not slow"
+
+# The container and launcher tests on a real engine, none skipped: starts a private Docker
+# engine (cluster/engine.sh, needs root), builds the x86-cpu image, runs the tests (the
+# loopback launcher in its own namespace) and stops everything.
+test-fleet: setup
+	PY=$(PY) cluster/test-fleet.sh
 
 bench: setup
 	$(PY) bench/quickstart.py

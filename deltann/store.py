@@ -118,6 +118,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("load_s", pa.float64()),
             pa.field("total_s", pa.float64()),
             pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+            # the container image the unit ran in, "name@id" (null: not in a container)
+            pa.field("image", pa.string()),
         ]
     ),
     # Fault localization (deltann localize): one row per layer of an aligned pair of

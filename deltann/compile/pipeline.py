@@ -89,6 +89,21 @@ def _dataflow_lower_passes(target: Any) -> list[Any]:
         return module.dataflow_lower_passes(target)
 
 
+def gpu_schedule(target: Any) -> list[Any]:
+    """The tuning-free schedule of a GPU target (dlight's default GPU rules, as TVM's own
+    CUDA/OpenCL pipelines end their legalisation), or nothing for a CPU target. Why every
+    GPU build needs it: a kernel without thread bindings is compiled as host code, so
+    without it a ``cuda`` or ``opencl`` build silently holds no device kernel at all
+    (tests/compile/test_gpu_targets.py). Like a Relay build's TOPI schedules, it is the
+    target's, not the setting's."""
+    if "gpu" not in target.keys:
+        return []
+    from tvm.s_tir import dlight as dl
+
+    return [dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+                                    dl.gpu.Fallback())]
+
+
 def build(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) -> Any:
     """Apply ``passes`` in order, then TVM's lowering tail for ``target``
     (see :data:`deltann.compile.settings.LOWERING`), and build a VM executable.
@@ -110,6 +125,7 @@ def build(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) 
         # LegalizeOps is idempotent: a setting that omits it still gets a buildable module.
         # Passes are made inside the target scope: MetaScheduleApplyDatabase reads it.
         chosen = [make_pass(p) for p in passes]
-        seq = tvm.transform.Sequential(dispatch + chosen + [relax.transform.LegalizeOps()] + lowering)
+        seq = tvm.transform.Sequential(dispatch + chosen + [relax.transform.LegalizeOps()] + gpu_schedule(target)
+                                       + lowering)
         lowered = seq(mod)
     return tvm.compile(lowered, target=target, relax_pipeline=None)

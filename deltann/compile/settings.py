@@ -51,7 +51,8 @@ _SCHEDULE = SETTINGS["extended"].index("DefaultCpuSchedule")
 SETTINGS[TUNED] = SETTINGS["extended"][:_SCHEDULE] + (APPLY_DATABASE,) + SETTINGS["extended"][_SCHEDULE:]
 
 #: Always applied after the setting's passes: TVM's own per-target lowering.
-LOWERING = ("library_dispatch_passes (before)", "dataflow_lower_passes", "finalize_passes")
+LOWERING = ("library_dispatch_passes (before)", "dlight's default GPU schedule (GPU targets)", "dataflow_lower_passes",
+            "finalize_passes")
 
 #: The pseudo-setting of a framework's own runtime (no compiler).
 NATIVE = "native"

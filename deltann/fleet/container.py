@@ -7,11 +7,29 @@ deltann.fleet.container WORKDIR`` inside the image). The folder holds::
 
     job.json               study, board, hostname and the units (plain JSON, no pickle)
     inputs-<name>.npz      each input batch's tensors; its ids/hashes/labels in job.json
+    artifacts.json         the artifacts the board's actor converted for the units (see below)
     out/000000.arrow ...   every table run_unit yields, as an Arrow IPC file, in order
     out/done               written last by the container
 
 The actor streams ``out/`` while the container runs. If the container dies, the unit it
-was on becomes a ``crash`` row and the rest run in a fresh container."""
+was on becomes a ``crash`` row and the rest run in a fresh container.
+
+One container per board serves job after job (``--serve``): the board's actor drops each
+job folder into the container's session folder and marks it ``ready``, and the process
+inside, already warm (TVM imported, LLVM initialised), runs it. Why: a cold container per
+job cost ~7 s of imports and first-build warm-up over the units themselves (bench/fleet.py
+--container). It exits when its actor stops its heartbeat (the actor was killed) or after
+:data:`IDLE_S` without a job; the board's next actor removes what an old one left.
+
+What a board image holds (``[tool.deltann.images] board`` in pyproject.toml): TVM, the
+small runtimes a board measures (onnxruntime, LiteRT) and the unit protocol; not the big
+frameworks conversions need (torch, TensorFlow, Keras: gigabytes). So the board's actor,
+which runs beside the engine with deltann's full dependencies, converts each variant into
+the shared artifact cache before the container starts (:func:`prepare_artifacts`), and the
+container reads the files. A unit that needs a framework the image lacks (the ``torch``
+runtime, TVM's torch frontend) becomes a failure row naming what is missing
+(:func:`missing_in_image`), never a traceback. Every ``builds`` row a container made
+records its image (``name@id``) in the ``image`` column."""
 
 from __future__ import annotations
 
@@ -25,7 +43,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +51,9 @@ import pyarrow as pa
 from deltann.dataset import Inputs
 from deltann.fleet.devices import DeviceKind
 from deltann.plan import TimingJob, Unit
+
+if TYPE_CHECKING:
+    from deltann.convert.chain import Artifact, ArtifactCache
 
 log = logging.getLogger("deltann.fleet")
 
@@ -91,7 +112,7 @@ def execute_job(work: Path, cache: Path) -> None:
     from deltann.fleet.execute import run_unit
 
     job, units, inputs = read_job(work)
-    artifacts = ArtifactCache(cache)
+    artifacts = PreparedArtifacts(ArtifactCache(cache), work, cache)  # what the board's actor converted
     out = work / "out"
     who = {"study": job["study"], "board": job["board"], "hostname": job["hostname"]}
     if job.get("timing"):
@@ -103,13 +124,124 @@ def execute_job(work: Path, cache: Path) -> None:
                            images=tuple(int(i) for i in t["images"]), board=t["board"])
         tables: Iterator[pa.Table] = time_session(timing, inputs, artifacts, **who)
     else:
-        tables = (table for unit in units for table in run_unit(unit, inputs[unit.inputs or unit.model], artifacts,
-                                                                  **who))
+        def unit_tables() -> Iterator[pa.Table]:
+            for unit in units:
+                # a framework this image lacks: a row that says so, not a traceback deep in a stage
+                lacking = missing_in_image(unit, artifacts, **who)
+                yield from [lacking] if lacking is not None else run_unit(
+                    unit, inputs[unit.inputs or unit.model], artifacts, **who)
+
+        tables = unit_tables()
     n = 0
     for table in tables:
         _write_ipc(out / f"{n:06d}.arrow", table)
         n += 1
     (out / "done").write_text(str(n))
+
+
+# --- what the board image holds, and the artifacts converted for it -----------------
+#: File in the job folder: the artifacts the board's actor made for the job's units.
+ARTIFACTS_FILE = "artifacts.json"
+#: PyPI distribution -> the module it installs, where the two names differ.
+IMPORT_NAME = {"apache-tvm": "tvm", "tensorflow-cpu": "tensorflow", "ai-edge-litert": "ai_edge_litert"}
+
+
+def _artifact_key(model: str, variant: str) -> str:
+    return f"{model}|{variant}"
+
+
+def prepare_artifacts(units: list[Unit], artifacts: ArtifactCache, cache_dir: Path) -> Iterator[pa.Table]:
+    """The board's side, before a container starts: make each variant the units need in
+    the shared artifact cache (where the frameworks are), yielding a ``convert`` progress
+    marker first so the driver's unit clock runs, and return what the container reads:
+    ``{"model|variant": {payload, layout, meta, hops} | {error}}`` (a generator's return
+    value). In-memory artifacts (a framework's own model object) are left to the container."""
+    from deltann.fleet.markers import progress
+
+    prepared: dict[str, dict[str, Any]] = {}
+    root = cache_dir.resolve()
+    for unit in units:
+        key = _artifact_key(unit.model, unit.variant)
+        if key in prepared:
+            continue
+        yield progress(unit.key, "convert")
+        try:
+            artifact = artifacts.get(unit.model, unit.variant)
+        except Exception as exc:  # the container reports it as this unit's convert failure
+            message = " ".join(str(exc).split())[:1500]
+            prepared[key] = {"error": message if isinstance(exc, _conversion_error()) else
+                             f"{type(exc).__name__}: {message}"}
+            continue
+        payload = artifact.payload
+        if isinstance(payload, Path) and payload.resolve().is_relative_to(root):
+            prepared[key] = {"payload": str(payload.resolve().relative_to(root)), "layout": artifact.layout,
+                             "meta": artifact.meta, "hops": artifact.hops}
+    return prepared
+
+
+def _conversion_error() -> type[Exception]:
+    from deltann.errors import ConversionError
+
+    return ConversionError
+
+
+class PreparedArtifacts:
+    """The container's artifact source: what the board's actor prepared (read from the
+    job folder, paths under the mounted cache), else its own :class:`ArtifactCache`."""
+
+    def __init__(self, own: ArtifactCache, work: Path, cache: Path) -> None:
+        self.own, self.cache = own, cache
+        path = work / ARTIFACTS_FILE
+        self.prepared: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+
+    def has(self, model: str, variant: str) -> bool:
+        return _artifact_key(model, variant) in self.prepared
+
+    def get(self, model: str, variant: str) -> Artifact:
+        from deltann.convert.chain import Artifact
+
+        entry = self.prepared.get(_artifact_key(model, variant))
+        if entry is None:
+            return self.own.get(model, variant)
+        if "error" in entry:
+            raise _conversion_error()(entry["error"])
+        return Artifact(model, variant, self.cache / entry["payload"], entry["hops"], entry["layout"], entry["meta"])
+
+
+def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, board: str,
+                     hostname: str) -> pa.Table | None:
+    """A failure row for ``unit`` when this image lacks a module it needs (its runtime,
+    TVM's frontend for it, or the source framework of an artifact nobody prepared), else
+    None. Why before running: the import error would surface deep in a stage as
+    ``No module named 'torch'``; this row says which image, what is missing and why."""
+    import importlib.util
+
+    from deltann.convert.base import parse_chain
+    from deltann.fleet.markers import failure_row
+    from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST
+
+    def module(dist: str) -> str:
+        return IMPORT_NAME.get(dist, dist)
+
+    needs: list[tuple[str, str, str]] = []  # (module, stage, what needs it)
+    if not artifacts.has(unit.model, unit.variant):
+        source = parse_chain(unit.variant)[0].framework
+        dist = RUNTIME_DIST.get(NATIVE_RUNTIME.get(source, ""), "")
+        if dist and source != "onnx" and source != "tflite":  # file formats: read as data
+            needs.append((module(dist), "convert", f"loading the {source} model"))
+    if unit.frontend:
+        needs.append((unit.frontend.split(".")[0], "build", f"TVM's {unit.frontend} frontend"))
+    if unit.runtime in RUNTIME_DIST:
+        needs.append((module(RUNTIME_DIST[unit.runtime]), "load", f"runtime {unit.runtime!r}"))
+    for name, stage, why in needs:
+        if importlib.util.find_spec(name) is None:
+            kind = os.environ.get(IMAGE_ENV, "this")
+            message = (f"the {kind} image has no {name}, needed for {why}: a board image holds TVM and the small "
+                       "runtimes only ([tool.deltann.images] board in pyproject.toml); run this configuration on a "
+                       "kind without a container, or add it to the kind's image")
+            return failure_row(unit, study=study, board=board, hostname=hostname, stage=stage, outcome="exception",
+                               error_type="MissingInImage", message=message, seconds=0.0)
+    return None
 
 
 def _write_ipc(path: Path, table: pa.Table) -> None:
@@ -141,21 +273,30 @@ def follow(work: Path, running: Callable[[], bool], poll_s: float = 0.05) -> Ite
 
 
 # --- the docker SDK side ------------------------------------------------------------
-def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, Any]:
-    """``containers.run`` keyword arguments for a kind: mounts, and the accelerator the
-    kind's target needs (NVIDIA GPUs for CUDA, the Mali device node for OpenCL)."""
+def container_options(kind: DeviceKind, work: Path, cache: Path, *, serve: bool = False) -> dict[str, Any]:
+    """``containers.run`` keyword arguments for a kind's container running the job folder
+    ``work`` (or, with ``serve``, a board container serving the job folders of session
+    folder ``work``): mounts, and the accelerator the kind's target needs (NVIDIA GPUs for
+    CUDA, the Mali device node for OpenCL)."""
     import docker
 
-    # Least privilege (issue 8): the job folder is read-only except its out/ folder, the
+    from deltann.runtimes.base import thread_env
+
+    # Least privilege (issue 8): the job folders are read-only except the out/ folder, the
     # artifact cache is the only other writable place; no network, no Linux capabilities,
     # no setuid escalation.
     uid = os.getuid()
     options: dict[str, Any] = {
-        "command": ["python3", "-m", "deltann.fleet.container", WORK_MOUNT, CACHE_MOUNT],
+        "command": ["python3", "-m", "deltann.fleet.container", *(["--serve"] if serve else []), WORK_MOUNT,
+                    CACHE_MOUNT],
         "volumes": {str(work): {"bind": WORK_MOUNT, "mode": "ro"},
                     str(work / "out"): {"bind": f"{WORK_MOUNT}/out", "mode": "rw"},
                     str(cache): {"bind": CACHE_MOUNT, "mode": "rw"}},
-        "environment": {IMAGE_ENV: kind.name},
+        # HOME: the container's user (the board's, or nobody) may have none in the image.
+        # The board's thread policy (runtimes.base.thread_env, set on its actor) goes in too:
+        # units measure with the board's threads inside the container as outside.
+        "environment": {IMAGE_ENV: kind.name, "HOME": "/tmp"} | {
+            name: os.environ[name] for name in thread_env(1) if name in os.environ},
         "detach": True,
         "network_mode": "none",  # a build and a run need no network
         # the board user's ids, so files in the work folder stay theirs; never root inside
@@ -174,6 +315,25 @@ def container_options(kind: DeviceKind, work: Path, cache: Path) -> dict[str, An
     return options
 
 
+#: Label of a board image (set by ``deltann images build``): the digest of the deltann
+#: sources it installed. The actor and the container speak one job-folder protocol, so an
+#: image built from other sources is refused with a row saying to rebuild it.
+SOURCE_LABEL = "deltann.source"
+
+
+def source_digest() -> str:
+    """SHA-256 over this deltann's Python sources (relative path and bytes, sorted)."""
+    import hashlib
+
+    import deltann
+
+    root = Path(deltann.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 #: Labels on every container a board starts: the board (its Ray node id) and the study.
 BOARD_LABEL = "deltann.board"
 STUDY_LABEL = "deltann.study"
@@ -182,13 +342,15 @@ STUDY_LABEL = "deltann.study"
 def remove_stale(client: Any, board: str, study: str) -> int:
     """Remove this board's containers of this study left by an actor that was killed (a
     unit past ``unit_timeout_s``, a crash): killing the actor cannot stop the container it
-    started, so the board's next actor does. Returns how many it removed."""
+    started, so the board's next actor does; and the board's containers of any study that
+    have exited (a board container that outlived its actor ends on its own). Returns how
+    many it removed."""
     import docker
 
     removed = 0
     try:
-        stale = client.containers.list(all=True, filters={"label": [f"{BOARD_LABEL}={board}",
-                                                                    f"{STUDY_LABEL}={study}"]})
+        stale = [c for c in client.containers.list(all=True, filters={"label": [f"{BOARD_LABEL}={board}"]})
+                 if (c.labels or {}).get(STUDY_LABEL) == study or c.status not in ("created", "running")]
     except (docker.errors.DockerException, OSError) as exc:
         log.warning("cannot list this board's old containers: %s", exc)
         return 0
@@ -203,12 +365,124 @@ def remove_stale(client: Any, board: str, study: str) -> int:
     return removed
 
 
+#: A board container with no job for this long, or no heartbeat from its actor for
+#: :data:`HEARTBEAT_LOST_S`, exits (seconds).
+IDLE_S = 300.0
+HEARTBEAT_S = 5.0
+HEARTBEAT_LOST_S = 30.0
+HEARTBEAT_FILE = "heartbeat"
+
+
+class BoardContainer:
+    """A running container of one board serving jobs from its session folder, as the
+    actor's process holds it between jobs."""
+
+    def __init__(self, container: Any, session: Path, key: tuple[str, str]) -> None:
+        self.container, self.session, self.key, self.jobs = container, session, key, 0
+
+    def running(self) -> bool:
+        import docker
+
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return False
+        return self.container.status in ("created", "running")
+
+    def submit(self) -> Path:
+        """A fresh job folder whose ``out`` is the container's writable out folder."""
+        self.jobs += 1
+        name = f"job-{self.jobs:06d}"
+        out = self.session / "out" / name
+        out.mkdir(parents=True)
+        if os.getuid() == 0:  # the container runs as nobody: it writes there
+            os.chown(out, NOBODY, NOBODY)
+        work = self.session / name
+        work.mkdir()
+        (work / "out").symlink_to(Path("..") / "out" / name)  # inside: the out/ mount
+        return work
+
+    def stop(self) -> None:
+        try:
+            self.container.remove(force=True)
+        except Exception as exc:  # noqa: BLE001 - gone already, or the engine is: nothing left to stop
+            log.debug("removing container: %s", exc)
+        if _SERVERS.get(self.key) is self:
+            del _SERVERS[self.key]
+
+
+#: This process's board containers, by (board, image): a Board actor keeps its own warm.
+_SERVERS: dict[tuple[str, str], BoardContainer] = {}
+
+
+def _heartbeat() -> None:
+    """Touch every live session's heartbeat file, so their containers know this actor lives."""
+    while True:
+        for server in list(_SERVERS.values()):
+            try:
+                (server.session / HEARTBEAT_FILE).touch()
+            except OSError:
+                pass
+        time.sleep(HEARTBEAT_S)
+
+
+def _board_container(client: Any, kind: DeviceKind, cache_dir: Path, *, study: str, board: str) -> BoardContainer:
+    """This board's warm container for ``kind``, started (and its board's leftovers
+    removed) when there is none."""
+    import threading
+
+    key = (board, kind.image)
+    server = _SERVERS.get(key)
+    if server is not None and server.running():
+        return server
+    if server is not None:
+        server.stop()
+    remove_stale(client, board, study)
+    session = cache_dir.parent / "jobs" / uuid.uuid4().hex
+    (session / "out").mkdir(parents=True)
+    (session / HEARTBEAT_FILE).touch()
+    if os.getuid() == 0:  # the container runs as nobody: give it the folders it writes
+        for folder in (session / "out", cache_dir):
+            os.chown(folder, NOBODY, NOBODY)
+    container = client.containers.run(kind.image, labels={BOARD_LABEL: board, STUDY_LABEL: study},
+                                      **container_options(kind, session, cache_dir, serve=True))
+    server = BoardContainer(container, session, key)
+    if not _SERVERS and not any(t.name == "deltann-heartbeat" for t in threading.enumerate()):
+        threading.Thread(target=_heartbeat, name="deltann-heartbeat", daemon=True).start()
+    _SERVERS[key] = server
+    return server
+
+
+def stop_board_containers() -> None:
+    """Stop and remove this process's board containers (they also end on their own)."""
+    for server in list(_SERVERS.values()):
+        server.stop()
+
+
+def usable_image(client: Any, kind: DeviceKind) -> str:
+    """``name@id`` of the kind's image in this engine; ``ImageNotFound`` when it is missing
+    or was built from other deltann sources than this board's (it would run other code)."""
+    import docker
+
+    image = client.images.get(kind.image)
+    built_from = (image.labels or {}).get(SOURCE_LABEL)
+    if built_from != source_digest():
+        raise docker.errors.ImageNotFound(
+            f"built from other deltann sources ({SOURCE_LABEL}={(built_from or 'none')[:12]}, this board's "
+            f"{source_digest()[:12]}); rebuild it: deltann images build {kind.name}")
+    return f"{kind.image}@{image.id}"
+
+
 def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inputs], cache_dir: Path, *,
                      study: str, board: str, hostname: str) -> Iterator[pa.Table]:
     """Run ``units`` in ``kind.image`` and stream their tables (the Board actor's path
-    where ``container = true``). A dead container's current unit becomes a ``crash`` row."""
+    where ``container = true``), in the board's warm container. Variants are converted here
+    first (:func:`prepare_artifacts`); a dead container's current unit becomes a ``crash``
+    row and the rest go on in a fresh container; every ``builds`` row carries the image it
+    ran in."""
     import docker
 
+    from deltann.convert.chain import ArtifactCache
     from deltann.fleet.markers import failure_row, is_progress
 
     def refuse_all(error: Exception, what: str) -> Iterator[pa.Table]:
@@ -216,112 +490,157 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
         so the study ends with rows instead of a board that keeps dying."""
         message = " ".join(str(error).split())[:1500] or type(error).__name__
         for unit in left:
-            yield failure_row(unit, study=study, board=board, hostname=hostname, stage="container",
-                              outcome="exception", error_type=type(error).__name__,
-                              message=f"{what} {kind.image!r}: {message}", seconds=0.0)
+            yield stamp(failure_row(unit, study=study, board=board, hostname=hostname, stage="container",
+                                    outcome="exception", error_type=type(error).__name__,
+                                    message=f"{what} {kind.image!r}: {message}", seconds=0.0), image_ref)
 
     left = list(units)
+    image_ref = kind.image
     try:
         client = docker.from_env()
-    except docker.errors.DockerException as exc:
+        image_ref = usable_image(client, kind)
+    except docker.errors.ImageNotFound as exc:
+        yield from refuse_all(exc, f"no usable image in this engine (build it: deltann images build {kind.name}); image")
+        return
+    except (docker.errors.DockerException, OSError) as exc:
         yield from refuse_all(exc, "no Docker-compatible engine reachable to run image")
         return
-    remove_stale(client, board, study)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    prepared = yield from prepare_artifacts(left, ArtifactCache(cache_dir), cache_dir)
     while left:
-        work = cache_dir.parent / "jobs" / uuid.uuid4().hex
-        write_job(work, left, inputs, study=study, board=board, hostname=hostname)
-        if os.getuid() == 0:  # the container runs as nobody: give it the two folders it writes
-            for folder in (work / "out", cache_dir):
-                os.chown(folder, NOBODY, NOBODY)
         try:
-            container = client.containers.run(kind.image, labels={BOARD_LABEL: board, STUDY_LABEL: study},
-                                              **container_options(kind, work, cache_dir))
-        except (docker.errors.DockerException, OSError) as exc:  # image missing, engine gone, bad device
+            server = _board_container(client, kind, cache_dir, study=study, board=board)
+        except (docker.errors.DockerException, OSError) as exc:  # image gone, engine gone, bad device
             yield from refuse_all(exc, "container failed to start from image")
             return
+        work = server.submit()
+        write_job(work, left, inputs, study=study, board=board, hostname=hostname)
+        (work / ARTIFACTS_FILE).write_text(json.dumps(prepared))
+        (work / READY_FILE).touch()  # written last: the container takes the job
         current: Unit | None = None
         started = time.monotonic()
+        seen = 0
+        for table in follow(work, server.running):
+            seen += 1
+            meta = table.schema.metadata or {}
+            key = meta.get(b"deltann.unit", b"").decode()
+            if is_progress(table):
+                current = next((u for u in left if u.key == key), current)
+                started = time.monotonic() if meta.get(b"deltann.stage") == b"convert" else started
+            elif meta.get(b"deltann.table") == b"builds":
+                left = [u for u in left if u.key != key]
+                current = None
+                table = stamp(table, image_ref)
+            yield table
+        if not left or (work / "out" / "done").exists():
+            continue
+        # The container is gone with units left: it died (a crash of the unit it was on), or
+        # it had just ended idle before taking the job (nothing seen, exit 0): start another.
         try:
-            def running() -> bool:
-                container.reload()
-                return container.status in ("created", "running")
+            status = server.container.wait(timeout=30)
+            logs = server.container.logs(tail=20).decode(errors="replace")
+        except Exception as exc:  # noqa: BLE001 - the engine lost it: report what we know
+            status, logs = {"StatusCode": "unknown"}, f"({type(exc).__name__}: {exc})"
+        server.stop()
+        if seen == 0 and status.get("StatusCode") == 0:
+            continue
+        victim = current or left[0]
+        message = " ".join(logs.split())[-1200:]
+        yield stamp(failure_row(victim, study=study, board=board, hostname=hostname, stage="execute",
+                                outcome="crash", error_type="ContainerExited",
+                                message=f"container {kind.image} exited with {status.get('StatusCode')}: {message}",
+                                seconds=time.monotonic() - started), image_ref)
+        left = [u for u in left if u.key != victim.key]
 
-            for table in follow(work, running):
-                meta = table.schema.metadata or {}
-                key = meta.get(b"deltann.unit", b"").decode()
-                if is_progress(table):
-                    current = next((u for u in left if u.key == key), current)
-                    started = time.monotonic() if meta.get(b"deltann.stage") == b"convert" else started
-                elif meta.get(b"deltann.table") == b"builds":
-                    left = [u for u in left if u.key != key]
-                    current = None
-                yield table
-            status = container.wait()
-            logs = container.logs(tail=20).decode(errors="replace") if left else ""
-        finally:
-            container.remove(force=True)
-        if left:
-            victim = current or left[0]
-            yield failure_row(victim, study=study, board=board, hostname=hostname, stage="execute",
-                              outcome="crash", error_type="ContainerExited",
-                              message=f"container {kind.image} exited with {status.get('StatusCode')}: {logs}",
-                              seconds=time.monotonic() - started)
-            left = [u for u in left if u.key != victim.key]
+
+def stamp(table: pa.Table, image: str) -> pa.Table:
+    """A ``builds`` table with its ``image`` column set: the image (``name@id``) its unit ran in."""
+    values = pa.array([image] * table.num_rows, pa.string())
+    column = table.schema.get_field_index("image")
+    if column < 0:  # made by an image whose deltann predates the column (it is the builds table's last)
+        return table.append_column(pa.field("image", pa.string()), values)
+    return table.set_column(column, table.schema.field(column), values)
+
+
+#: A job folder is complete (job.json, inputs, artifacts) once this file exists.
+READY_FILE = "ready"
+
+
+def serve(session: Path, cache: Path, idle_s: float = IDLE_S) -> int:
+    """The container's side of a board container: run each job folder of ``session`` as
+    its ``ready`` file appears, in order, in this one warm process; end after ``idle_s``
+    without a job, or when the actor's heartbeat stops."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1 in a container: no default action
+    done: set[str] = set()
+    last = time.monotonic()
+    while True:
+        ready = sorted(p.parent.name for p in session.glob(f"job-*/{READY_FILE}") if p.parent.name not in done)
+        if ready:
+            execute_job(session / ready[0], cache)
+            done.add(ready[0])
+            last = time.monotonic()
+            continue
+        try:
+            beat = (session / HEARTBEAT_FILE).stat().st_mtime
+        except OSError:
+            beat = 0.0
+        if time.monotonic() - last > idle_s or time.time() - beat > HEARTBEAT_LOST_S:
+            return 0
+        time.sleep(0.02)
 
 
 def time_in_container(kind: DeviceKind, job: TimingJob, inputs: dict[str, Inputs], cache_dir: Path, *,
                       study: str, board: str, hostname: str) -> Iterator[pa.Table]:
-    """Run timing session ``job`` in ``kind.image`` and stream its tables. A container
-    that cannot start, or dies, ends the session as a failed ``sessions`` row."""
+    """Run timing session ``job`` in the board's warm container of ``kind.image`` and
+    stream its tables. An image or engine that is not there, or a container that dies,
+    ends the session as a failed ``sessions`` row (the next run times the group again)."""
     import docker
 
+    from deltann.convert.chain import ArtifactCache
     from deltann.fleet.session import session_row
 
     def failed(outcome: str, error: str, message: str) -> pa.Table:
         return session_row(job, study=study, board=board, hostname=hostname,
-                           failure={"outcome": outcome, "error_type": error, "message": message})
+                           failure={"outcome": outcome, "error_type": error, "message": " ".join(message.split())})
 
     try:
         client = docker.from_env()
-    except docker.errors.DockerException as exc:
-        yield failed("exception", type(exc).__name__, f"no Docker-compatible engine reachable: {exc}")
-        return
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    work = cache_dir.parent / "jobs" / uuid.uuid4().hex
-    write_job(work, list(job.units), inputs, study=study, board=board, hostname=hostname, timing=job)
-    if os.getuid() == 0:  # the container runs as nobody: give it the two folders it writes
-        for folder in (work / "out", cache_dir):
-            os.chown(folder, NOBODY, NOBODY)
-    try:
-        container = client.containers.run(kind.image, labels={BOARD_LABEL: board, STUDY_LABEL: study},
-                                          **container_options(kind, work, cache_dir))
+        usable_image(client, kind)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        prepared = yield from prepare_artifacts(list(job.units), ArtifactCache(cache_dir), cache_dir)
+        server = _board_container(client, kind, cache_dir, study=study, board=board)
     except (docker.errors.DockerException, OSError) as exc:
-        yield failed("exception", type(exc).__name__,
-                     f"container failed to start from image {kind.image!r}: {' '.join(str(exc).split())}")
+        yield failed("exception", type(exc).__name__, f"image {kind.image!r} could not run here: {exc}")
         return
+    work = server.submit()
+    write_job(work, list(job.units), inputs, study=study, board=board, hostname=hostname, timing=job)
+    (work / ARTIFACTS_FILE).write_text(json.dumps(prepared))
+    (work / READY_FILE).touch()  # written last: the container takes the job
     ended = False
-    try:
-        def running() -> bool:
-            container.reload()
-            return container.status in ("created", "running")
-
-        for table in follow(work, running):
-            ended = ended or (table.schema.metadata or {}).get(b"deltann.table") == b"sessions"
-            yield table
-        status = container.wait()
-        logs = "" if ended else container.logs(tail=20).decode(errors="replace")
-    finally:
-        container.remove(force=True)
+    for table in follow(work, server.running):
+        ended = ended or (table.schema.metadata or {}).get(b"deltann.table") == b"sessions"
+        yield table
     if not ended:
+        try:
+            status = server.container.wait(timeout=30)
+            logs = server.container.logs(tail=20).decode(errors="replace")
+        except Exception as exc:  # noqa: BLE001 - the engine lost it: report what we know
+            status, logs = {"StatusCode": "unknown"}, f"({type(exc).__name__}: {exc})"
+        server.stop()
         yield failed("crash", "ContainerExited",
-                     f"container {kind.image} exited with {status.get('StatusCode')}: {' '.join(logs.split())}")
+                     f"container {kind.image} exited with {status.get('StatusCode')}: {logs[-1200:]}")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 3 and argv[0] == "--serve":
+        return serve(Path(argv[1]), Path(argv[2]))
     if len(argv) != 2:
-        print("usage: python -m deltann.fleet.container WORKDIR CACHEDIR", file=sys.stderr)
+        print("usage: python -m deltann.fleet.container WORKDIR CACHEDIR   (one job)\n"
+              "       python -m deltann.fleet.container --serve SESSION CACHEDIR   (a board container)",
+              file=sys.stderr)
         return 2
     execute_job(Path(argv[0]), Path(argv[1]))
     return 0
