@@ -191,6 +191,7 @@ class PreparedArtifacts:
 
     def __init__(self, own: ArtifactCache, work: Path, cache: Path) -> None:
         self.own, self.cache = own, cache
+        self.root = cache  # where compiled modules are kept too (deltann.fleet.execute.compiled_dir)
         path = work / ARTIFACTS_FILE
         self.prepared: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
 
@@ -442,7 +443,10 @@ def _board_container(client: Any, kind: DeviceKind, cache_dir: Path, *, study: s
     (session / "out").mkdir(parents=True)
     (session / HEARTBEAT_FILE).touch()
     if os.getuid() == 0:  # the container runs as nobody: give it the folders it writes
-        for folder in (session / "out", cache_dir):
+        from deltann.fleet.execute import COMPILED
+
+        (cache_dir / COMPILED).mkdir(exist_ok=True)  # its compiled modules (a board on the host may share it)
+        for folder in (session / "out", cache_dir, cache_dir / COMPILED):
             os.chown(folder, NOBODY, NOBODY)
     container = client.containers.run(kind.image, labels={BOARD_LABEL: board, STUDY_LABEL: study},
                                       **container_options(kind, session, cache_dir, serve=True))

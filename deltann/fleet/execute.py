@@ -56,9 +56,13 @@ def make_runner(unit: Unit, payload: Any, layout: str = "NCHW", meta: dict[str, 
     return native_runner(unit.runtime, payload, layout, meta)
 
 
+#: Folder of the board's artifact cache that keeps its compiled TVM modules.
+COMPILED = "compiled"
+
+
 def compiled_dir(artifacts: ArtifactCache) -> Path:
     """The board's cache of compiled TVM modules, beside its converted artifacts."""
-    return artifacts.root / "compiled"
+    return artifacts.root / COMPILED
 
 
 @dataclass

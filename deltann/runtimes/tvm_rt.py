@@ -78,14 +78,16 @@ class TvmBuild:
     def _keep(self, path: Path) -> None:
         """Export to ``path`` atomically. Exporting links with the system's C compiler; a
         board without one keeps nothing and builds again when it needs the module."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".so")
-        os.close(fd)
+        tmp = ""
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".so")
+            os.close(fd)
             self.executable.export_library(tmp)
             os.replace(tmp, path)
         except Exception as exc:  # noqa: BLE001 - caching is an optimisation, never a failure
-            Path(tmp).unlink(missing_ok=True)
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
             log.warning("cannot keep the compiled module in %s (%s: %s); it will be built again when needed",
                         path.parent, type(exc).__name__, " ".join(str(exc).split())[:200])
 

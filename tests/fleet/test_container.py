@@ -180,6 +180,15 @@ def test_a_study_on_the_container_kind_runs_inside_the_image(board: tuple[str, s
     assert all("the x86-cpu image has no torch" in m for m in failed["message"])
     p = Store(out).scan("predictions").collect()
     assert p.height == 3 * 2 and set(p["board"]) == {node_id}
+    # the three configurations that ran were timed together, in the image, on that board
+    sessions = Store(out).scan("sessions", complete_only=False).collect()
+    assert sessions.height == 1, sessions.select("status", "message").rows()
+    session = sessions.row(0, named=True)
+    assert (session["status"], session["board"]) == ("ok", node_id), session["message"]
+    assert sorted(session["configs"]) == sorted(ok["config"].to_list())
+    t = Store(out).scan("timings").collect()
+    assert t.height == 3 * 2 and set(t["session"]) == {session["session"]} and set(t["board"]) == {node_id}
+    assert t["samples_ns"].list.len().to_list() == [5 * 2] * 6  # 5 blocks of repeat = 2
 
 
 def test_a_container_killed_mid_unit_gives_a_crash_row_and_the_rest_run_in_a_fresh_one(
