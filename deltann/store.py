@@ -433,7 +433,8 @@ class Store:
                                 exclusive=True)
             return
         raw = json.loads(path.read_text())
-        if isinstance(raw, dict) and isinstance(raw.get("schema_version"), int) and raw["schema_version"] < SCHEMA_VERSION:
+        version = raw.get("schema_version") if isinstance(raw, dict) else None
+        if isinstance(version, int) and version < SCHEMA_VERSION:
             raw["schema_version"] = SCHEMA_VERSION  # parts with checksums and new columns from here on
             _atomic_write_bytes(path, json.dumps(raw, indent=2, default=str).encode())
 
