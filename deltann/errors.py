@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class DeltannError(Exception):
     """Base of every error deltann raises on purpose (never an internal bug)."""
@@ -52,3 +55,16 @@ def storage_error(exc: OSError, folder: object, doing: str) -> StoreError | None
     if code == errno.ENOTDIR:
         return StoreError(f"{where}: part of the path is a file, not a folder ({doing}); give --out a folder path")
     return None
+
+
+@contextlib.contextmanager
+def refusing(folder: object, doing: str) -> Iterator[None]:
+    """Turn a write the file system will not take into its one-line :class:`StoreError`
+    (see :func:`storage_error`); any other ``OSError`` goes on as it is."""
+    try:
+        yield
+    except OSError as exc:
+        refusal = storage_error(exc, folder, doing)
+        if refusal is None:
+            raise
+        raise refusal from None

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from deltann import store_integrity as integrity
-from deltann.errors import StoreError, storage_error
+from deltann.errors import StoreError, refusing
 from deltann.store import RUNS_DIR, TABLES, Store, _atomic_write_bytes, printable
 
 log = logging.getLogger("deltann.store")
@@ -51,6 +51,7 @@ class MergeResult:
     runs: int = 0  # run records added
     conflicts: list[str] = field(default_factory=list)  # one line per unit/session
     bad: list[str] = field(default_factory=list)  # one line per unit/session left out for a bad part
+    notes: list[str] = field(default_factory=list)  # what the merged folder cannot tell apart
 
     def summary(self) -> str:
         return (f"merged into {printable(self.into)}: {self.copied} parts copied ({self.rows} rows), {self.present} "
@@ -70,26 +71,25 @@ def _same_content(a: Path, b: Path) -> bool:
         return False
 
 
+#: Where a group's description comes from: its owner table, key column and what it is of.
+_OWNER = {"predictions": ("builds", "unit_key", "config"), "builds": ("builds", "unit_key", "config"),
+          "timings": ("sessions", "session", "model"), "sessions": ("sessions", "session", "model")}
+
+
 def _describe(store: Store, table: str, group: str) -> str:
     """``unit K (config on device@lab)`` from the group's readable rows, else its key."""
     import polars as pl
 
     what = GROUP_NAME.get(table, "part group")
-    try:
-        if table in ("predictions", "builds"):
-            rows = store._scan_files("builds", store.files("builds")).filter(pl.col("unit_key") == group)
-            row = rows.select("config", "device", "lab").head(1).collect().to_dicts()
-            if row:
-                r = row[0]
-                return f"{what} {group[:16]} ({r['config']} on {r['device']}@{r['lab'] or '?'})"
-        if table in ("timings", "sessions"):
-            rows = store._scan_files("sessions", store.files("sessions")).filter(pl.col("session") == group)
-            row = rows.select("model", "device", "lab").head(1).collect().to_dicts()
-            if row:
-                r = row[0]
-                return f"{what} {group[:16]} ({r['model']} on {r['device']}@{r['lab'] or '?'})"
-    except Exception:  # noqa: BLE001 - a description only
-        pass
+    if table in _OWNER:
+        owner, key, of = _OWNER[table]
+        try:
+            rows = store._scan_files(owner, store.files(owner)).filter(pl.col(key) == group)
+            row = rows.select(of, "device", "lab").head(1).collect().to_dicts()
+        except Exception:  # noqa: BLE001 - a description only
+            row = []
+        if row:
+            return f"{what} {group[:16]} ({row[0][of]} on {row[0]['device']}@{row[0]['lab'] or '?'})"
     return f"{what} {group[:16]}"
 
 
@@ -131,17 +131,13 @@ def merge(sources: list[Path | str], into: Path | str) -> MergeResult:
         srcs.append((src, manifest))
     if not srcs:
         raise StoreError("nothing to merge: give at least one results folder other than --into")
-    try:
+    with refusing(into, "merging"):
         _ensure_manifest(into, srcs[0][1])
         for src, manifest in srcs:
             _merge_parts(Store(src), dest_store, result)
             result.runs += _merge_runs(src, manifest, into)
+        result.notes += same_name_labs(Store(into))
         _record_merge(into, srcs, result)
-    except OSError as exc:
-        refusal = storage_error(exc, into, "merging")
-        if refusal is None:
-            raise
-        raise refusal from None
     return result
 
 
@@ -233,6 +229,18 @@ def _merge_runs(src: Path, manifest: dict[str, Any], into: Path) -> int:
         _atomic_write_bytes(dest, json.dumps(record, indent=2, default=str).encode())
         added += 1
     return added
+
+
+def same_name_labs(store: Store) -> list[str]:
+    """A line for each lab name that two machines use (unnamed labs on hosts of one name):
+    their units never share a key, but the report cannot show them apart."""
+    ids: dict[str, set[str]] = defaultdict(set)
+    for run in store.run_records():
+        if run.get("lab") and run.get("lab_id"):
+            ids[str(run["lab"])].add(str(run["lab_id"]))
+    return [f"note: {len(v)} different machines call their lab {name!r}; the report shows them as one lab: run "
+            "again with 'deltann run --lab NAME' (or DELTANN_LAB) in one of them" for name, v in sorted(ids.items())
+            if len(v) > 1]
 
 
 def _record_merge(into: Path, srcs: list[tuple[Path, dict[str, Any]]], result: MergeResult) -> None:

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from deltann import SCHEMA_VERSION, __version__
 from deltann import store_integrity as integrity
-from deltann.errors import StoreError, storage_error
+from deltann.errors import StoreError, refusing
 
 log = logging.getLogger("deltann.store")
 
@@ -380,16 +380,12 @@ class Store:
         body = table.drop_columns(list(PARTITIONS))
         tmp = ""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = integrity.temp_beside(path)
-            pq.write_table(body, tmp, compression="zstd", write_page_checksum=True)
-            digest, size = integrity.file_digest(tmp)
-            integrity.place(path, tmp, integrity.Sidecar(digest, size, table.num_rows, name, group))
-        except OSError as exc:
-            refusal = storage_error(exc, self.root, f"writing {path.relative_to(self.root)}")
-            if refusal is None:
-                raise
-            raise refusal from None
+            with refusing(self.root, f"writing {path.relative_to(self.root)}"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = integrity.temp_beside(path)
+                pq.write_table(body, tmp, compression="zstd", write_page_checksum=True)
+                digest, size = integrity.file_digest(tmp)
+                integrity.place(path, tmp, integrity.Sidecar(digest, size, table.num_rows, name, group))
         finally:
             if tmp:
                 Path(tmp).unlink(missing_ok=True)
@@ -441,7 +437,7 @@ class Store:
     def start_run(self, study: dict[str, Any], run: dict[str, Any]) -> Path:
         """Record a run as started (its own file under ``runs/``) before it writes a row:
         a run killed from here on stays on record, unfinished."""
-        try:
+        with refusing(self.root, "recording the run"):
             self.ensure_manifest(study)
             started = dt.datetime.now(dt.UTC)
             run_id = uuid.uuid4().hex[:12]
@@ -450,11 +446,6 @@ class Store:
                       "pid": os.getpid(), "deltann_version": __version__, **run, "spec": study,
                       "environment": environment()}
             _atomic_write_bytes(path, json.dumps(record, indent=2, default=str).encode())
-        except OSError as exc:
-            refusal = storage_error(exc, self.root, "recording the run")
-            if refusal is None:
-                raise
-            raise refusal from None
         return path
 
     def finish_run(self, path: Path, run: dict[str, Any], status: str = "finished") -> None:
@@ -464,13 +455,8 @@ class Store:
         except (OSError, ValueError):
             record = {}
         record |= {**run, "status": status, "finished": dt.datetime.now(dt.UTC).isoformat()}
-        try:
+        with refusing(self.root, "recording the run's end"):
             _atomic_write_bytes(path, json.dumps(record, indent=2, default=str).encode())
-        except OSError as exc:
-            refusal = storage_error(exc, self.root, "recording the run's end")
-            if refusal is None:
-                raise
-            raise refusal from None
 
     def write_manifest(self, study: dict[str, Any], run: dict[str, Any]) -> None:
         """Record one finished run (a run that does not record its start separately)."""
@@ -617,47 +603,37 @@ class Store:
     def incomplete_units(self) -> set[str]:
         """Units that are not whole: a bad part, or fewer prediction rows than their
         ``builds`` row says they wrote (a part deleted with its checksum file)."""
-        bad = self.bad_groups(("predictions", "builds"))
-        files = self.files("builds")
-        if files:
-            import polars as pl
-
-            rows = (self._scan_files("builds", files).select("unit_key", "config", "device", "rows")
-                    .filter(pl.col("rows").is_not_null() & (pl.col("rows") > 0)).collect())
-            if rows.height:
-                have = self._count("predictions", "unit_key")
-                for key, config, device, want in rows.iter_rows():
-                    got = have.get(key, 0)
-                    if got != want and key not in bad:  # (a unit with a bad part is named by the part)
-                        bad.add(key)
-                        if key not in self.shortfalls:
-                            self.shortfalls[key] = (f"unit {key} ({config} on {device}) has {got} of the {want} "
-                                                    "prediction rows it wrote (a part is gone)")
-                            log.warning("%s; it counts as missing and the next 'deltann run' makes it again",
-                                        self.shortfalls[key])
-        return bad
+        return self._incomplete(("predictions", "builds"), "builds", "unit_key", "config", "predictions", "unit",
+                                "makes it again")
 
     def incomplete_sessions(self) -> set[str]:
         """Timing sessions that are not whole: a bad part, or fewer timings rows than their
         ``sessions`` row says they wrote."""
-        bad = self.bad_groups(SESSION_TABLES)
-        files = self.files("sessions")
-        if files:
-            import polars as pl
+        return self._incomplete(SESSION_TABLES, "sessions", "session", "model", "timings", "timing session",
+                                "times again")
 
-            rows = (self._scan_files("sessions", files).select("session", "model", "device", "rows")
-                    .filter(pl.col("rows").is_not_null() & (pl.col("rows") > 0)).collect())
-            if rows.height:
-                have = self._count("timings", "session")
-                for key, model, device, want in rows.iter_rows():
-                    got = have.get(key, 0)
-                    if got != want and key not in bad:
-                        bad.add(key)
-                        if key not in self.shortfalls:
-                            self.shortfalls[key] = (f"timing session {key} ({model} on {device}) has {got} of the "
-                                                    f"{want} timings rows it wrote (a part is gone)")
-                            log.warning("%s; it counts as missing and the next 'deltann run' times again",
-                                        self.shortfalls[key])
+    def _incomplete(self, tables: tuple[str, ...], owner: str, key: str, what: str, rows_table: str, noun: str,
+                    then: str) -> set[str]:
+        """Keys (column ``key``) with a bad part in ``tables``, or whose ``owner`` row counts
+        more ``rows_table`` rows than the store holds; each shortfall noted once."""
+        import polars as pl
+
+        bad = self.bad_groups(tables)
+        files = self.files(owner)
+        if not files:
+            return bad
+        rows = (self._scan_files(owner, files).select(key, what, "device", "rows")
+                .filter(pl.col("rows").is_not_null() & (pl.col("rows") > 0)).collect())
+        have = self._count(rows_table, key) if rows.height else {}
+        for group, name, device, want in rows.iter_rows():
+            got = have.get(group, 0)
+            if got != want and group not in bad:  # (a group with a bad part is named by the part)
+                bad.add(group)
+                if group not in self.shortfalls:
+                    self.shortfalls[group] = (f"{noun} {group} ({name} on {device}) has {got} of the {want} "
+                                              f"{rows_table.rstrip('s')} rows it wrote (a part is gone)")
+                    log.warning("%s; it counts as missing and the next 'deltann run' %s", self.shortfalls[group],
+                                then)
         return bad
 
     def _scan_files(self, table: str, files: list[Path]) -> Any:

@@ -112,6 +112,26 @@ class StoreRows:
                                                                rows=len(rows))])
 
     @staticmethod
+    def flip_in_data_page(path: Path, column: str, rng: Any = None) -> int:
+        """Flip one bit inside a data page of ``column``'s chunk (past the chunk's first
+        half, so not in the footer nor the page header at its start); returns the offset.
+        ``rng`` (a ``random.Random``) picks the byte and bit, else the chunk's 3/4 mark."""
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        index = next(i for i, n in enumerate(names) if n == column or n.startswith(column + "."))
+        chunk = meta.row_group(0).column(index)
+        start = chunk.data_page_offset
+        end = (chunk.dictionary_page_offset or start) + chunk.total_compressed_size
+        lo = start + (end - start) // 2
+        offset = rng.randrange(lo, end) if rng is not None else lo + (end - lo) // 2
+        data = bytearray(path.read_bytes())
+        data[offset] ^= 1 << (rng.randrange(8) if rng is not None else 3)
+        path.write_bytes(bytes(data))
+        return offset
+
+    @staticmethod
     def new_store(root: Path) -> Any:
         """An empty results folder (its manifest written, as a run's start writes it)."""
         from deltann.store import Store

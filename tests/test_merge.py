@@ -160,3 +160,14 @@ def test_two_labs_run_the_quickstart_and_merge(tmp_path: Path, ray_session: None
               f"0 conflicts); report: {', '.join(sorted(set(latency['device'])))} side by side; run lab-a "
               f"{seconds['lab-a']:.0f} s, lab-b {seconds['lab-b']:.0f} s, merge {merge_s:.1f} s, "
               f"report {report_s:.0f} s (shared 2-core machine)")
+
+
+def test_two_machines_calling_their_lab_by_one_name_are_noted(store_rows, tmp_path: Path) -> None:
+    a = lab_folder(store_rows, tmp_path / "a", "vm", ["a1"])
+    b = lab_folder(store_rows, tmp_path / "b", "vm", ["b1"])
+    for folder, lab_id in ((a, "1111"), (b, "2222")):  # what two unnamed labs on hosts named "vm" record
+        for path in (folder / "runs").glob("*.json"):
+            path.write_text(json.dumps(json.loads(path.read_text()) | {"lab_id": lab_id}))
+    result = merge([a, b], tmp_path / "m")
+    assert len(result.notes) == 1 and "2 different machines call their lab 'vm'" in result.notes[0]
+    assert Store(tmp_path / "m").completed_keys() == {"a1", "b1"}  # still both, never one over the other

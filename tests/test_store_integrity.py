@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq

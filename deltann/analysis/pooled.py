@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from deltann.analysis.timing import CONFIG_KEYS, _timings
+from deltann.analysis.timing import CONFIG_KEYS, _timings, sample_stats
 from deltann.store import Store
 
 #: The sentence the report shows under a pooled latency table.
@@ -26,12 +26,7 @@ def pooled_latency(store: Store) -> pl.DataFrame:
         t.explode("samples_ns")
         .group_by(*CONFIG_KEYS)
         .agg(
-            (pl.col("samples_ns").median() / 1e6).alias("median_ms"),
-            (pl.col("samples_ns").quantile(0.25, "linear") / 1e6).alias("q1_ms"),
-            (pl.col("samples_ns").quantile(0.75, "linear") / 1e6).alias("q3_ms"),
-            pl.len().alias("samples"),
-            pl.col("image_id").n_unique().alias("images"),
-            pl.col("blocks").max().fill_null(1).alias("blocks"),
+            *sample_stats(),
             pl.col("board").n_unique().alias("_boards"),
             pl.col("_lab").n_unique().alias("_labs"),
             pl.col("session").n_unique().alias("_sessions"),

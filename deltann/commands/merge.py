@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     result = merge(args.sources, args.into)
-    for line in result.conflicts + result.bad:
+    for line in result.conflicts + result.bad + result.notes:
         print(line)
     print(result.summary())
     return 1 if result.conflicts or result.bad else 0

@@ -9,7 +9,6 @@ actor's unit becomes a ``crash`` row, a unit past ``unit_timeout_s`` a ``timeout
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import statistics
@@ -701,7 +700,7 @@ def run_study(
     platforms, boards = board_platforms(kinds, wanted, embedded)
     units = plan.expand(study, inputs, kinds, platforms, who)
     record = store.start_run(study.model_dump(), {
-        "lab": who.name, "address": address or "embedded", "retry_failed": retry_failed,
+        "lab": who.name, "lab_id": who.id, "address": address or "embedded", "retry_failed": retry_failed,
         "skipped_images": [{"file": s.file, "reason": s.reason} for s in summary.skipped_images],
         "platforms": {k: [p.as_dict() for p in v] for k, v in platforms.items()}})
     entry: dict[str, Any] = {}

@@ -103,7 +103,8 @@ def session_row(job: TimingJob, *, study: str, board: str, hostname: str, failur
     row = {
         "session": job.key, "study": study, "model": job.model, "device": job.device, "board": board,
         "hostname": hostname, "lab": job.units[0].lab if job.units else "",
-        "cpu": job.units[0].cpu if job.units else "", "status": "failed" if failure else "ok", "outcome": failure.get("outcome", "ok"),
+        "cpu": job.units[0].cpu if job.units else "", "status": "failed" if failure else "ok",
+        "outcome": failure.get("outcome", "ok"),
         "error_type": failure.get("error_type", ""), "message": failure.get("message", "")[:2000],
         "unit_keys": [u.key for u in job.units], "configs": [u.config for u in job.units],
         "dropped": json.dumps({configs[k]: e for k, e in (result.errors if result is not None else {}).items()}),

@@ -18,10 +18,12 @@ different)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +95,39 @@ class Tally:
         return (f"hardening: {self.tried} cases tried ({areas}), {self.refused} refused cleanly, "
                 f"{self.accepted} accepted as valid, rows lost {self.rows_lost}, rows replaced {self.rows_replaced}, "
                 f"wrong values reported {self.wrong_values}, tracebacks {self.tracebacks}")
+
+
+class Parts:
+    """What a results folder holds, part by part, to count rows lost or replaced."""
+
+    @staticmethod
+    def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+        """Every readable part under ``table=*``: relative path -> (sha256, rows)."""
+        import pyarrow.parquet as pq
+
+        out = {}
+        for path in root.glob("table=*/model=*/device=*/part-*.parquet"):
+            try:
+                rows = pq.read_metadata(path).num_rows
+            except Exception:  # noqa: BLE001 - a broken part holds no readable rows
+                continue
+            out[str(path.relative_to(root))] = (hashlib.sha256(path.read_bytes()).hexdigest(), rows)
+        return out
+
+    @staticmethod
+    def changed(before: dict[str, tuple[str, int]], root: Path) -> tuple[int, int]:
+        """Rows of ``before``'s parts that ``root`` holds changed (replaced) or not at all
+        (lost)."""
+        now = Parts.snapshot(root)
+        replaced = sum(rows for rel, (digest, rows) in before.items() if rel in now and now[rel][0] != digest)
+        lost = sum(rows for rel, (_, rows) in before.items() if rel not in now)
+        return replaced, lost
+
+
+@pytest.fixture
+def parts() -> type[Parts]:
+    """:class:`Parts`: snapshots of a folder's parts and the rows changed since."""
+    return Parts
 
 
 TALLY = pytest.StashKey[Tally]()

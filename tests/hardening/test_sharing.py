@@ -12,12 +12,10 @@ different)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -45,26 +43,6 @@ def _cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout:
     full = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     return subprocess.run([sys.executable, "-m", "deltann", *args], cwd=cwd, env=full, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def parts(root: Path) -> dict[str, tuple[str, int]]:
-    """Every part under ``table=*``: relative path -> (sha256, rows)."""
-    out = {}
-    for path in root.glob("table=*/model=*/device=*/part-*.parquet"):
-        try:
-            rows = pq.read_metadata(path).num_rows
-        except Exception:  # noqa: BLE001 - a broken part holds no readable rows
-            continue
-        out[str(path.relative_to(root))] = (hashlib.sha256(path.read_bytes()).hexdigest(), rows)
-    return out
-
-
-def replaced_and_lost(source: dict[str, tuple[str, int]], root: Path) -> tuple[int, int]:
-    """Rows of ``source``'s parts that are changed (replaced) or absent (lost) in ``root``."""
-    now = parts(root)
-    replaced = sum(rows for rel, (digest, rows) in source.items() if rel in now and now[rel][0] != digest)
-    lost = sum(rows for rel, (_, rows) in source.items() if rel not in now)
-    return replaced, lost
 
 
 def numbers(root: Path) -> dict[tuple[Any, ...], float]:
@@ -103,23 +81,6 @@ def wrong_values(before: dict[tuple[Any, ...], float], after: dict[tuple[Any, ..
     return wrong
 
 
-def flip_in_data_page(path: Path, column: str, rng: random.Random | None = None) -> int:
-    """Flip one bit inside a data page of ``column``'s chunk (never in the footer or a page
-    header at the chunk's start); returns the byte offset."""
-    meta = pq.ParquetFile(path).metadata
-    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
-    index = next(i for i, n in enumerate(names) if n == column or n.startswith(column + "."))
-    chunk = meta.row_group(0).column(index)
-    start = chunk.data_page_offset
-    end = (chunk.dictionary_page_offset or start) + chunk.total_compressed_size
-    lo = start + (end - start) // 2
-    offset = (rng.randrange(lo, end) if rng is not None else lo + (end - lo) // 2)
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 1 << ((rng.randrange(8)) if rng is not None else 3)
-    path.write_bytes(bytes(data))
-    return offset
-
-
 @pytest.fixture
 def shared(tiny_results: Path, tmp_path: Path) -> Path:
     """A copy of a real results folder, beside the study file that made it."""
@@ -133,7 +94,7 @@ def _part_of(root: Path, table: str, index: int = 0) -> Path:
     return sorted(root.glob(f"table={table}/model=*/device=*/part-*.parquet"))[index]
 
 
-def test_bit_flips_in_data_pages_of_every_table_are_found_left_out_and_made_again(shared: Path, tally,
+def test_bit_flips_in_data_pages_of_every_table_are_found_left_out_and_made_again(shared: Path, tally, store_rows,
                                                                                  ray_session: None) -> None:
     """One flipped bit inside a data page of a part of each table, a truncated part that is
     then deleted with its checksum file (as the old warning advised), a part deleted on
@@ -151,7 +112,7 @@ def test_bit_flips_in_data_pages_of_every_table_are_found_left_out_and_made_agai
         "sessions": (_part_of(shared, "sessions", 0), "configs"),
     }
     for table, (path, column) in damaged.items():
-        flip_in_data_page(path, column)
+        store_rows.flip_in_data_page(path, column)
     truncated = _part_of(shared, "predictions", 2)
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     gone = _part_of(shared, "predictions", 3)
@@ -203,7 +164,7 @@ def test_bit_flips_in_data_pages_of_every_table_are_found_left_out_and_made_agai
         case.accepted()
 
 
-def test_every_random_bit_flip_in_a_logits_page_is_found(shared: Path, tally) -> None:
+def test_every_random_bit_flip_in_a_logits_page_is_found(shared: Path, tally, store_rows) -> None:
     """Issue 15 saw 9 of 15 random flips in a logits page decode, one of them to max
     |Δlogit| 1.395 in the report: with checksums, every flip is found."""
     from deltann.store_integrity import check_part
@@ -214,12 +175,45 @@ def test_every_random_bit_flip_in_a_logits_page_is_found(shared: Path, tally) ->
     rng = random.Random(15)
     for i in range(15):
         part.write_bytes(good)
-        flip_in_data_page(part, "logits", rng)
+        store_rows.flip_in_data_page(part, "logits", rng)
         with tally.case("sharing", f"logits-flip-{i}") as case:
             check = check_part(part, "predictions", SCHEMAS["predictions"])
             assert check.state == "corrupt", check
             case.refused(check.reason)
     part.write_bytes(good)
+
+
+#: A column of each table, and how a group of that table is named in its rows.
+FLIP_COLUMNS = {"predictions": ("logits", "unit_key"), "builds": ("message", "unit_key"),
+                "timings": ("samples_ns", "session"), "sessions": ("configs", "session"),
+                "tuning": ("record_json", "tuning_key"), "layers": ("max_abs", "pair")}
+
+
+@pytest.mark.parametrize("table", list(FLIP_COLUMNS))
+def test_a_bit_flip_in_a_data_page_of_any_table_is_found(tmp_path: Path, tally, store_rows,
+                                                        table: str) -> None:
+    """Every table, ``tuning`` and ``layers`` included (parts written as their writers
+    write them): the flipped part is named by ``verify`` and its rows are not read."""
+    from deltann.store import SCHEMAS, tag
+
+    import pyarrow as pa
+
+    store = store_rows.new_store(tmp_path)
+    column, group = FLIP_COLUMNS[table]
+    values = {"predictions": {"logits": [0.5] * 1000}, "builds": {"message": "m" * 200, "passes": []},
+              "timings": {"samples_ns": list(range(500))}, "sessions": {"configs": [f"c{i}" for i in range(50)]},
+              "tuning": {"record_json": "{" + "r" * 500 + "}"}, "layers": {"max_abs": 0.25}}[table]
+    for key in ("g1", "g2"):
+        rows = [store_rows.row(table, **values, **{group: key}) for _ in range(8)]
+        store.write(tag(pa.Table.from_pylist(rows, schema=SCHEMAS[table]), table, key, 0))
+    part = sorted(tmp_path.glob(f"table={table}/model=*/device=*/part-g1-*.parquet"))[0]
+    store_rows.flip_in_data_page(part, column)
+    with tally.case("sharing", f"bit-flip-any-table-{table}") as case:
+        found = verify(tmp_path)
+        assert len(found.problems) == 1 and found.problems[0].startswith(f"corrupt    {part.relative_to(tmp_path)}")
+        seen = Store(tmp_path).scan(table, complete_only=False).collect()
+        assert set(seen[group]) == {"g2"} and seen.height == 8
+        case.refused(found.problems[0])
 
 
 def _run_lab(study: Path, out: Path, lab: str) -> None:
@@ -229,7 +223,8 @@ def _run_lab(study: Path, out: Path, lab: str) -> None:
     assert summary.failed == 0 and summary.ran == summary.planned, summary
 
 
-def test_two_labs_merge_side_by_side_and_nothing_is_replaced(tmp_path: Path, tally, ray_session: None) -> None:
+def test_two_labs_merge_side_by_side_and_nothing_is_replaced(parts, tmp_path: Path, tally,
+                                                             ray_session: None) -> None:
     """Two labs run the same study into their own folders (lab B a second study too): copying
     one folder over the other replaces nothing now; ``deltann merge`` keeps every row of both
     with its origin and lists every run; the report shows both labs; a unit held with other
@@ -243,13 +238,13 @@ def test_two_labs_merge_side_by_side_and_nothing_is_replaced(tmp_path: Path, tal
     _run_lab(study, a, "lab-a")
     _run_lab(study, b, "lab-b")
     _run_lab(other, b, "lab-b")
-    parts_a, parts_b = parts(a), parts(b)
+    parts_a, parts_b = parts.snapshot(a), parts.snapshot(b)
 
     with tally.case("sharing", "copy-one-lab-over-another") as case:
         copied = tmp_path / "copied"
         shutil.copytree(a, copied)
         shutil.copytree(b, copied, dirs_exist_ok=True)
-        replaced, lost = replaced_and_lost(parts_a, copied)
+        replaced, lost = parts.changed(parts_a, copied)
         case.rows_replaced, case.rows_lost = replaced, lost
         runs = Store(copied).read_manifest()["runs"]
         assert sorted((r["lab"], r["study"]) for r in runs) == [("lab-a", "share"), ("lab-b", "other"),
@@ -262,10 +257,10 @@ def test_two_labs_merge_side_by_side_and_nothing_is_replaced(tmp_path: Path, tal
         case.tracebacks = (proc.stdout + proc.stderr).count("Traceback")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "0 conflicts" in proc.stdout and "0 left out" in proc.stdout, proc.stdout
-        ra, la = replaced_and_lost(parts_a, merged)
-        rb, lb = replaced_and_lost(parts_b, merged)
+        ra, la = parts.changed(parts_a, merged)
+        rb, lb = parts.changed(parts_b, merged)
         case.rows_replaced, case.rows_lost = ra + rb, la + lb
-        assert len(parts(merged)) == len(parts_a) + len(parts_b)
+        assert len(parts.snapshot(merged)) == len(parts_a) + len(parts_b)
         runs = Store(merged).read_manifest()["runs"]
         assert len(runs) == 3 and {r["source"] for r in runs} == {str(a.resolve()), str(b.resolve())}
         builds = Store(merged).scan("builds").collect()
@@ -287,10 +282,10 @@ def test_two_labs_merge_side_by_side_and_nothing_is_replaced(tmp_path: Path, tal
         case.accepted()
 
     with tally.case("sharing", "merge-again-is-idempotent") as case:
-        before = parts(merged)
+        before = parts.snapshot(merged)
         proc = _cli(["merge", str(a), str(b), "--into", str(merged)], tmp_path)
         assert proc.returncode == 0 and "0 parts copied" in proc.stdout, proc.stdout
-        case.rows_replaced, case.rows_lost = replaced_and_lost(before, merged)
+        case.rows_replaced, case.rows_lost = parts.changed(before, merged)
         assert len(Store(merged).read_manifest()["runs"]) == 3
         case.accepted()
 
@@ -310,19 +305,19 @@ def test_two_labs_merge_side_by_side_and_nothing_is_replaced(tmp_path: Path, tal
         sidecar_path(part).write_bytes(sidecar_bytes(Sidecar(digest, size, 1, "builds", part.name[5:-13])))
         into = tmp_path / "into"
         shutil.copytree(a, into)
-        before = parts(into)
+        before = parts.snapshot(into)
         proc = _cli(["merge", str(fork), "--into", str(into)], tmp_path)
         conflicts = [line for line in proc.stdout.splitlines() if line.startswith("conflict:")]
         assert proc.returncode == 1 and len(conflicts) == 1, proc.stdout + proc.stderr
         assert part.name[5:21] in conflicts[0] and "kept" in conflicts[0]
-        case.rows_replaced, case.rows_lost = replaced_and_lost(before, into)
+        case.rows_replaced, case.rows_lost = parts.changed(before, into)
         case.refused(conflicts[0])
 
 
-def test_concurrent_runs_each_leave_a_run_record(shared: Path, tally) -> None:
+def test_concurrent_runs_each_leave_a_run_record(parts, shared: Path, tally) -> None:
     """Six reruns into one folder at once: six run records (the issue saw five entries of
     six); each finished."""
-    before = parts(shared)
+    before = parts.snapshot(shared)
     n0 = len(Store(shared).read_manifest()["runs"])
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = [subprocess.Popen([sys.executable, "-m", "deltann", "run", "study.toml", "--out", str(shared),
@@ -333,7 +328,7 @@ def test_concurrent_runs_each_leave_a_run_record(shared: Path, tally) -> None:
         assert all(p.returncode == 0 for p in procs), outputs
         runs = Store(shared).read_manifest()["runs"]
         assert len(runs) == n0 + 6 and all(r["status"] == "finished" for r in runs[n0:]), runs[n0:]
-        case.rows_replaced, case.rows_lost = replaced_and_lost(before, shared)
+        case.rows_replaced, case.rows_lost = parts.changed(before, shared)
         case.accepted()
 
 
@@ -480,12 +475,12 @@ def test_a_conversion_that_ran_out_of_space_is_tried_again(tmp_path: Path, tally
             case.accepted()
 
 
-def test_a_read_only_folder_is_refused_in_one_line(shared: Path, tmp_path: Path, tally) -> None:
+def test_a_read_only_folder_is_refused_in_one_line(parts, shared: Path, tmp_path: Path, tally) -> None:
     with tmpfs(tmp_path / "ro", "64m") as ro:
         results = ro / "results"
         shutil.copytree(shared, results, ignore=shutil.ignore_patterns("artifacts"))
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
-        before = parts(results)
+        before = parts.snapshot(results)
         cases = {
             "run-into-read-only": ["run", str(shared.parent / "study.toml"), "--out", str(results), "--quiet"],
             "report-into-read-only": ["report", str(results)],
@@ -498,7 +493,7 @@ def test_a_read_only_folder_is_refused_in_one_line(shared: Path, tmp_path: Path,
                 lines = proc.stderr.strip().splitlines()
                 assert proc.returncode == 2 and len(lines) >= 1, proc.stderr[-3000:]
                 assert lines[-1].startswith("deltann: error: ") and "read-only" in lines[-1], proc.stderr[-2000:]
-                case.rows_replaced, case.rows_lost = replaced_and_lost(before, results)
+                case.rows_replaced, case.rows_lost = parts.changed(before, results)
                 case.refused(lines[-1])
         with tally.case("sharing", "read-only-folder-still-reads") as case:
             proc = _cli(["report", str(results), "--out", str(tmp_path / "report")], tmp_path)
