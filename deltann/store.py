@@ -345,6 +345,7 @@ class Store:
         self._counts: dict[tuple[str, tuple[Any, ...]], dict[str, int]] = {}
         #: units and sessions with fewer rows than they wrote: key -> what is short (one line)
         self.shortfalls: dict[str, str] = {}
+        self._incomplete_cache: dict[str, tuple[Any, frozenset[str]]] = {}
 
     # --- writing ------------------------------------------------------------
     def write(self, table: pa.Table) -> Path:
@@ -585,10 +586,15 @@ class Store:
         """The bad parts of ``groups`` in ``tables`` (for :meth:`quarantine`)."""
         return [c.path for t in tables for c in self.checks(t) if c.bad and c.group in groups]
 
+    def _stamp(self, table: str) -> tuple[Any, ...]:
+        """The table's good parts as they are now (path, size, times): what a cached answer
+        about them is valid for."""
+        return tuple((str(f), *self._checked[f][:2]) for f in self.files(table) if f in self._checked)
+
     def _count(self, table: str, key: str) -> dict[str, int]:
         """Rows per ``key`` value (unit_key, session) in the table's good parts."""
         files = self.files(table)
-        stamp = tuple((str(f), self._checked[f][0], self._checked[f][1]) for f in files if f in self._checked)
+        stamp = self._stamp(table)
         cached = self._counts.get((table, stamp))
         if cached is not None:
             return cached
@@ -622,6 +628,12 @@ class Store:
         files = self.files(owner)
         if not files:
             return bad
+        # Readers ask once per scan (the analysis scans a table once per group and side):
+        # the answer holds while no part changes.
+        stamp = (owner, frozenset(bad), self._stamp(owner), self._stamp(rows_table))
+        cached = self._incomplete_cache.get(owner)
+        if cached is not None and cached[0] == stamp:
+            return set(cached[1])
         rows = (self._scan_files(owner, files).select(key, what, "device", "rows")
                 .filter(pl.col("rows").is_not_null() & (pl.col("rows") > 0)).collect())
         have = self._count(rows_table, key) if rows.height else {}
@@ -634,6 +646,7 @@ class Store:
                                               f"{rows_table.rstrip('s')} rows it wrote (a part is gone)")
                     log.warning("%s; it counts as missing and the next 'deltann run' %s", self.shortfalls[group],
                                 then)
+        self._incomplete_cache[owner] = (stamp, frozenset(bad))
         return bad
 
     def _scan_files(self, table: str, files: list[Path]) -> Any:

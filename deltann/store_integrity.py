@@ -191,10 +191,12 @@ def check_part(path: Path, table: str, want: pa.Schema | None, *, lock: bool = T
     m = PART_NAME.match(path.name)
     group = m.group("key") if m else ""
     with folder_lock(path.parent, exclusive=False) if lock else contextlib.nullcontext():
+        note = ""
         try:
             sidecar = read_sidecar(path)
         except ValueError as exc:
             sidecar = None
+            note = f"{exc}: the part decodes, but whether its bytes are the ones written is unknown"
             log.warning("%s: %s; checking the part without it", path, exc)
         if sidecar is not None:
             group = sidecar.group
@@ -215,7 +217,7 @@ def check_part(path: Path, table: str, want: pa.Schema | None, *, lock: bool = T
     problem = structural_problem(path, want, full=sidecar is None)
     if problem:
         return PartCheck(path, table, UNREADABLE, problem, group)
-    return PartCheck(path, table, OK if sidecar is not None else UNCHECKED, "", group)
+    return PartCheck(path, table, OK if sidecar is not None else UNCHECKED, note, group)
 
 
 def orphan_sidecars(folder: Path) -> list[Path]:

@@ -190,3 +190,13 @@ def test_rows_without_a_lab_are_told_apart_by_host(store_rows, tmp_path: Path) -
         pq.write_table(table, path)
         sidecar_path(path).unlink()
     assert set(Store(tmp_path, sites=True).scan("builds").collect()["device"]) == {"local@old-host", "local@lab-b"}
+
+
+def test_a_damaged_checksum_file_is_named_and_its_part_still_read(store_rows, tmp_path: Path) -> None:
+    store = store_rows.new_store(tmp_path)
+    store_rows.write_unit(store, "u1")
+    part = _part(store, "predictions", "u1")
+    sidecar_path(part).write_text("{not json")
+    found = verify(tmp_path)
+    assert len(found.problems) == 1 and found.problems[0].startswith(f"checksum   {part.relative_to(tmp_path)}")
+    assert Store(tmp_path).completed_keys() == {"u1"}  # it decodes: read, and named

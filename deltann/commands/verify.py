@@ -59,6 +59,9 @@ def verify(results: Path | str) -> Verified:
                     result.ok += 1
                 else:
                     result.unchecked += 1
+                    if check.reason:  # its checksum file is damaged
+                        rel = check.path.relative_to(store.root)
+                        result.problems.append(f"{'checksum':<10} {printable(rel)}: {check.reason}")
         store.incomplete_units()
         store.incomplete_sessions()
         result.problems += [f"incomplete {line}" for line in store.shortfalls.values()]
