@@ -346,6 +346,7 @@ class Store:
         #: units and sessions with fewer rows than they wrote: key -> what is short (one line)
         self.shortfalls: dict[str, str] = {}
         self._incomplete_cache: dict[str, tuple[Any, frozenset[str]]] = {}
+        self._sites_cache: tuple[Any, list[str] | None] | None = None  # (stamp, device\x1flab pairs to split by CPU)
 
     # --- writing ------------------------------------------------------------
     def write(self, table: pa.Table) -> Path:
@@ -709,15 +710,20 @@ class Store:
         import polars as pl
 
         who = pl.coalesce(pl.col("lab"), pl.col("hostname"), pl.lit("?"))
-        frames = [self._scan_files(t, fs).select("device", who.alias("lab"), pl.col("cpu").fill_null(""))
-                  for t in ("builds", "sessions") if (fs := self.files(t))]
-        if not frames:
+        stamp = (self._stamp("builds"), self._stamp("sessions"))
+        if self._sites_cache is None or self._sites_cache[0] != stamp:
+            frames = [self._scan_files(t, fs).select("device", who.alias("lab"), pl.col("cpu").fill_null(""))
+                      for t in ("builds", "sessions") if (fs := self.files(t))]
+            seen = pl.concat(frames).unique().collect() if frames else None
+            if seen is None or seen["lab"].n_unique() <= 1:
+                self._sites_cache = (stamp, None)
+            else:
+                cpus = (seen.filter(pl.col("cpu") != "").group_by("device", "lab")
+                        .agg(pl.col("cpu").n_unique().alias("n")))
+                self._sites_cache = (stamp, [f"{d}\x1f{lab}" for d, lab, n in cpus.iter_rows() if n > 1])
+        several = self._sites_cache[1]
+        if several is None:
             return None
-        seen = pl.concat(frames).unique().collect()
-        if seen["lab"].n_unique() <= 1:
-            return None
-        cpus = seen.filter(pl.col("cpu") != "").group_by("device", "lab").agg(pl.col("cpu").n_unique().alias("n"))
-        several = [f"{d}\x1f{lab}" for d, lab, n in cpus.iter_rows() if n > 1]
         base = pl.col("device") + "@" + who
         if not several:
             return base
