@@ -10,4 +10,4 @@ Heavy frameworks are imported inside the functions that need them, so importing
 __version__ = "0.1.0"
 
 #: Version of the results-store layout and column set; bump with a migration.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3

@@ -8,9 +8,9 @@ import logging
 import sys
 
 from deltann import __version__
-from deltann.errors import DeltannError
+from deltann.errors import DeltannError, storage_error
 
-SUBCOMMANDS = ("run", "report", "compare", "localize", "passes", "bisect", "devices", "images")
+SUBCOMMANDS = ("run", "report", "compare", "localize", "passes", "bisect", "devices", "images", "merge", "verify")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except DeltannError as exc:
         print(f"deltann: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A full disk, a read-only folder, a folder one may not write, wherever it surfaced:
+        # the environment's fault, said in one line naming the path (a bug raises on).
+        refusal = storage_error(exc, exc.filename or "the output folder", "writing")
+        if refusal is None:
+            raise
+        print(f"deltann: error: {refusal}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("deltann: interrupted; rerun the same command to finish the missing units", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,18 +107,35 @@ def _read_labels(folder: Path) -> dict[str, int]:
     if not path.exists():
         return {}
     labels: dict[str, int] = {}
-    with path.open(newline="") as fh:
-        for lineno, row in enumerate(csv.DictReader(fh), start=2):
-            try:
-                labels[row["file"]] = int(row["label"])
-                if not 0 <= labels[row["file"]] <= 999:
-                    raise ValueError(row["label"])
-            except (KeyError, TypeError, ValueError):
-                raise DatasetError(
-                    f"{path}:{lineno}: expected columns 'file,label' with an integer ImageNet "
-                    "label (0-999)"
-                ) from None
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            for lineno, row in enumerate(csv.DictReader(fh), start=2):
+                try:
+                    labels[row["file"]] = int(row["label"])
+                    if not 0 <= labels[row["file"]] <= 999:
+                        raise ValueError(row["label"])
+                except (KeyError, TypeError, ValueError):
+                    raise DatasetError(
+                        f"{path}:{lineno}: expected columns 'file,label' with an integer ImageNet "
+                        "label (0-999)"
+                    ) from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                           "save it as UTF-8") from None
     return labels
+
+
+def utf8_name(path: Path) -> str:
+    """``path.name`` when it is valid UTF-8; else :class:`DatasetError` naming the file by
+    its bytes (``caf\\xe9.jpg``). Why refuse: the name is the image's id in every row,
+    and neither Arrow nor JSON can hold a name that is not text."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+        raise DatasetError(f"{shown}: the file name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8 "
+                           "--notest FILE) or move it out of the dataset folder") from None
+    return path.name
 
 
 def decode_rgb(source: Path | bytes) -> np.ndarray:
@@ -154,6 +172,8 @@ def load_folder(folder: Path, limit: int | None = None, skipped: list[Skipped] |
         raise DatasetError(f"{folder}: dataset folder not found; give an existing folder of images or 'samples'")
     labels = _read_labels(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for path in files:  # every name is checked before a byte is read: nothing is half-done
+        utf8_name(path)
     if not files:
         raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in the dataset folder")
     images = []

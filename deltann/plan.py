@@ -6,6 +6,11 @@ chain and tool versions, runtime and compiler versions, passes, target, device k
 the exact input tensors — and nothing else (not the study's name, not the order of its
 lists). A unit whose key is in the store is not run again.
 
+Where the driver knows them (issue 15, :mod:`deltann.fleet.identity`), the key also holds
+the lab running the study and the platform of the kind's boards: the target as the boards
+resolve it (``mcpu = "native"`` is their CPU) and their CPU. A kind whose live boards
+differ in platform gets one unit per platform, each run only by boards of its platform.
+
 Timing is planned apart (:class:`TimingJob`): the units of one model on one device kind
 are timed together, interleaved, in one session on one board, so every time change
 compares configurations measured side by side. A session's rows name it and its protocol;
@@ -29,6 +34,7 @@ from deltann.compile import settings as compile_settings
 from deltann.convert.base import FRAMEWORK_DIST, chain_framework, chain_quantize, parse_chain
 from deltann.dataset import Inputs
 from deltann.fleet.devices import DeviceKind
+from deltann.fleet.identity import Lab, Platform
 from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST, TVM_FRONTEND
 from deltann.study import Study
 from deltann.zoo import user
@@ -64,6 +70,11 @@ class Unit:
     #: setting ``tuned``: its kind's MetaSchedule records as JSON (compile.tuning), filled by
     #: the driver after tuning (deltann.fleet.tuning); not part of the key (the budget is)
     tuning: str = ""
+    #: the lab running the study and the board platform the unit is for (see
+    #: deltann.fleet.identity; "" when planned without the driver's knowledge of them)
+    lab: str = ""
+    cpu: str = ""
+    platform: str = ""  # Platform.key: only boards of this platform run the unit
 
     @property
     def framework(self) -> str:
@@ -107,9 +118,18 @@ def inputs_key(model: str, source: str) -> str:
     return model if spec.preprocess_for(source) == spec.preprocess else f"{model}@{source}"
 
 
-def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]) -> list[Unit]:
+def pool(device: str, platform: str) -> str:
+    """The boards that may run a unit (or that a board belongs to): its device kind, and
+    its platform where the driver resolved one."""
+    return f"{device}|{platform}" if platform else device
+
+
+def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind],
+           platforms: dict[str, list[Platform]] | None = None, lab: Lab | None = None) -> list[Unit]:
     """Every unit of the study, in a stable order. ``inputs`` maps model name to its
-    preprocessed inputs; ``kinds`` is the device catalogue."""
+    preprocessed inputs; ``kinds`` is the device catalogue; ``platforms`` the distinct
+    platforms of each kind's live boards (a kind without any, or ``platforms`` None: the
+    catalogue's target, resolved by whichever board runs the unit); ``lab`` the lab."""
     units: list[Unit] = []
     for model in study.models:
         spec = zoo.get(model)
@@ -127,9 +147,12 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                 for setting in compile_settings.expand(study.settings, study.ablation):
                     ways.append(("tvm", setting, compile_settings.passes_of(setting), TVM_FRONTEND[framework]))
             for runtime, setting, passes, frontend in ways:
-                for kind_name in study.devices:
+                for kind_name, plat in ((k, p) for k in study.devices
+                                        for p in ((platforms or {}).get(k) or [None])):
                     kind = kinds[kind_name]
                     compiled = runtime == "tvm"
+                    target = json.loads(plat.target) if plat is not None and plat.target else kind.target
+                    host = (json.loads(plat.host) if plat.host else None) if plat is not None else kind.host
                     identity = {
                         "schema": SCHEMA_VERSION,
                         "deltann": __version__,
@@ -141,9 +164,11 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                         "setting": setting,
                         "passes": list(passes),
                         "frontend": frontend,
-                        "target": kind.target if compiled else None,
-                        "host": kind.host if compiled else None,
+                        "target": target if compiled else None,
+                        "host": host if compiled else None,
                         "device": kind_name,
+                        "lab": lab.key if lab is not None else None,
+                        "platform": [plat.cpu, plat.isa] if plat is not None else None,
                         "preprocess": asdict(spec.preprocess_for(source)),
                         "inputs": batch.hashes,
                     }
@@ -161,11 +186,14 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
                             passes=passes,
                             frontend=frontend,
                             device=kind_name,
-                            target=json.dumps(kind.target, sort_keys=True) if compiled else "",
-                            host=json.dumps(kind.host, sort_keys=True) if compiled else "",
+                            target=json.dumps(target, sort_keys=True) if compiled else "",
+                            host=json.dumps(host, sort_keys=True) if compiled and host is not None else "",
                             recipe=batch.recipe,
                             inputs=batch_key,
                             user_model=carried,
+                            lab=lab.name if lab is not None else "",
+                            cpu=plat.cpu if plat is not None else "",
+                            platform=plat.key if plat is not None else "",
                         )
                     )
     return units
@@ -193,10 +221,11 @@ def timing_protocol(study: Study) -> tuple[tuple[str, int], ...]:
 
 
 def timing_groups(units: list[Unit]) -> dict[tuple[str, str], list[Unit]]:
-    """Units timed together: one group per (model, device kind), in plan order."""
+    """Units timed together: one group per (model, device kind) — per platform of the
+    kind, where its boards differ (``device`` is then ``kind|platform``) — in plan order."""
     groups: dict[tuple[str, str], list[Unit]] = {}
     for u in units:
-        groups.setdefault((u.model, u.device), []).append(u)
+        groups.setdefault((u.model, pool(u.device, u.platform)), []).append(u)
     return groups
 
 

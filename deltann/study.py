@@ -18,6 +18,7 @@ allowed values. Example (``studies/quickstart.toml``)::
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 import typing
@@ -213,15 +214,26 @@ class Study(_Strict):
         return self
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_+-]+$")
+
+
+def _key_text(part: object) -> str:
+    """One step of a key's location as the message shows it: a plain key as it is, any
+    other (a key holding a newline, a dot, a quote) quoted as TOML would, so the message
+    stays one line and the key is unambiguous (the fuzzer found ``[dataset]`` key "\\n")."""
+    text = str(part)
+    return text if _PLAIN_KEY.match(text) else json.dumps(text)
+
+
 def _one_line(path: Path, exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = ".".join(_key_text(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(_fields_at(err["loc"][:-1]))
         msg = f"unknown key; allowed keys here: {allowed}"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{path}: {loc + ': ' if loc else ''}{msg}{more}"
+    return " ".join(f"{path}: {loc + ': ' if loc else ''}{msg}{more}".splitlines())
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,79 @@ def pytest_configure(config: pytest.Config) -> None:
     from deltann._native import before_tensorflow
 
     before_tensorflow()
+
+
+
+class StoreRows:
+    """Rows of a results folder as boards write them (tests/test_store_integrity.py,
+    tests/test_merge.py): a unit's predictions then its builds row, a timing session."""
+
+    @staticmethod
+    def row(table: str, **values: Any) -> dict[str, Any]:
+        from deltann.store import SCHEMAS
+
+        return {name: None for name in SCHEMAS[table].names} | {"model": "m", "device": "local"} | values
+
+    @staticmethod
+    def write(store: Any, table: str, key: str, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+
+        from deltann.store import SCHEMAS, tag
+
+        store.write(tag(pa.Table.from_pylist(rows, schema=SCHEMAS[table]), table, key, 0))
+
+    @staticmethod
+    def write_unit(store: Any, key: str, *, images: int = 2, lab: str | None = "a", status: str = "ok",
+                   config: str = "c") -> None:
+        """A unit as a board writes it: its predictions, then its builds row (counting them)."""
+        preds = [StoreRows.row("predictions", unit_key=key, lab=lab, config=config, image_id=f"i{i}", image_index=i,
+                               top1=i, top5=[i, 1, 2, 3, 4], top5_prob=[0.5] * 5, logits=[float(i)] * 1000)
+                 for i in range(images)]
+        StoreRows.write(store, "predictions", key, preds)
+        StoreRows.write(store, "builds", key, [StoreRows.row("builds", unit_key=key, lab=lab, config=config,
+                                                             status=status, passes=[], rows=images)])
+
+    @staticmethod
+    def write_session(store: Any, key: str, units: list[str], lab: str = "a") -> None:
+        """A timing session of ``units``: a timings row each, then its sessions row."""
+        rows = [StoreRows.row("timings", unit_key=u, session=key, lab=lab, config="c", image_id="i0",
+                              samples_ns=[1, 2, 3], sample_block=[0, 0, 0]) for u in units]
+        StoreRows.write(store, "timings", key, rows)
+        StoreRows.write(store, "sessions", key, [StoreRows.row("sessions", session=key, lab=lab, status="ok",
+                                                               unit_keys=units, configs=["c"] * len(units),
+                                                               rows=len(rows))])
+
+    @staticmethod
+    def flip_in_data_page(path: Path, column: str, rng: Any = None) -> int:
+        """Flip one bit inside a data page of ``column``'s chunk (past the chunk's first
+        half, so not in the footer nor the page header at its start); returns the offset.
+        ``rng`` (a ``random.Random``) picks the byte and bit, else the chunk's 3/4 mark."""
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        index = next(i for i, n in enumerate(names) if n == column or n.startswith(column + "."))
+        chunk = meta.row_group(0).column(index)
+        start = chunk.data_page_offset
+        end = (chunk.dictionary_page_offset or start) + chunk.total_compressed_size
+        lo = start + (end - start) // 2
+        offset = rng.randrange(lo, end) if rng is not None else lo + (end - lo) // 2
+        data = bytearray(path.read_bytes())
+        data[offset] ^= 1 << (rng.randrange(8) if rng is not None else 3)
+        path.write_bytes(bytes(data))
+        return offset
+
+    @staticmethod
+    def new_store(root: Path) -> Any:
+        """An empty results folder (its manifest written, as a run's start writes it)."""
+        from deltann.store import Store
+
+        store = Store(root)
+        store.ensure_manifest({"name": "s"})
+        return store
+
+
+@pytest.fixture
+def store_rows() -> type[StoreRows]:
+    """:class:`StoreRows`: write units and sessions into a results folder by hand."""
+    return StoreRows

@@ -9,6 +9,7 @@ import pytest
 from deltann import SCHEMA_VERSION
 from deltann.errors import StoreError
 from deltann.store import SCHEMAS, Store, tag
+from deltann.store_integrity import sidecar_path
 
 
 def _build_row(key: str, status: str = "ok") -> pa.Table:
@@ -70,8 +71,11 @@ def test_files_from_an_older_version_read_with_nulls(tmp_path: Path) -> None:
 
     store = Store(tmp_path)
     path = store.write(_build_row("k1"))
-    old = pq.read_table(path).drop_columns(["message"]).append_column("retired", pa.array([1]))
+    old = pq.read_table(path).drop_columns(["message", "lab", "rows"]).append_column("retired", pa.array([1]))
     pq.write_table(old, path)
+    sidecar_path(path).unlink()  # an older deltann wrote no checksum files
     frame = store.scan("builds").collect()
     assert frame["message"].to_list() == [None] and "retired" not in frame.columns
+    assert frame["lab"].to_list() == [None] and frame["rows"].to_list() == [None]
     assert frame["unit_key"].to_list() == ["k1"]
+    assert [c.state for c in store.checks("builds")] == ["unchecked"]

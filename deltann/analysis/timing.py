@@ -43,6 +43,18 @@ def _finished(store: Store) -> pl.LazyFrame:
             .group_by("session").agg(pl.col("finished_at").max()))
 
 
+def sample_stats() -> list[pl.Expr]:
+    """Statistics of exploded raw samples: median and quartiles (ms), samples, images, blocks."""
+    return [
+        (pl.col("samples_ns").median() / 1e6).alias("median_ms"),
+        (pl.col("samples_ns").quantile(0.25, "linear") / 1e6).alias("q1_ms"),
+        (pl.col("samples_ns").quantile(0.75, "linear") / 1e6).alias("q3_ms"),
+        pl.len().alias("samples"),
+        pl.col("image_id").n_unique().alias("images"),
+        pl.col("blocks").max().fill_null(1).alias("blocks"),
+    ]
+
+
 def session_latency(store: Store) -> pl.DataFrame:
     """Median, quartiles and IQR (ms) of each configuration's raw samples in each session,
     with the board it was timed on, how many images and blocks, and when the session ended."""
@@ -50,14 +62,7 @@ def session_latency(store: Store) -> pl.DataFrame:
     per = (
         t.explode("samples_ns")
         .group_by(*CONFIG_KEYS, "session", "board")
-        .agg(
-            (pl.col("samples_ns").median() / 1e6).alias("median_ms"),
-            (pl.col("samples_ns").quantile(0.25, "linear") / 1e6).alias("q1_ms"),
-            (pl.col("samples_ns").quantile(0.75, "linear") / 1e6).alias("q3_ms"),
-            pl.len().alias("samples"),
-            pl.col("image_id").n_unique().alias("images"),
-            pl.col("blocks").max().fill_null(1).alias("blocks"),
-        )
+        .agg(*sample_stats())
         .with_columns((pl.col("q3_ms") - pl.col("q1_ms")).alias("iqr_ms"))
         .join(_finished(store), on="session", how="left")
     )

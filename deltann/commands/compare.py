@@ -99,7 +99,7 @@ def compare(
     configurations' rows and the columns compared."""
     atol = atol or {"": DEFAULT_ATOL}
     rtol = rtol or {"": DEFAULT_RTOL}
-    store = Store(results)
+    store = Store(results, sites=True)  # two labs' rows are two devices (local@lab-a, ...), never mixed
     store.read_manifest()
     cols = ["model", "device", "config", "image_id", "input_hash", *OUTPUTS]
     rows = store.scan("predictions").select(cols).filter(pl.col("config").is_in([a, b])).collect()

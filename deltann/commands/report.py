@@ -9,8 +9,8 @@ from pathlib import Path
 from deltann.report import build_report
 
 
-def print_report(results: Path | str, out: Path | str | None = None) -> None:
-    report = build_report(results, out)
+def print_report(results: Path | str, out: Path | str | None = None, *, pool: bool = False) -> None:
+    report = build_report(results, out, pool=pool)
     print(report.markdown)
     print(f"\nreport written to {report.files[0].parent} ({len(report.files)} files; open {report.html})")
 
@@ -19,9 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="tables and plots from a results folder (Markdown, HTML, CSV, LaTeX, PNG)")
     p.add_argument("results", help="results folder written by 'deltann run'")
     p.add_argument("--out", help="where to write the report (default: RESULTS/report)")
+    p.add_argument("--pool", action="store_true",
+                   help="mix the results of several labs and boards, latencies included (default: side by side)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    print_report(args.results, args.out)
+    print_report(args.results, args.out, pool=args.pool)
     return 0

@@ -9,7 +9,6 @@ actor's unit becomes a ``crash`` row, a unit past ``unit_timeout_s`` a ``timeout
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import statistics
@@ -22,8 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 from deltann import dataset, plan, zoo
+from deltann.errors import DeltannError
+from deltann.fleet import identity
 from deltann.fleet.devices import DeviceKind, load_catalogue
-from deltann.store import Store
+from deltann.fleet.retry import to_retry
+from deltann.store import SESSION_TABLES, Store
 from deltann.study import Study, load_study
 
 log = logging.getLogger("deltann.fleet")
@@ -148,6 +150,7 @@ class Lane:
     node_id: str
     hostname: str
     threads: int = 1  # the board's CPUs: every runtime on it measures with this many threads
+    platform: str = ""  # its Platform.key (deltann.fleet.identity); "" when not resolved
     actor: Any = None
     flights: list[Any] = field(default_factory=list)  # streams sent to the actor, oldest first
     batch: list[plan.Unit] = field(default_factory=list)  # units of those streams not yet complete, in order
@@ -160,6 +163,11 @@ class Lane:
     since: float = 0.0
     restarts: int = 0
     dead: bool = False
+
+    @property
+    def pool(self) -> str:
+        """The units this board may run: its kind's, of its platform (plan.pool)."""
+        return plan.pool(self.kind.name, self.platform)
 
 
 @dataclass
@@ -196,14 +204,14 @@ class Dispatcher:
         self.probed: set[str] = set()  # configurations sent once, not yet measured
         self.groups: list[Group] = []
         self.group_of: dict[str, Group] = {}
-        self.kind_jobs: dict[str, list[plan.TimingJob]] = defaultdict(list)  # sessions any board may run
+        self.kind_jobs: dict[str, list[plan.TimingJob]] = defaultdict(list)  # sessions any board of a pool may run
         self.sessions: list[dict[str, Any]] = []  # ``sessions`` rows written in this run
         self.pending_timing: list[plan.TimingJob] = []  # sessions no live board could run
 
     # --- set-up -------------------------------------------------------------
     def add_lane(self, kind: DeviceKind, board: dict[str, Any], pinned: list[plan.Unit] | None = None) -> Lane:
         lane = Lane(kind, board["node_id"], board["hostname"], threads=board.get("cpus", 1),
-                    pinned=list(pinned or []))
+                    platform=board.get("platform", ""), pinned=list(pinned or []))
         self._start_actor(lane)
         self.lanes.append(lane)
         return lane
@@ -250,8 +258,8 @@ class Dispatcher:
         group.scheduled = True
         units = [u for u in group.units if u.key in group.ok]
         job = plan.timing_job(self.study, units, group.n_images, board=group.board)
-        kind = units[0].device
-        lanes = [x for x in self.lanes if x.kind.name == kind and not x.dead]
+        kind = plan.pool(units[0].device, units[0].platform)
+        lanes = [x for x in self.lanes if x.pool == kind and not x.dead]
         if group.board:
             lanes = [x for x in lanes if x.node_id == group.board]
         elif lanes:
@@ -270,7 +278,7 @@ class Dispatcher:
         (a few per board) that boards finish together."""
         while not lane.dead and len(lane.flights) < DEPTH:
             job = lane.jobs.pop(0) if lane.jobs else (
-                self.kind_jobs[lane.kind.name].pop(0) if self.kind_jobs[lane.kind.name] else None)
+                self.kind_jobs[lane.pool].pop(0) if self.kind_jobs[lane.pool] else None)
             if job is not None:
                 lane.current, lane.job, lane.job_ended = None, job, False
                 lane.stage, lane.since = "", time.monotonic()
@@ -281,7 +289,7 @@ class Dispatcher:
             if lane.pinned:
                 batch, lane.pinned = lane.pinned[:MAX_BATCH], lane.pinned[MAX_BATCH:]
             else:
-                batch = self._take(lane.kind.name)
+                batch = self._take(lane.pool)
             if not batch:
                 return
             if not lane.flights:
@@ -299,7 +307,7 @@ class Dispatcher:
         queue = self.queues[kind]
         if not queue:
             return []
-        peers = sum(1 for x in self.lanes if x.kind.name == kind and not x.dead)
+        peers = sum(1 for x in self.lanes if x.pool == kind and not x.dead)
         n = max(1, min(MAX_BATCH, len(queue) // (8 * max(1, peers))))
         best = max({u.config for u in queue}, key=lambda c: (self._estimate_config(c), c))
         batch = [u for u in queue if u.config == best][:n]
@@ -451,9 +459,9 @@ class Dispatcher:
                 self.pending.append(u.key)
             else:
                 movable.append(u)
-        self.queues[lane.kind.name][:0] = movable
+        self.queues[lane.pool][:0] = movable
         for other in self.lanes:
-            if other.kind.name == lane.kind.name:
+            if other.pool == lane.pool:
                 self._feed(other)
 
     def _retire(self, lane: Lane, why: str) -> None:
@@ -475,9 +483,9 @@ class Dispatcher:
         """Sessions a gone board will not run: to another board of the kind, or pending
         when they were this board's own (``replicate``)."""
         for job in jobs:
-            (self.pending_timing if job.board else self.kind_jobs[lane.kind.name]).append(job)
+            (self.pending_timing if job.board else self.kind_jobs[lane.pool]).append(job)
         for other in self.lanes:
-            if other.kind.name == lane.kind.name and not other.dead:
+            if other.pool == lane.pool and not other.dead:
                 self._feed(other)
 
     def _lost(self, lane: Lane, exc: Exception) -> None:
@@ -537,7 +545,7 @@ class Dispatcher:
         if self.study.replicate:
             lane.pinned[:0] = unfinished
         else:
-            self.queues[lane.kind.name][:0] = unfinished
+            self.queues[lane.pool][:0] = unfinished
         self._feed(lane)
 
     def _fail(self, lane: Lane, unit: plan.Unit, stage: str, outcome: str, error_type: str, message: str) -> None:
@@ -603,6 +611,51 @@ def session_entry(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in keys}
 
 
+def board_platforms(kinds: dict[str, DeviceKind], wanted: list[str], embedded: bool
+                    ) -> tuple[dict[str, list[identity.Platform]], dict[str, list[dict[str, Any]]]]:
+    """The platforms of each wanted kind's live boards (deltann.fleet.identity), distinct
+    and in a stable order, and the boards of each kind with their ``platform`` key.
+
+    Embedded (Ray in-process), a local kind's board is this machine: its platform is
+    resolved here and Ray is not started for it (a rerun with nothing to do starts no
+    Ray). On a cluster every live board is asked (:func:`identity.probe`); a board that
+    cannot answer is left out of the run."""
+    import ray
+
+    platforms: dict[str, list[identity.Platform]] = {}
+    boards: dict[str, list[dict[str, Any]]] = {}
+    for name in wanted:
+        kind = kinds[name]
+        if embedded:
+            if kind.container:
+                continue  # no board of a container kind in-process
+            mine = identity.local_platform(kind)
+            platforms[name] = [mine]
+            if ray.is_initialized():
+                boards[name] = [b | {"platform": mine.key} for b in alive_boards(kind.resource)]
+            continue
+        live = alive_boards(kind.resource)
+        found = identity.probe(kind, live) if live else {}
+        boards[name] = [b | {"platform": found[b["node_id"]].key} for b in live if b["node_id"] in found]
+        distinct: dict[str, identity.Platform] = {}
+        for b in live:
+            if b["node_id"] in found:
+                distinct.setdefault(found[b["node_id"]].key, found[b["node_id"]])
+        if len(distinct) > 1:
+            log.warning("boards of kind %r differ in platform (%s): each runs the units of its own platform",
+                        name, "; ".join(f"{p.cpu} {p.target}" for p in distinct.values()))
+        platforms[name] = list(distinct.values())
+    return platforms, boards
+
+
+def _failed_rows(store: Store) -> list[dict[str, Any]]:
+    import polars as pl
+
+    if not store.files("builds"):
+        return []
+    return store.scan("builds").filter(pl.col("status") != "ok").collect().to_dicts()
+
+
 def run_study(
     study_path: Path | str,
     out: Path | str | None = None,
@@ -610,16 +663,18 @@ def run_study(
     address: str | None = None,
     progress: bool = True,
     catalogue: Path | str | None = None,
+    lab: str | None = None,
+    retry_failed: bool = False,
 ) -> RunSummary:
     """Run every unit of the study not already in the store at ``out``.
 
     ``address`` joins a running cluster (``"auto"`` or ``host:port``); without it Ray
     starts in-process. ``catalogue`` overrides cluster/devices.toml (else
-    ``DELTANN_DEVICES``)."""
-    import ray
+    ``DELTANN_DEVICES``). ``lab`` names the lab (else ``DELTANN_LAB``, else this machine;
+    see deltann.fleet.identity). Failed units whose failure was transient are tried again
+    (deltann.fleet.retry); ``retry_failed`` tries every failed unit again. Units and timing
+    sessions with a bad or missing part are made again."""
     from rich.console import Console
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True, quiet=not progress)
     study_path = Path(study_path)
@@ -627,23 +682,129 @@ def run_study(
     kinds = load_catalogue(Path(catalogue) if catalogue is not None else None)
     study = load_study(study_path, kinds)
     out = Path(out) if out is not None else Path("results") / study.name
+    check_out_folder(out)  # refused before anything is read or written
+    store = Store(out)
+    store.check_version()
+    who = identity.lab(lab)
     summary = RunSummary(out=out)
-    started = dt.datetime.now(dt.UTC).isoformat()
 
     inputs = prepare_inputs(study, study_path.parent, summary.skipped_images)
     for s in summary.skipped_images:  # one line each, and recorded in the manifest
         log.warning("dataset file %s skipped: %s", s.file, s.reason)
-    skipped_images = [{"file": s.file, "reason": s.reason} for s in summary.skipped_images]
     summary.seconds["inputs"] = time.perf_counter() - t0
     t = time.perf_counter()
-    units = plan.expand(study, inputs, kinds)
-    store = Store(out)
+    wanted = sorted(set(study.devices))
+    embedded = address is None
+    if not embedded:
+        _ensure_ray(address, kinds, wanted)
+    platforms, boards = board_platforms(kinds, wanted, embedded)
+    units = plan.expand(study, inputs, kinds, platforms, who)
+    record = store.start_run(study.model_dump(), {
+        "lab": who.name, "lab_id": who.id, "address": address or "embedded", "retry_failed": retry_failed,
+        "skipped_images": [{"file": s.file, "reason": s.reason} for s in summary.skipped_images],
+        "platforms": {k: [p.as_dict() for p in v] for k, v in platforms.items()}})
+    entry: dict[str, Any] = {}
+    try:
+        entry = _run(study, units, inputs, kinds, store, summary, console, who=who, boards=boards,
+                     address=address, retry_failed=retry_failed, t=t)
+    except KeyboardInterrupt:
+        store.finish_run(record, {**entry, "note": "interrupted (Ctrl-C); rerun to finish the missing units"},
+                         status="interrupted")
+        raise
+    except DeltannError as exc:
+        try:
+            store.finish_run(record, {"note": str(exc)}, status="aborted")
+        except DeltannError:  # the disk that refused the rows refuses the record too
+            pass
+        raise
+    store.finish_run(record, entry)
+    return summary
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` deltann cannot use, in one line naming it, before anything is
+    written: a name that is not UTF-8, a file, a non-empty folder that is not a results
+    folder (never write beside someone's files), a read-only or full file system."""
+    import shutil
+
+    from deltann.errors import StoreError
+    from deltann.store import is_results_folder, printable
+
+    name = printable(out)
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"{name}: the folder name is not valid UTF-8; give --out a folder whose name is") from None
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise StoreError(f"{name}: is a file, not a folder; give --out a new folder, an empty one or an earlier "
+                             "results folder")
+        try:
+            entries = sorted(p.name for p in out.iterdir())
+        except OSError as exc:
+            raise StoreError(f"{name}: cannot list the folder ({exc.strerror}); give --out a folder you may "
+                             "read and write") from None
+        if entries and not is_results_folder(out):
+            shown = ", ".join(printable(e) for e in entries[:3]) + (", …" if len(entries) > 3 else "")
+            raise StoreError(f"{name}: not empty and not a deltann results folder (it holds {shown}); give --out a "
+                             "new folder, an empty one or an earlier results folder")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        import errno as _errno
+
+        try:
+            ro = os.statvfs(probe).f_flag & os.ST_RDONLY
+        except OSError:
+            ro = 0
+        code = _errno.EROFS if ro else _errno.EACCES
+        from deltann.errors import storage_error
+
+        raise storage_error(OSError(code, os.strerror(code)), probe, "checking --out")  # type: ignore[misc]
+    free = shutil.disk_usage(probe).free
+    if free < MIN_FREE_BYTES:
+        raise StoreError(f"{name}: disk full ({free // 1024} KiB free, deltann needs at least "
+                         f"{MIN_FREE_BYTES >> 20} MiB to start); free space on that disk or give --out a folder on "
+                         "another one")
+
+
+#: Free space below which a run refuses to start (a run that fills the disk midway stops
+#: with a one-line error and keeps what is complete).
+MIN_FREE_BYTES = 1 << 20
+
+
+def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.Inputs], kinds: dict[str, DeviceKind],
+         store: Store, summary: RunSummary, console: Any, *, who: identity.Lab,
+         boards: dict[str, list[dict[str, Any]]], address: str | None, retry_failed: bool, t: float) -> dict[str, Any]:
+    """The body of :func:`run_study` once the run is on record; returns the run's entry."""
+    import ray
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    out = summary.out
     status = unit_status(store)
     done = set(status)
+    planned_keys = {u.key for u in units}
+    retry = to_retry([r for r in _failed_rows(store) if r["unit_key"] in planned_keys], everything=retry_failed)
+    for key in retry:
+        status.pop(key, None)
+        done.discard(key)
+    store.replaceable |= set(retry)
+    incomplete = store.incomplete_units() & planned_keys
     todo = [u for u in units if u.key not in done]
     summary.planned, summary.skipped = len(units), len(units) - len(todo)
     timed = timed_sets(store, study)
     n_images = {key: len(batch.ids) for key, batch in inputs.items()}
+    entry: dict[str, Any] = {"planned": len(units), "ran": 0, "skipped": summary.skipped}
+    if retry:
+        entry["retried"] = [{"unit_key": k, **v} for k, v in retry.items()]
+        console.print(f"trying again {len(retry)} failed units: "
+                      + "; ".join(f"{escape(v['config'])} ({v['why']})" for v in list(retry.values())[:5])
+                      + (" …" if len(retry) > 5 else ""))
+    if incomplete:
+        entry["regenerated"] = sorted(incomplete)
+        console.print(f"making again {len(incomplete)} units with a bad or missing part (see the warnings)")
 
     def group_for(members: list[plan.Unit], board: str = "") -> Group | None:
         """The timing group of ``members`` (one model, one kind), or None when nothing is
@@ -663,12 +824,19 @@ def run_study(
     if not todo and not groups and not study.replicate:
         console.print(f"[green]nothing to do[/]: all {len(units)} units of {study.name!r} are already in {out}, "
                       "and timed")
-        store.write_manifest(study.model_dump(), {"started": started, "planned": len(units), "ran": 0,
-                                                  "skipped": summary.skipped, "skipped_images": skipped_images})
-        return summary
+        return entry
+    # What is made again replaces what was bad: the bad parts go to quarantine/ first.
+    moved = store.quarantine(store.bad_parts({u.key for u in todo}, ("predictions", "builds")))
+    if groups:
+        moved += store.quarantine(store.bad_parts(store.bad_groups(SESSION_TABLES), SESSION_TABLES))
+    if moved:
+        entry["quarantined"] = [str(p.relative_to(store.root)) for p in moved]
 
     t = time.perf_counter()
     _ensure_ray(address, kinds, sorted({u.device for u in units}))
+    if address is None:  # embedded: the boards are this machine, now that Ray runs
+        boards = {k: [b | {"platform": platforms_of(units, k)} for b in alive_boards(kinds[k].resource)]
+                  for k in {u.device for u in units} if not kinds[k].container}
     cache_dir = str((out / "artifacts").resolve())
     bar_ref: dict[str, Any] = {}
 
@@ -699,8 +867,9 @@ def run_study(
             store.write(table)
             on_done(table.to_pylist()[0])
 
+        node_platforms = {b["node_id"]: b.get("platform", "") for bs in boards.values() for b in bs}
         tuned = fleet_tuning.tune_units(study, units if study.replicate else todo + retimed, store, kinds,
-                                        cache_dir, tune_failed)
+                                        cache_dir, tune_failed, platforms=node_platforms)
         units, todo = tuned.apply(units), tuned.apply(todo)
         for g in groups.values():
             g.units = tuned.apply(g.units)
@@ -709,32 +878,34 @@ def run_study(
         summary.seconds["tune"] = time.perf_counter() - t
 
     dispatcher = Dispatcher(study, store, ray.put(inputs), cache_dir, on_done)
-    by_kind: dict[str, list[plan.Unit]] = defaultdict(list)
+    by_pool: dict[str, list[plan.Unit]] = defaultdict(list)
     for u in units if study.replicate else todo:
-        by_kind[u.device].append(u)
+        by_pool[plan.pool(u.device, u.platform)].append(u)
     for key in groups:
-        by_kind.setdefault(key[1], [])
+        by_pool.setdefault(key[1], [])
     total = 0
     if study.replicate:
         summary.planned = summary.skipped = 0
-    for kind_name, kind_units in by_kind.items():
+    for pool_name, pool_units in by_pool.items():
+        kind_name = pool_name.split("|", 1)[0]
         kind = kinds[kind_name]
-        boards = alive_boards(kind.resource)
-        kind_groups = [g for key, g in groups.items() if key[1] == kind_name]
+        pool_boards = [b for b in boards.get(kind_name, []) if plan.pool(kind_name, b.get("platform", "")) == pool_name]
+        pool_groups = [g for key, g in groups.items() if key[1] == pool_name]
         if study.replicate:
             # Every board runs every unit, each run under its own key (resumable per board),
             # and times its own runs.
-            replicas = [[dc_replace(u, key=replica_key(u.key, b["node_id"])) for u in kind_units] for b in boards]
-            summary.planned += sum(len(share) for share in replicas) or len(kind_units)
+            replicas = [[dc_replace(u, key=replica_key(u.key, b["node_id"])) for u in pool_units]
+                        for b in pool_boards]
+            summary.planned += sum(len(share) for share in replicas) or len(pool_units)
             per_board = [[u for u in share if u.key not in done] for share in replicas]
-            summary.skipped += sum(len(kind_units) - len(share) for share in per_board)
-        if not boards:
-            summary.pending.extend(u.key for u in kind_units)
-            console.print(f"[yellow]{len(kind_units)} units pending[/]: no live board of kind {kind_name!r} "
+            summary.skipped += sum(len(pool_units) - len(share) for share in per_board)
+        if not pool_boards:
+            summary.pending.extend(u.key for u in pool_units)
+            console.print(f"[yellow]{len(pool_units)} units pending[/]: no live board of kind {kind_name!r} "
                           f"(Ray resource {kind.resource!r})")
             continue
         if study.replicate:
-            for board, share, replica in zip(boards, per_board, replicas, strict=True):
+            for board, share, replica in zip(pool_boards, per_board, replicas, strict=True):
                 board_groups = [g for members in plan.timing_groups(replica).values()
                                 if (g := group_for(members, board["node_id"])) is not None]
                 if share or board_groups:
@@ -744,36 +915,44 @@ def run_study(
                     dispatcher.add_group(g)
         else:
             # Grouped by (model, variant) so consecutive units share an artifact.
-            dispatcher.queues[kind_name] = sorted(kind_units, key=lambda u: (u.model, u.variant))
-            total += len(kind_units)
-            for board in boards[: max(len(kind_units), len(kind_groups))]:
+            dispatcher.queues[pool_name] = sorted(pool_units, key=lambda u: (u.model, u.variant))
+            total += len(pool_units)
+            for board in pool_boards[: max(len(pool_units), len(pool_groups))]:
                 dispatcher.add_lane(kind, board)
-            for g in kind_groups:
+            for g in pool_groups:
                 dispatcher.add_group(g)
     summary.seconds["start"] = time.perf_counter() - t
 
     t = time.perf_counter()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False) as bar:
-        bar_ref |= {"bar": bar, "task": bar.add_task(f"{study.name}: {total} units", total=total)}
-        dispatcher.run()
-    for lane in dispatcher.lanes:
-        if not lane.dead:
-            ray.kill(lane.actor, no_restart=True)
+    try:
+        with Progress(*columns, console=console, transient=False) as bar:
+            bar_ref |= {"bar": bar, "task": bar.add_task(f"{study.name}: {total} units", total=total)}
+            dispatcher.run()
+    finally:
+        for lane in dispatcher.lanes:
+            if not lane.dead:
+                try:
+                    ray.kill(lane.actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - an actor already gone
+                    pass
+        entry |= {"ran": summary.ran, "failed": summary.failed,
+                  "timing_sessions": [session_entry(r) for r in dispatcher.sessions]}
     summary.pending.extend(dispatcher.pending)
     summary.sessions = dispatcher.sessions
     summary.timing_pending = len(dispatcher.pending_timing)
     summary.seconds["run"] = time.perf_counter() - t
-    store.write_manifest(study.model_dump(), {
-        "started": started, "finished": dt.datetime.now(dt.UTC).isoformat(), "planned": summary.planned,
-        "ran": summary.ran, "failed": summary.failed, "skipped": summary.skipped, "pending": len(summary.pending),
-        "skipped_images": skipped_images, "timing_sessions": [session_entry(r) for r in dispatcher.sessions],
-        "timing_pending": summary.timing_pending,
-    })
+    entry |= {"planned": summary.planned, "skipped": summary.skipped, "pending": len(summary.pending),
+              "timing_pending": summary.timing_pending}
     failed_sessions = sum(1 for r in dispatcher.sessions if r["status"] != "ok")
     if dispatcher.sessions or summary.timing_pending:
         console.print(f"{len(dispatcher.sessions)} timing sessions ({failed_sessions} failed, "
                       f"{summary.timing_pending} pending)")
     console.print(f"{summary.ran} units run ({summary.failed} failed), {summary.skipped} already in the store, "
                   f"{len(summary.pending)} pending; results in {out}")
-    return summary
+    return entry
+
+
+def platforms_of(units: list[plan.Unit], kind: str) -> str:
+    """The platform key the plan gave ``kind``'s units on the embedded default (one)."""
+    return next((u.platform for u in units if u.device == kind and u.platform), "")

@@ -28,7 +28,7 @@ from deltann.convert.chain import Artifact, ArtifactCache
 from deltann.dataset import Inputs
 from deltann.plan import Unit
 from deltann.runtimes.base import Runner, thread_count
-from deltann.fleet.markers import progress
+from deltann.fleet.markers import progress, unit_columns
 from deltann.store import SCHEMAS, tag
 
 log = logging.getLogger("deltann.fleet")
@@ -150,11 +150,7 @@ def run_unit(
     # The class space of the model as its source framework ships it (TF-slim: 1001,
     # offset 1); every conversion keeps it. Declared metadata, never read off a file name.
     labels = spec.labels_for(parse_chain(unit.variant)[0].framework)
-    ident = {
-        "unit_key": unit.key, "study": study, "model": unit.model, "variant": unit.variant,
-        "runtime": unit.runtime, "setting": unit.setting, "config": unit.config,
-        "device": unit.device, "board": board, "hostname": hostname, "quantize": unit.quantize,
-    }
+    ident = unit_columns(unit, study=study, board=board, hostname=hostname)
     times = {"convert_s": 0.0, "import_s": 0.0, "compile_s": 0.0, "load_s": 0.0}
     failure: dict[str, str] = {}
     built_target = ""  # TVM target as the board resolved it (mcpu "native" -> its CPU), host included
@@ -217,11 +213,7 @@ def run_unit(
     except Exception as exc:  # errors are data: the study goes on
         log.debug("unit %s failed in %s:\n%s", unit.config, stage[0], traceback.format_exc())
         message = " ".join(str(exc).strip().splitlines())
-        # Out of memory: Python's MemoryError, an OS call's ENOMEM, or C++'s std::bad_alloc
-        # surfacing through TVM.
-        oom = (isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM
-               or any(s in message.lower() for s in ("bad_alloc", "out of memory", "cannot allocate memory")))
-        failure = {"stage": stage[0], "outcome": "oom" if oom else "exception", "error_type": type(exc).__name__,
+        failure = {"stage": stage[0], "outcome": failure_outcome(exc, message), "error_type": type(exc).__name__,
                    "message": message[:2000] or type(exc).__name__}
     finally:
         if runner is not None:
@@ -239,9 +231,25 @@ def run_unit(
         "layout": layout,
         **times,
         "total_s": time.perf_counter() - start_all,
+        "rows": 0 if failure else len(batch.ids),
         "finished_at": dt.datetime.now(dt.UTC),
     }
     yield tag(pa.Table.from_pylist([row], schema=SCHEMAS["builds"]), "builds", unit.key, 0)
+
+
+def failure_outcome(exc: BaseException, message: str) -> str:
+    """The outcome of a unit that raised: ``oom`` (Python's MemoryError, an OS call's
+    ENOMEM, C++'s std::bad_alloc surfacing through TVM), ``nospace`` (a full disk while
+    converting or caching), else ``exception``. The first two pass with time, and the next
+    run tries the unit again (deltann.fleet.retry)."""
+    code = getattr(exc, "errno", None)
+    lowered = message.lower()
+    if (isinstance(exc, MemoryError) or code == errno.ENOMEM
+            or any(s in lowered for s in ("bad_alloc", "out of memory", "cannot allocate memory"))):
+        return "oom"
+    if code in (errno.ENOSPC, errno.EDQUOT) or "no space left on device" in lowered or "disk quota exceeded" in lowered:
+        return "nospace"
+    return "exception"
 
 
 #: Board setting (environment): MiB a TVM build may allocate on top of what the board

@@ -44,7 +44,7 @@ def failure_row(unit: Unit, *, study: str, board: str, hostname: str, stage: str
     row = unit_columns(unit, study=study, board=board, hostname=hostname) | {
         "status": "failed", "stage": stage, "outcome": outcome, "error_type": error_type, "message": message[:2000],
         "frontend": unit.frontend, "passes": list(unit.passes), "target": unit.target, "hops": json.dumps([]),
-        "convert_s": 0.0, "import_s": 0.0, "compile_s": 0.0, "load_s": 0.0, "total_s": seconds,
+        "convert_s": 0.0, "import_s": 0.0, "compile_s": 0.0, "load_s": 0.0, "total_s": seconds, "rows": 0,
         "finished_at": dt.datetime.now(dt.UTC),
     }
     return tag(pa.Table.from_pylist([row], schema=SCHEMAS["builds"]), "builds", unit.key, 0)

@@ -72,33 +72,39 @@ def time_session(job: TimingJob, inputs: dict[str, Inputs], artifacts: ArtifactC
         failure = {"outcome": "exception", "error_type": type(exc).__name__,
                    "message": " ".join(str(exc).split())[:2000] or type(exc).__name__}
     configs = {u.key: u.config for u in job.units}
+    rows = 0
     if result is not None:
         order = " | ".join(configs[k] for k in result.orders[0]) if result.orders else ""
         for seq, unit in enumerate(job.units):
             samples = result.samples.get(unit.key)
             if samples is None:
                 continue
-            yield _timings_table(job, unit, samples, ids[unit.key], result, order, seq, study=study, board=board,
-                                 hostname=hostname)
+            table = _timings_table(job, unit, samples, ids[unit.key], result, order, seq, study=study, board=board,
+                                   hostname=hostname)
+            rows += table.num_rows
+            yield table
         if not result.samples:
             failure = {"outcome": "exception", "error_type": "NothingTimed",
                        "message": "no configuration could be timed: "
                                   + "; ".join(f"{configs[k]}: {e}" for k, e in result.errors.items())}
     yield session_row(job, study=study, board=board, hostname=hostname, failure=failure, result=result,
-                      seconds=time.perf_counter() - start)
+                      seconds=time.perf_counter() - start, rows=rows)
 
 
 def session_row(job: TimingJob, *, study: str, board: str, hostname: str, failure: dict[str, str],
-                result: Any = None, seconds: float = 0.0) -> pa.Table:
+                result: Any = None, seconds: float = 0.0, rows: int = 0) -> pa.Table:
     """The ``sessions`` row of ``job``: ``failure`` (outcome, error_type, message) empty
-    when it ended well; ``result`` (a SessionResult) when the blocks ran."""
+    when it ended well; ``result`` (a SessionResult) when the blocks ran; ``rows`` the
+    timings rows written before it (a part of them gone later: the session is missing)."""
     configs = {u.key: u.config for u in job.units}
     before = after = None
     if result is not None:
         before, after = result.before, result.after
     row = {
         "session": job.key, "study": study, "model": job.model, "device": job.device, "board": board,
-        "hostname": hostname, "status": "failed" if failure else "ok", "outcome": failure.get("outcome", "ok"),
+        "hostname": hostname, "lab": job.units[0].lab if job.units else "",
+        "cpu": job.units[0].cpu if job.units else "", "status": "failed" if failure else "ok",
+        "outcome": failure.get("outcome", "ok"),
         "error_type": failure.get("error_type", ""), "message": failure.get("message", "")[:2000],
         "unit_keys": [u.key for u in job.units], "configs": [u.config for u in job.units],
         "dropped": json.dumps({configs[k]: e for k, e in (result.errors if result is not None else {}).items()}),
@@ -107,7 +113,7 @@ def session_row(job: TimingJob, *, study: str, board: str, hostname: str, failur
         "others_before": before.others_busy if before else None,
         "others_after": after.others_busy if after else None,
         "mhz_before": before.cpu_mhz if before else None, "mhz_after": after.cpu_mhz if after else None,
-        "seconds": seconds, "finished_at": dt.datetime.now(dt.UTC),
+        "seconds": seconds, "rows": rows, "finished_at": dt.datetime.now(dt.UTC),
     }
     return tag(pa.Table.from_pylist([row], schema=SCHEMAS["sessions"]), "sessions", job.key, 0)
 

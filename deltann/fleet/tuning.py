@@ -157,7 +157,7 @@ def _rows(records: list[ms_tuning.Record], *, key: str, unit: Unit, study: str, 
           hostname: str, round_id: str, trials_total: int) -> pa.Table:
     now = dt.datetime.now(dt.UTC)
     rows = [{"tuning_key": key, "study": study, "model": unit.model, "variant": unit.variant, "device": unit.device,
-             "target": target, "board": board, "hostname": hostname, "round": round_id,
+             "target": target, "board": board, "hostname": hostname, "lab": unit.lab, "round": round_id,
              "trials_total": trials_total, "task": r.task, "workload_hash": r.workload_hash,
              "workload_json": r.workload_json, "record_json": r.record_json, "run_ms": r.run_ms,
              "finished_at": now} for r in records]
@@ -185,18 +185,21 @@ class TuningFailed(Exception):
 
 
 def tune_units(study: Study, units: list[Unit], store: Store, kinds: dict[str, DeviceKind], cache_dir: str,
-               write_failure: Callable[[Unit, str, str, str], None]) -> TuningOutcome:
+               write_failure: Callable[[Unit, str, str, str], None],
+               platforms: dict[str, str] | None = None) -> TuningOutcome:
     """Tune what the tuned ``units`` need (see the module docstring). ``write_failure(unit,
-    board, error_type, message)`` records a unit's ``tune`` failure row."""
+    board, error_type, message)`` records a unit's ``tune`` failure row. ``platforms``
+    (node id -> platform key): only boards of a unit's platform tune for it."""
     from deltann.fleet.driver import alive_boards
 
     outcome = TuningOutcome()
-    groups: dict[tuple[str, str, str], list[Unit]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str], list[Unit]] = defaultdict(list)
     for u in units:
         if u.runtime == "tvm" and compile_settings.is_tuned(u.setting):
-            groups[(u.model, u.variant, u.device)].append(u)
-    for (model, variant, kind_name), group in groups.items():
-        boards = alive_boards(kinds[kind_name].resource)
+            groups[(u.model, u.variant, u.device, u.platform)].append(u)
+    for (model, variant, kind_name, platform), group in groups.items():
+        boards = [b for b in alive_boards(kinds[kind_name].resource)
+                  if not platform or platforms is None or platforms.get(b["node_id"]) == platform]
         if not boards:
             continue  # the driver reports the kind's units as pending
         try:

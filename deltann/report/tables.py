@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from deltann import analysis
-from deltann.analysis import passes
+from deltann.analysis import passes, pooled
 from deltann.report import html as html_page
 from deltann.report import latex, plots
 from deltann.store import SCHEMAS, Store
@@ -86,11 +86,12 @@ class _Doc:
         self.html.append(html_page.image_html(path, alt))
 
 
-def build_report(results: Path | str, out: Path | str | None = None) -> Report:
+def build_report(results: Path | str, out: Path | str | None = None, *, pool: bool = False) -> Report:
     """Compute every table from the store at ``results`` and write them to ``out``
     (default ``results/report``): ``report.md``, ``report.html`` (self-contained), one CSV
-    and one LaTeX file per table, one PNG per figure."""
-    store = Store(results)
+    and one LaTeX file per table, one PNG per figure. Several labs' results are shown
+    side by side (device ``<kind>@<lab>``); ``pool`` mixes them, latencies included."""
+    store = Store(results, sites=not pool)
     manifest = store.read_manifest()
     out = Path(out) if out is not None else store.root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -103,9 +104,11 @@ def build_report(results: Path | str, out: Path | str | None = None) -> Report:
         f"Environment: {env.get('cpu', '?')} ({env.get('cores', '?')} cores), {env.get('platform', '?')}, "
         f"Python {env.get('python', '?')} · fingerprint {html_page.fingerprint(env)}",
     ]
+    header += _labs_lines(store, pool)
     doc.md += [f"# {title}", "", *header, "", f"Convention: {analysis.SPEEDUP_CONVENTION}", ""]
     doc.html += [f"<p class='note'>{html.escape(line)}</p>" for line in header]
     doc.html.append(f"<p class='conv'>Sign convention: {html.escape(analysis.SPEEDUP_CONVENTION)}</p>")
+    warn_at = (len(doc.md), len(doc.html))  # bad parts are known once every table has read them
 
     # --- labels -------------------------------------------------------------------
     pairs = analysis.pairwise_agreement(store)
@@ -179,16 +182,17 @@ def build_report(results: Path | str, out: Path | str | None = None) -> Report:
 
     # --- time ---------------------------------------------------------------------
     per_session = analysis.session_latency(store)
-    latency = analysis.latency_table(store, per_session)
+    latency = pooled.pooled_latency(store) if pool else analysis.latency_table(store, per_session)
     doc.save(latency, "latency", floats=4)
     doc.heading("Latency (ms)")
     doc.table(_short_ids(latency.drop("variant", "runtime", "setting")), floats=3)
-    doc.note("Each configuration from its latest timing session: the configurations of a model timed together "
+    doc.note(pooled.POOL_NOTE if pool else
+             "Each configuration from its latest timing session: the configurations of a model timed together "
              "on one board in alternating blocks (images × blocks × repeat samples); board and session say where.")
     for warning in analysis.quiet_warnings(store):
         doc.note(f"**Warning:** {warning}")
     samples = (
-        analysis.latest_samples(store, latency)
+        (pooled.pooled_samples(store) if pool else analysis.latest_samples(store, latency))
         .group_by("model", "device", "config").agg(pl.col("samples_ns").explode())
         .sort("model", "device", "config").collect()
     )
@@ -263,6 +267,10 @@ def build_report(results: Path | str, out: Path | str | None = None) -> Report:
     doc.heading(f"Failures ({failed.height})")
     doc.table(failed)
 
+    if store.skipped or store.shortfalls:  # the warning line, under the header
+        line = _bad_parts_line(store)
+        doc.md[warn_at[0]:warn_at[0]] = [line, ""]
+        doc.html.insert(warn_at[1], f"<p class='note'>{html.escape(line)}</p>")
     doc.html.append("<h2>Environment</h2>" + html_page.environment_html(env))
     markdown = "\n".join(doc.md)
     md = out / "report.md"
@@ -270,3 +278,28 @@ def build_report(results: Path | str, out: Path | str | None = None) -> Report:
     page = out / "report.html"
     page.write_text(html_page.page(title, doc.html))
     return Report(markdown, [md, page, *doc.files], html=page)
+
+
+def _labs_lines(store: Store, pool: bool) -> list[str]:
+    """Which lab made what (one line per lab when there are several), and whether they
+    are shown side by side or pooled."""
+    labs = store.labs()
+    if labs.height <= 1:
+        return [f"Lab: {r['lab']} ({', '.join(r['cpus']) or '?'})" for r in labs.iter_rows(named=True)]
+    lines = [f"Labs ({labs.height}): " + " · ".join(
+        f"{r['lab']}: {r['units']} units on {', '.join(r['devices'])}, host {', '.join(r['hosts'])}, "
+        f"{', '.join(r['cpus']) or '?'}" for r in labs.iter_rows(named=True))]
+    lines.append("Pooled (--pool): the labs' results are mixed in every table, latencies included."
+                 if pool else "Side by side: each lab's results appear under device <kind>@<lab>; nothing is "
+                 "pooled across labs (deltann report --pool mixes them).")
+    return lines
+
+
+def _bad_parts_line(store: Store) -> str:
+    """One warning line naming what the report left out (and how to get it back)."""
+    names = [str(p.relative_to(store.root)) if p.is_relative_to(store.root) else str(p) for p in store.skipped]
+    short = list(store.shortfalls.values())
+    shown = "; ".join([*names[:3], *short[:2]]) + (" …" if len(names) > 3 or len(short) > 2 else "")
+    return (f"**Warning:** left out {len(names)} bad parts and {len(short)} incomplete units or sessions "
+            f"(every table is without them, never computed from part of them): {shown}. 'deltann verify' lists "
+            "them; 'deltann run' makes them again.")

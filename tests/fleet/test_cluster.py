@@ -215,10 +215,12 @@ def test_driver_killed_mid_study_rerun_finishes_only_the_missing_units(fleet: Fl
             proc.kill()
     first = builds(out)
     assert 3 <= first.height < 18
+    assert [r["status"] for r in Store(out).read_manifest()["runs"]] == ["started"]  # killed: on record
     kept = {p: p.stat().st_mtime_ns for p in Store(out).files("builds")}
     output = fleet.run(path, out)
     b = builds(out)
     assert b.height == 18 and b["unit_key"].n_unique() == 18
+    assert [r["status"] for r in Store(out).read_manifest()["runs"]] == ["started", "finished"]
     assert f"{18 - first.height} units run" in output, output
     assert all(p.stat().st_mtime_ns == m for p, m in kept.items())  # finished units not rerun
     assert_placed(fleet, out)

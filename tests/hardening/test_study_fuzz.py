@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from deltann.errors import StudyError
@@ -66,7 +66,21 @@ def _dump(doc: dict[str, Any]) -> str:
     return "\n".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in doc.items() if v is not None) + "\n"
 
 
+#: Examples the fuzzer found that once failed (issue 15: a ``[dataset]`` key "\\n" made a
+#: message of two lines), kept as fixed cases so that they are tried on every run.
+FOUND = [
+    ([("dataset", {"\n": 0})], set()),
+    ([("dataset", {"\n": ""}), ("timing", {"a.b": 1})], {"variants"}),
+    ([("bogus", {"\r\n\t": [1]})], set()),
+    ([("timing", {'"': None, "\u2028": 1})], set()),
+]
+
+
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(edits=FOUND[0][0], drop=FOUND[0][1])
+@example(edits=FOUND[1][0], drop=FOUND[1][1])
+@example(edits=FOUND[2][0], drop=FOUND[2][1])
+@example(edits=FOUND[3][0], drop=FOUND[3][1])
 @given(edits=st.lists(st.tuples(keys, values), min_size=1, max_size=4), drop=st.sets(st.sampled_from(list(VALID)), max_size=2))
 def test_malformed_studies_are_refused_in_one_line(tmp_path: Path, tally, edits: list[tuple[str, Any]],
                                                    drop: set[str]) -> None:
@@ -88,3 +102,18 @@ def test_malformed_studies_are_refused_in_one_line(tmp_path: Path, tally, edits:
             assert isinstance(study, Study)
             case.accepted()
         assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize("key", ["\n", "a\nb", "\r", "x.y", '"', "\u2028"])
+def test_an_unknown_key_with_any_characters_is_named_on_one_line(tmp_path: Path, tally, key: str) -> None:
+    """The fuzzer's find as an ordinary case: the key is quoted (as TOML would), never
+    written raw into the message."""
+    path = tmp_path / "study.toml"
+    path.write_text(_dump({**VALID, "dataset": {"source": "samples", key: 1}}))
+    with tally.case("study", f"unknown-key-{key!r}") as case:
+        with pytest.raises(StudyError) as info:
+            load_study(path)
+        message = str(info.value)
+        assert len(message.splitlines()) == 1 and "\n" not in message and "\r" not in message, message
+        assert message.startswith(f"{path}: dataset.") and "unknown key" in message
+        case.refused(message)
