@@ -138,11 +138,19 @@ def side_by_side(tvm: Any, ort: Any, x: np.ndarray, repeat: int, blocks: int = B
     per_block = max(3, repeat // blocks)
     protocol = Protocol(warmup=1, number=1, repeat=per_block, min_repeat_ms=0, blocks=blocks,
                         pause_ms=round(SETTLE_S * 1000))
-    result = time_interleaved([Slot("tvm", lambda: tvm, x), Slot("ort", lambda: ort, x)], protocol)
+    result = time_interleaved([Slot("tvm", lambda: _live(tvm), x), Slot("ort", lambda: _live(ort), x)], protocol)
     t, o = result.samples["tvm"] / 1e6, result.samples["ort"] / 1e6  # (images, blocks, repeat) ms
     per_block = np.median(t, axis=(0, 2)) / np.median(o, axis=(0, 2))
     tvm_ms, ort_ms = float(np.median(t)), float(np.median(o))
     return tvm_ms, ort_ms, tvm_ms / ort_ms, float(per_block.min()), float(per_block.max())
+
+
+def _live(runner: Any) -> Any:
+    """``runner``, activated again if a session ended it (one onnxruntime runner serves every
+    setting of a model)."""
+    if not runner.active:
+        runner.activate()
+    return runner
 
 
 def board_target(kind_name: str) -> tuple[str, str]:

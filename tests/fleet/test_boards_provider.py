@@ -5,7 +5,9 @@ lost or doubled. A plain read-modify-write of the file lost 110 of 400 such clai
 
 from __future__ import annotations
 
-import multiprocessing
+import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,12 +22,21 @@ def provider(state_dir: Path) -> StaticBoards:
     return StaticBoards({"boards": {"board": BOARDS, "head": ["10.9.9.9"]}, "state_dir": str(state_dir)}, "race")
 
 
-def _claim_in_a_process(state_dir: str, n: int) -> list[str]:
-    boards = provider(Path(state_dir))
-    claimed = []
-    for _ in range(n):
-        claimed += list(boards.create_node({}, {TAG_RAY_USER_NODE_TYPE: "board"}, 1))
-    return claimed
+#: A process that claims ``n`` boards one at a time and prints them as JSON. A separate
+#: interpreter (not a multiprocessing pool, whose workers hang when they cannot import the
+#: test module) started with only deltann importable, as ``ray up`` and the autoscaler are.
+CLAIMER = """
+import json, sys
+from pathlib import Path
+from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE
+from deltann.fleet.boards_provider import StaticBoards
+boards = [f"10.1.{i // 250}.{i % 250}" for i in range(400)]
+provider = StaticBoards({"boards": {"board": boards, "head": ["10.9.9.9"]}, "state_dir": sys.argv[1]}, "race")
+claimed = []
+for _ in range(int(sys.argv[2])):
+    claimed += list(provider.create_node({}, {TAG_RAY_USER_NODE_TYPE: "board"}, 1))
+print(json.dumps(claimed))
+"""
 
 
 def test_concurrent_claims_from_threads_are_never_lost_or_doubled(tmp_path: Path) -> None:
@@ -40,9 +51,10 @@ def test_concurrent_claims_from_threads_are_never_lost_or_doubled(tmp_path: Path
 
 
 def test_concurrent_claims_from_processes_share_one_state_file(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(4) as pool:
-        results = pool.starmap(_claim_in_a_process, [(str(tmp_path), 50)] * 4)
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(tmp_path), "50"], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    results = [json.loads(proc.communicate(timeout=300)[0]) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4
     won = [ip for claims in results for ip in claims]
     assert len(won) == len(set(won)) == 200
     assert sorted(provider(tmp_path).non_terminated_nodes({})) == sorted(won)
