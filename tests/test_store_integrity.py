@@ -5,7 +5,8 @@ records of concurrent runs never race; several labs are shown side by side."""
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -110,45 +111,50 @@ def test_quarantine_moves_only_what_is_still_bad(store_rows, tmp_path: Path) -> 
     assert Store(tmp_path).completed_keys() == {"u2"}
 
 
-def _write_same_part(root: str, n: int, tag_value: int) -> None:
-    store = Store(root)
-    store.replaceable.add("same")  # each may replace the unit's part (as a retry may)
-    for i in range(n):
-        row = {name: None for name in SCHEMAS["builds"].names} | {
-            "unit_key": "same", "model": "m", "device": "local", "status": "ok", "passes": [],
-            "total_s": float(tag_value * 1000 + i), "rows": 0}
-        store.write(tag(pa.Table.from_pylist([row], schema=SCHEMAS["builds"]), "builds", "same", 0))
+#: Programs for the concurrency tests, each run by its own interpreter with only deltann
+#: importable (as two `deltann run` processes are): a spawn'd multiprocessing child would
+#: have to import this test module, which is not on its path outside pytest.
+WRITE_SAME_PART = """
+import sys
+import pyarrow as pa
+from deltann.store import SCHEMAS, Store, tag
+root, n, value = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+store = Store(root)
+store.replaceable.add("same")  # each may replace the unit's part (as a retry may)
+for i in range(n):
+    row = {name: None for name in SCHEMAS["builds"].names} | {
+        "unit_key": "same", "model": "m", "device": "local", "status": "ok", "passes": [],
+        "total_s": float(value * 1000 + i), "rows": 0}
+    store.write(tag(pa.Table.from_pylist([row], schema=SCHEMAS["builds"]), "builds", "same", 0))
+"""
+START_RUNS = """
+import sys
+from deltann.store import Store
+store = Store(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    path = store.start_run({"name": "s"}, {"lab": "x"})
+    if i % 2 == 0:
+        store.finish_run(path, {"ran": i})
+"""
+
+
+def _together(program: str, argvs: list[list[str]]) -> None:
+    """Run ``program`` once per argument list, all at the same time; each must succeed."""
+    procs = [subprocess.Popen([sys.executable, "-c", program, *argv], stderr=subprocess.PIPE, text=True)
+             for argv in argvs]
+    errors = [proc.communicate(timeout=300)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * len(procs), errors
 
 
 def test_two_writers_of_one_part_never_leave_it_beside_the_others_checksum(tmp_path: Path) -> None:
     """Two processes rewriting the same part 40 times each (two runs making one unit at
     once): part and checksum change together under the folder's lock."""
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_write_same_part, args=(str(tmp_path), 40, k)) for k in (1, 2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    _together(WRITE_SAME_PART, [[str(tmp_path), "40", str(k)] for k in (1, 2)])
     assert [c.state for c in Store(tmp_path).checks("builds")] == ["ok"]
 
 
-def _start_runs(root: str, n: int) -> None:
-    store = Store(root)
-    for i in range(n):
-        path = store.start_run({"name": "s"}, {"lab": "x"})
-        if i % 2 == 0:
-            store.finish_run(path, {"ran": i})
-
-
 def test_concurrent_runs_never_lose_a_run_record(tmp_path: Path) -> None:
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_start_runs, args=(str(tmp_path), 10)) for _ in range(6)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    _together(START_RUNS, [[str(tmp_path), "10"]] * 6)
     runs = Store(tmp_path).read_manifest()["runs"]
     assert len(runs) == 60 and len({r["run"] for r in runs}) == 60
     assert sum(r["status"] == "started" for r in runs) == 30  # never finished: on record as such
