@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+log = logging.getLogger("deltann.compile")
 
 
 def make_pass(name: str) -> Any:
@@ -68,11 +71,12 @@ def _dataflow_lower_passes(target: Any) -> list[Any]:
         return module.dataflow_lower_passes(target)
 
 
-def build(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) -> Any:
-    """Apply ``passes`` in order, then TVM's lowering tail for ``target``
-    (see :data:`deltann.compile.settings.LOWERING`), and build a VM executable.
-    ``database``: the MetaSchedule database that ``MetaScheduleApplyDatabase`` (setting
-    ``tuned``, :mod:`deltann.compile.tuning`) reads; required when that pass is listed."""
+def lower(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) -> Any:
+    """The module as :func:`build` compiles it: TVM's library dispatch for ``target``,
+    ``passes`` in order, then TVM's lowering tail (see
+    :data:`deltann.compile.settings.LOWERING`). ``database``: the MetaSchedule database
+    that ``MetaScheduleApplyDatabase`` (setting ``tuned``, :mod:`deltann.compile.tuning`)
+    reads; required when that pass is listed."""
     import contextlib
 
     import tvm
@@ -90,5 +94,19 @@ def build(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) 
         # Passes are made inside the target scope: MetaScheduleApplyDatabase reads it.
         chosen = [make_pass(p) for p in passes]
         seq = tvm.transform.Sequential(dispatch + chosen + [relax.transform.LegalizeOps()] + lowering)
-        lowered = seq(mod)
+        return seq(mod)
+
+
+def build(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) -> Any:
+    """Lower ``mod`` under ``passes`` for ``target`` (:func:`lower`) and build a VM
+    executable. Kernels a scheduled setting leaves as naive loops are logged."""
+    import tvm
+
+    from deltann.compile import schedules
+
+    lowered = lower(mod, passes, target, database)
+    if schedules.SCHEDULING.intersection(passes):
+        naive = schedules.unscheduled_kernels(lowered)
+        if naive:
+            log.info("%d kernel(s) left as naive loops: %s", len(naive), ", ".join(naive[:8]))
     return tvm.compile(lowered, target=target, relax_pipeline=None)

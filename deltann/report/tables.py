@@ -99,6 +99,12 @@ def build_report(results: Path | str, out: Path | str | None = None) -> Report:
         f"Environment: {env.get('cpu', '?')} ({env.get('cores', '?')} cores), {env.get('platform', '?')}, "
         f"Python {env.get('python', '?')} · fingerprint {html_page.fingerprint(env)}",
     ]
+    mixed = passes.mixed_pass_lists(store.scan("builds").collect())
+    if mixed:  # content keys hash the passes: old rows were kept, not replaced
+        header.append(
+            "Note: setting(s) " + ", ".join(f"{name} ({n} pass lists)" for name, n in mixed.items())
+            + " were built here under different pass lists (an older deltann's settings beside this one's); "
+            "their rows share the setting's name in every table. Run into a new folder to compare like with like.")
     doc.md += [f"# {title}", "", *header, "", f"Convention: {analysis.SPEEDUP_CONVENTION}", ""]
     doc.html += [f"<p class='note'>{html.escape(line)}</p>" for line in header]
     doc.html.append(f"<p class='conv'>Sign convention: {html.escape(analysis.SPEEDUP_CONVENTION)}</p>")
