@@ -98,3 +98,15 @@ def test_input_hash_is_of_the_exact_tensor() -> None:
     x = a.tensors[0].copy()
     x[0, 0, 0] = np.nextafter(x[0, 0, 0], np.float32(np.inf))
     assert dataset.tensor_hash(x) != a.hashes[0]
+
+
+def test_keys_change_with_a_settings_pass_list(monkeypatch) -> None:  # noqa: ANN001 - pytest's fixture
+    """A store made when ``basic`` had other passes (before the schedule was part of every
+    setting) is not mixed with today's: its TVM units have other keys; native ones keep theirs."""
+    from deltann.compile import settings as compile_settings
+
+    keys = _keys(_study())
+    monkeypatch.setitem(compile_settings.SETTINGS, "basic", compile_settings.passes_of("unscheduled"))
+    before = _keys(_study())
+    changed = {c for c in keys if before[c] != keys[c]}
+    assert changed == {c for c in keys if c.endswith("[tvm:basic]")} and changed

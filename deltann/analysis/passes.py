@@ -3,9 +3,16 @@ run with ``ablation = true``. Reads the catalogue's pass names (pure data, no TV
 
 Convention, written under every table: ``speedup_pct(A→B) = (t_A / t_B − 1) × 100``,
 positive means B is faster. Table III compares each named setting against ``basic``
-(every optimisation off). Table IV has, for each catalogue pass X, ``basic+X`` against
-``basic`` (what X does alone) and ``extended`` against ``extended-X`` (what X adds to all
-the others). A build that failed is ``FAILED``, never a number.
+(every graph-level optimisation off; its kernels scheduled, as in every setting but
+``unscheduled``). Table IV has, for each catalogue pass X, ``basic+X`` against ``basic``
+(what X does alone) and ``extended`` against ``extended-X`` (what X adds to all the
+others); for an entry ``basic`` already has (DefaultSchedule), "alone" is the named
+setting without it (``unscheduled``) against ``basic``. A build that failed is
+``FAILED``, never a number.
+
+Content keys hash each setting's pass list, so a store that ran under an older deltann
+whose settings had other passes holds both kinds of rows under one setting name:
+:func:`mixed_pass_lists` names those settings, and the report says so.
 """
 
 from __future__ import annotations
@@ -77,19 +84,40 @@ def per_pass_table(builds: Any, timings: Any) -> Any:
     for key, times in sorted(_times(builds, timings).items()):
         for entry in catalogue.CATALOGUE:
             added, removed = times.get(f"{low}+{entry.name}"), times.get(f"{high}-{entry.name}")
+            before = times.get(low)
             if entry.name in compile_settings.ENABLED[low]:
-                added = times.get(low)  # already in basic: basic+X is basic
+                # already in basic: basic+X is basic, and what X does alone is measured from
+                # the named setting without it (DefaultSchedule: unscheduled), if any ran
+                added = times.get(low)
+                other = compile_settings.without(low, entry.name)
+                before = times.get(other) if other is not None else None
             rows.append(dict(zip(KEYS, key, strict=True)) | {
                 "pass": entry.name,
                 "relax": " + ".join(entry.passes) if entry.mapped else "none",
                 f"{low}+X ms": str(_ms(added)) if added is not None else "",
-                f"alone_pct ({low}→{low}+X)": str(_pct(times.get(low), added)) if added is not None else "",
+                f"alone_pct ({low}→{low}+X)": str(_pct(before, added)) if added is not None and before is not None
+                else "",
                 f"{high}-X ms": str(_ms(removed)) if removed is not None else "",
                 f"adds_pct ({high}-X→{high})": str(_pct(removed, times.get(high))) if removed is not None else "",
             })
     columns = [*KEYS, "pass", "relax", f"{low}+X ms", f"alone_pct ({low}→{low}+X)", f"{high}-X ms",
                f"adds_pct ({high}-X→{high})"]
     return pl.DataFrame(rows, schema=columns)
+
+
+def mixed_pass_lists(builds: Any) -> dict[str, int]:
+    """Setting name -> number of different pass lists among the store's TVM builds of it,
+    for every setting built under more than one (rows of an older deltann, whose settings
+    had other passes, beside newer ones: their content keys differ, so neither replaced
+    the other, but they share the name in every table)."""
+    import polars as pl
+
+    if "passes" not in builds.columns or builds.is_empty():
+        return {}
+    tvm = builds.filter(pl.col("runtime") == "tvm") if "runtime" in builds.columns else builds
+    counts = (tvm.select("setting", pl.col("passes").list.join(",").alias("p")).unique()
+              .group_by("setting").agg(pl.len().alias("n")).filter(pl.col("n") > 1).sort("setting"))
+    return dict(counts.iter_rows())
 
 
 def from_store(store: Any) -> tuple[Any, Any]:

@@ -32,7 +32,10 @@ def format_passes() -> str:
     width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(width[c]) for c in cols) + "  note"]
     lines += ["  ".join(r[c].ljust(width[c]) for c in cols) + "  " + r["note"] for r in rows]
-    lines += ["", "pre: before LegalizeOps (Relax operators); post: after it (TIR kernels)", ""]
+    lines += ["", "pre: before LegalizeOps (Relax operators); post: after it (TIR kernels)",
+              f"Scheduling is part of lowering: every setting but '{compile_settings.UNSCHEDULED}' ends with "
+              f"{compile_settings.SCHEDULE}, as every Relay build lowered each operator through a TOPI schedule "
+              "whatever its opt_level; the settings differ in graph-level passes only.", ""]
     for name, passes in compile_settings.SETTINGS.items():
         lines.append(f"{name}: {', '.join(passes)}")
     lines.append("then always: " + ", ".join(compile_settings.LOWERING))

@@ -5,9 +5,12 @@ Why a table in code: the seed's Tables III-IV name Relay passes, and TVM 0.27 ha
 only. Each Relay pass maps to an ordered list of Relax passes, split by where they act
 (``pre``: on high-level Relax operators, before ``LegalizeOps``; ``post``: on TIR
 kernels, after it), or to nothing, with the reason. Two more entries are not the seed's
-but are part of the settings and can be ablated like the others:
-``SimplifyInference`` (always on, as in Relay's opt_level 0) and ``DefaultSchedule``
-(parallel + vectorised CPU loops, :mod:`deltann.compile.schedules`).
+but are part of every named setting and can be ablated like the others:
+``SimplifyInference`` (as in Relay's opt_level 0) and ``DefaultSchedule``, the target's
+tuning-free schedule (:mod:`deltann.compile.schedules`). The schedule is part of
+lowering, not an optimization: every Relay build lowered each operator through a TOPI
+schedule whatever its opt_level, so the settings (:mod:`deltann.compile.settings`)
+differ in graph-level passes only, all of them over scheduled kernels.
 
 The composition rule (:func:`compose`) is fixed: ``pre`` passes of the enabled entries in
 catalogue order, then ``LegalizeOps`` + ``AnnotateTIROpPattern``, then ``post`` passes in
@@ -59,7 +62,9 @@ CATALOGUE: tuple[PassEntry, ...] = (
     PassEntry(
         "AlterOpLayout", ("ClipToMinMax", "ConvertLayout"), (),
         "~ ConvertLayout(conv2d: NHWC data, HWIO weights): output channels innermost in output and "
-        "weights, the axis DefaultSchedule vectorises; Relay's AlterOpLayout asked each schedule for "
+        "weights, the axis DefaultSchedule vectorises, for the whole graph (without it each NCHW "
+        "convolution transposes its input inside its kernel and scatters its output back); Relay's "
+        "AlterOpLayout asked each schedule for "
         "its preferred (blocked) layout, Relax takes one layout per op from a table. Before it, "
         "deltann's ClipToMinMax turns clips (ReLU6) into maximum/minimum, which ConvertLayout keeps "
         "channel-last (it has no rule for clip: a transpose pair around every ReLU6)",
@@ -97,9 +102,13 @@ CATALOGUE: tuple[PassEntry, ...] = (
     PassEntry("OpFusion", (), ("FuseOps", "FuseTIR"),
               "FuseOps + FuseTIR: group operators by pattern, then merge each group into one kernel"),
     PassEntry(
-        "DefaultSchedule", (), ("DefaultCpuSchedule",),
-        "deltann's tuning-free CPU schedule: parallel outer loops, vectorised inner loops "
-        "(llvm targets only; a no-op elsewhere)", seed=False,
+        "DefaultSchedule", (), ("DefaultSchedule",),
+        "the target's tuning-free schedule, last in every setting (part of lowering, as TOPI's "
+        "schedules were in every Relay build, whatever the opt_level): on llvm deltann's rule "
+        "(parallel outer loops, vectorised inner loops, register tiles; NCHW convolutions computed "
+        "channel-last inside their kernel, constant weights stored so at build time), on GPU targets "
+        "TVM's dlight rules. Without it: the 'unscheduled' setting and 'extended-DefaultSchedule'",
+        seed=False,
     ),
 )
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+log = logging.getLogger("deltann.compile")
 
 
 def make_pass(name: str) -> Any:
@@ -90,12 +93,12 @@ def _dataflow_lower_passes(target: Any) -> list[Any]:
 
 
 def gpu_schedule(target: Any) -> list[Any]:
-    """The tuning-free schedule of a GPU target (dlight's default GPU rules, as TVM's own
-    CUDA/OpenCL pipelines end their legalisation), or nothing for a CPU target. Why every
-    GPU build needs it: a kernel without thread bindings is compiled as host code, so
-    without it a ``cuda`` or ``opencl`` build silently holds no device kernel at all
-    (tests/compile/test_gpu_targets.py). Like a Relay build's TOPI schedules, it is the
-    target's, not the setting's."""
+    """dlight's default GPU rules for a GPU target, or nothing for a CPU target: the
+    thread binding without which a kernel is compiled as host code and a ``cuda`` or
+    ``opencl`` build holds no device kernel at all (tests/compile/test_gpu_targets.py).
+    A setting's ``DefaultSchedule`` schedules GPU kernels with the same rules first
+    (dlight skips what is scheduled); this makes ``unscheduled`` GPU builds runnable too,
+    with the plainest binding."""
     if "gpu" not in target.keys:
         return []
     from tvm.s_tir import dlight as dl
@@ -104,11 +107,12 @@ def gpu_schedule(target: Any) -> list[Any]:
                                     dl.gpu.Fallback())]
 
 
-def build(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) -> Any:
-    """Apply ``passes`` in order, then TVM's lowering tail for ``target``
-    (see :data:`deltann.compile.settings.LOWERING`), and build a VM executable.
-    ``database``: the MetaSchedule database that ``MetaScheduleApplyDatabase`` (setting
-    ``tuned``, :mod:`deltann.compile.tuning`) reads; required when that pass is listed."""
+def lower(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) -> Any:
+    """The module as :func:`build` compiles it: TVM's library dispatch for ``target``,
+    ``passes`` in order, then TVM's lowering tail (see
+    :data:`deltann.compile.settings.LOWERING`). ``database``: the MetaSchedule database
+    that ``MetaScheduleApplyDatabase`` (setting ``tuned``, :mod:`deltann.compile.tuning`)
+    reads; required when that pass is listed."""
     import contextlib
 
     import tvm
@@ -127,5 +131,19 @@ def build(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) 
         chosen = [make_pass(p) for p in passes]
         seq = tvm.transform.Sequential(dispatch + chosen + [relax.transform.LegalizeOps()] + gpu_schedule(target)
                                        + lowering)
-        lowered = seq(mod)
+        return seq(mod)
+
+
+def build(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) -> Any:
+    """Lower ``mod`` under ``passes`` for ``target`` (:func:`lower`) and build a VM
+    executable. Kernels a scheduled setting leaves as naive loops are logged."""
+    import tvm
+
+    from deltann.compile import schedules
+
+    lowered = lower(mod, passes, target, database)
+    if schedules.SCHEDULING.intersection(passes):
+        naive = schedules.unscheduled_kernels(lowered)
+        if naive:
+            log.info("%d kernel(s) left as naive loops: %s", len(naive), ", ".join(naive[:8]))
     return tvm.compile(lowered, target=target, relax_pipeline=None)

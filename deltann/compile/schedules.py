@@ -1,11 +1,13 @@
-"""Tuning-free CPU schedules: parallel outer loops and vectorised inner loops for every
-TIR kernel of a legalised Relax module.
+"""The target's tuning-free schedule (``DefaultSchedule``, last in every setting): on
+``llvm``, parallel outer loops and vectorised inner loops for every TIR kernel of a
+legalised Relax module; on GPU targets, TVM's own dlight rules.
 
 Why: TVM 0.27's Relax CPU pipeline emits naive single-threaded scalar loops (no
-schedules), 30-110x slower than onnxruntime, and ``tvm.s_tir.dlight`` has CPU rules for
+schedules), 15-190x slower than onnxruntime here, and ``tvm.s_tir.dlight`` has CPU rules for
 GEMV and reductions only. MetaSchedule fixes that but costs minutes to hours of tuning
-per model. This module is one deterministic dlight :class:`ScheduleRule` applied to
-every kernel:
+per model. Every Relay build had a schedule for each operator (TOPI's, at every
+opt_level), so every deltann setting has this one (:mod:`deltann.compile.settings`).
+On ``llvm`` it is one deterministic dlight :class:`ScheduleRule` applied to every kernel:
 
 - injective blocks are inlined into their (non-reduction) neighbours;
 - a reduction block (conv2d, dense, pooling, mean) gets its innermost spatial loop
@@ -19,10 +21,17 @@ every kernel:
   outside; one whose innermost axis is short and holds no vector (3 channels) gets its
   outer loops parallel and that axis unrolled instead.
 
-It pays off most with channel-last layouts (``AlterOpLayout`` → NHWC/HWIO), where the
-innermost spatial loop is the output channel, contiguous in output and weights. Any
-kernel the rule cannot schedule is left as it was (logged at debug level), so the pass
-never fails a build that would build without it. Only ``llvm`` targets are touched.
+It pays off most with channel-last layouts, where the innermost spatial loop is the
+output channel, contiguous in output and weights. ``AlterOpLayout`` (NHWC/HWIO, in
+``extended``) gives those to the whole graph; without it (``basic``, ``default``) each
+NCHW convolution computes channel-last inside its own kernel (:func:`_channels_last`,
+what TOPI's x86 ``conv2d_nchw`` did with NCHWc): its padded input is written
+[n, h, w, c], its weights are read [ry, rx, i, o] (constant weights stored so at build
+time, :func:`prepack_weights`) and its output tile is scattered back to NCHW. What
+``AlterOpLayout`` still saves over that is the per-convolution transpose of the input,
+the scattered write-back and the NCHW elementwise kernels between them. Any kernel the
+rule cannot schedule is left as it was (logged at debug level), so the pass never fails
+a build that would build without it; :func:`unscheduled_kernels` lists such kernels.
 
 Known gap: prime output widths (InceptionV3's 149, 73, 71, 17 columns) get no column
 tile, only channel tiles (71x71 3x3 conv: ~60 GFLOP/s against ~180 elsewhere, one
@@ -44,6 +53,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("deltann.compile")
@@ -141,29 +151,40 @@ UNROLL_MAX = 16
 
 
 def _schedule_injective(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> None:
+    """All loops fused, split into a vector lane that divides the innermost axis, parallel
+    outside. The lane divides that axis, not just the fused extent, so that no vector
+    straddles two rows: one that did had each lane's indices computed apart (NCHW
+    elementwise kernels over 56 or 28 columns measured 4-6x slower that way than over
+    channels in NHWC). An innermost axis that holds no vector gets parallel outer loops
+    instead, and is unrolled when short."""
     loops = sch.get_loops(block)
     if not loops:
         return
     inner = _const(sch.get(loops[-1]).extent)
-    if len(loops) > 1 and inner is not None and inner < UNROLL_MAX and _lane(inner, lanes_tried) == 1:
-        # A short innermost axis with no vector in it (the 3 channels of an NCHW->NHWC
-        # input transpose): fused with the others, every vector lane would compute its
-        # own indices by division by that odd extent (MobileNetV2's input transpose
-        # measured ~15x slower that way than like this). Parallel outer loops, the next
-        # loop serial (LLVM vectorises it where it can), the short axis unrolled.
-        outer = loops[:-2] if len(loops) > 2 else loops[:1]
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
-        sch.unroll(loops[-1])
+    if inner is None:
+        return
+    lanes = _lane(inner, lanes_tried)
+    if lanes == 1 and len(loops) > 1:
+        if inner < UNROLL_MAX:
+            # A short innermost axis with no vector in it (the 3 channels of an NCHW->NHWC
+            # input transpose, 7 or 14 columns): parallel outer loops, the next loop serial
+            # (LLVM vectorises it where it can), the short axis unrolled (fused into vector
+            # lanes, MobileNetV2's input transpose measured ~15x slower).
+            outer = loops[:-2] if len(loops) > 2 else loops[:1]
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+            sch.unroll(loops[-1])
+        else:
+            outer = loops[:-1]
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     extent = _const(sch.get(fused).extent)
     if extent is None:
         return
-    lanes = _lane(extent, lanes_tried)
     if lanes > 1 and extent > lanes:
-        outer, inner = sch.split(fused, [None, lanes])
+        outer, vec = sch.split(fused, [None, lanes])
         sch.parallel(outer)
-        sch.vectorize(inner)
+        sch.vectorize(vec)
     elif lanes > 1:
         sch.vectorize(fused)
     else:
@@ -195,11 +216,14 @@ def _tile(extent: int | None, tiles: tuple[int, ...], budget: int) -> int:
     return 1
 
 
-def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tuple[int, ...]) -> None:
+def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tuple[int, ...],
+                        channel_first: bool = False) -> None:
     """Outer spatial loops parallel; inside them the reduction loops; innermost a small
     register tile (second-innermost spatial loop, unrolled) times a vector lane
     (innermost spatial loop), accumulated in a local buffer so LLVM keeps it in
-    registers."""
+    registers. ``channel_first``: the block writes NCHW but runs channel-last
+    (:func:`_channels_last`); its local tile is laid out channel-last too, so that each
+    vector of accumulators is contiguous."""
     loops = sch.get_loops(block)
     spatial = [lp for lp, k in zip(loops, kinds, strict=True) if k == "S"]
     reduce = [lp for lp, k in zip(loops, kinds, strict=True) if k == "R"]
@@ -238,10 +262,16 @@ def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tup
         return
     if tiles:
         local = sch.cache_write(block, 0, "local")
+        if channel_first:
+            sch.transform_layout(block, ("write", 0), _nhwc)
         sch.reverse_compute_at(local, parallel)
         _fold_epilogue(sch, local)
         wb = sch.get_loops(local)[1:]
-        if wb:
+        if wb and channel_first:
+            # NCHW: each channel's run of the tile's columns is contiguous: one vector store
+            # each (fused with the channels, every vector was a scatter: ~2x slower)
+            _vectorize_tail(sch, wb[-1], lanes_tried)
+        elif wb:
             fused = sch.fuse(*wb) if len(wb) > 1 else wb[0]
             _vectorize_tail(sch, fused, lanes_tried)
     init = sch.decompose_reduction(block, reduce[0])
@@ -277,6 +307,237 @@ def _vectorize_tail(sch: Any, loop: Any, lanes_tried: tuple[int, ...]) -> None:
         sch.vectorize(loop)
 
 
+def _uses(expr: Any, var: Any) -> bool:
+    from tvm import tirx
+
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+#: Index maps of the channel-last layouts (see :func:`_channels_last`).
+def _nhwc(n: Any, c: Any, h: Any, w: Any) -> tuple[Any, ...]:
+    return n, h, w, c
+
+
+def _hwio(o: Any, i: Any, kh: Any, kw: Any) -> tuple[Any, ...]:
+    return kh, kw, i, o
+
+
+@dataclass(frozen=True)
+class _NchwConv:
+    """A channel-first convolution block: its data and weight buffers, and the weights'
+    layout (``OIHW`` as LegalizeOps writes it, ``HWIO`` once :func:`prepack_weights` has
+    stored them channel-last)."""
+
+    data: Any
+    weight: Any
+    weight_layout: str
+
+
+def _nchw_conv(sch: Any, block: Any) -> _NchwConv | None:
+    """The block as a channel-first convolution (conv2d_nchw, group and depthwise
+    conv2d_nchw as LegalizeOps writes them), or None. Told by structure, not by name:
+    output [n, c, h, w] written at the block's four spatial iterators in order; data read
+    at [n, channel, h.., w..]; weights read at [c, i, ry, rx] (OIHW) or [ry, rx, i, c]
+    (HWIO), c being the output's channel. An NHWC convolution never matches: its output's
+    second axis (h) indexes no weight."""
+    from tvm import tirx
+
+    sblock = sch.get(block)
+    spatial = [it.var for it in sblock.iter_vars if it.iter_type == tirx.IterVar.DataPar]
+    reduce = [it.var for it in sblock.iter_vars if it.iter_type == tirx.IterVar.CommReduce]
+    if len(spatial) != 4 or len(reduce) != 3 or len(sblock.iter_vars) != 7 or len(sblock.writes) != 1:
+        return None
+    out = sblock.writes[0]
+    if len(out.region) != 4 or not all(r.min.same_as(v) for r, v in zip(out.region, spatial, strict=True)):
+        return None
+    n, c, h, w = spatial
+
+    def is_reduce(e: Any) -> bool:
+        return any(e.same_as(r) for r in reduce)
+
+    data = weight = None
+    layout = ""
+    for read in sblock.reads:
+        idx = [r.min for r in read.region]
+        if read.source.same_as(out.source) or len(idx) != 4:
+            continue
+        if idx[0].same_as(c) and is_reduce(idx[2]) and is_reduce(idx[3]):
+            weight, layout = read.source, "OIHW"
+        elif idx[3].same_as(c) and is_reduce(idx[0]) and is_reduce(idx[1]):
+            weight, layout = read.source, "HWIO"
+        elif idx[0].same_as(n) and _uses(idx[2], h) and _uses(idx[3], w) and not _uses(idx[1], h):
+            data = read.source
+    if data is None or weight is None:
+        return None
+    return _NchwConv(data, weight, layout)
+
+
+def _channels_last(sch: Any, block: Any) -> list[str]:
+    """Make a channel-first convolution compute channel-last inside its kernel, as TOPI's
+    x86 ``conv2d_nchw`` did (it packed data and kernel to NCHWc inside the operator): the
+    padded input is written [n, h, w, c], weights read [ry, rx, i, o] (stored so by
+    :func:`prepack_weights` when they are constants, else copied so here), and the loops
+    run (n, h, w, c, ry, rx, rc), so that the reduction rule vectorises output channels
+    and register-tiles columns exactly as for an NHWC convolution; the output stays NCHW
+    (the tile's write-back scatters it). Why: without a layout pass (``basic``,
+    ``default``) every convolution is NCHW, whose innermost axis (7 to 112 columns)
+    rarely holds whole vectors, while channels nearly always do. Returns the names of the
+    copy blocks it made (their loops in the new layout's order), for
+    :func:`_schedule_transpose`; empty when the block is no such convolution."""
+    conv = _nchw_conv(sch, block)
+    if conv is None:
+        return []
+    producers = {sch.get(p).writes[0].source.name: p for p in sch.get_producers(block)}
+    pad = producers.get(conv.data.name)
+    if pad is None:  # no padding block (data read straight from the parameter): copy it
+        pad = sch.cache_read(block, conv.data, "global")
+    sch.transform_layout(pad, ("write", 0), _nhwc)
+    copies = [pad]
+    if conv.weight_layout == "OIHW":  # weights that are not constants: copied on every call
+        copy = sch.cache_read(block, conv.weight, "global")
+        sch.transform_layout(copy, ("write", 0), _hwio)
+        copies.append(copy)
+    for copy in copies:  # loops in the order of the written layout
+        a, b, c, d = sch.get_loops(copy)
+        sch.reorder(*((a, c, d, b) if copy is pad else (c, d, b, a)))
+    n, c, h, w, rc, ry, rx = sch.get_loops(block)
+    sch.reorder(n, h, w, c, ry, rx, rc)
+    return [sch.get(copy).name_hint for copy in copies]
+
+
+def _is_transpose(sch: Any, block: Any) -> bool:
+    """An injective block that copies one buffer with its axes permuted, the innermost
+    axis written not the innermost read (``permute_dims``, ConvertLayout's transposes,
+    ONNX Gemm's transposed weight without FoldConstant)."""
+    sblock = sch.get(block)
+    ivars = [it.var for it in sblock.iter_vars]
+    if len(sblock.reads) != 1 or len(sblock.writes) != 1 or len(ivars) < 2:
+        return False
+    read = [r.min for r in sblock.reads[0].region]
+    write = [r.min for r in sblock.writes[0].region]
+    if len(read) != len(ivars) or not all(w.same_as(v) for w, v in zip(write, ivars, strict=True)):
+        return False
+    if sorted(k for v in read for k, iv in enumerate(ivars) if v.same_as(iv)) != list(range(len(ivars))):
+        return False
+    return not read[-1].same_as(ivars[-1])
+
+
+def _schedule_transpose(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> None:
+    """A layout copy whose loops run in the order it writes (channels innermost) and
+    whose reads stride over them: the last two loops tiled lanes x lanes, the channel
+    lane vectorised, outer loops parallel. Each tile reads a lanes-wide run of every
+    source row it touches and writes whole vectors, so each cache line is used whole
+    (an untiled copy measured ~4x slower on EfficientNet-Lite0's 96x114x114 input)."""
+    loops = sch.get_loops(block)
+    lanes = _lane(_const(sch.get(loops[-1]).extent) or 0, lanes_tried)
+    rows = _const(sch.get(loops[-2]).extent) if len(loops) >= 2 else None
+    if lanes == 1 or rows is None or rows < lanes:
+        _schedule_injective(sch, block, lanes_tried)
+        return
+    *outer, a, b = loops
+    bo, bi = sch.split(b, [None, lanes])
+    ao, ai = sch.split(a, [None, lanes])  # may not divide: a guard on ai, outside the vector
+    sch.reorder(*outer, ao, bo, ai, bi)
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    else:
+        sch.parallel(ao)
+    sch.vectorize(bi)
+
+
+def _prepackable(func: Any) -> int | None:
+    """Index of the weight parameter of ``func`` when it is an unscheduled kernel whose
+    one convolution is channel-first with OIHW weights read straight from that parameter
+    (see :func:`prepack_weights`), else None."""
+    from tvm import s_tir, tirx
+
+    if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled"):
+        return None
+    try:
+        sch = s_tir.Schedule(func)
+        convs = [c for b in sch.get_child_blocks(sch.get_sblock("root"))
+                 if _is_reduction(sch, b) and (c := _nchw_conv(sch, b)) is not None]
+    except Exception:  # noqa: BLE001 - not a kernel this rule reads (no root block, ...): left as is
+        return None
+    if len(convs) != 1 or convs[0].weight_layout != "OIHW":
+        return None
+    for k, param in enumerate(func.params):
+        if param.same_as(convs[0].weight):
+            return k
+    return None
+
+
+def prepack_weights(mod: Any) -> Any:
+    """Store the constant weights of channel-first convolutions channel-last (HWIO) at
+    build time, and make their kernels read them so: the layout :func:`_channels_last`
+    computes in, without a copy of the weights on every call. Only kernels whose every
+    call passes a constant weight are changed (a kernel shared with a call whose weights
+    are inputs keeps copying them). This is the schedule choosing its kernels' weight
+    layout, as MetaSchedule's layout rewrite does; the graph is not touched otherwise
+    (activations stay NCHW: that is ``AlterOpLayout``'s part, in ``extended``)."""
+    import numpy as np
+    import tvm
+    from tvm import relax, s_tir
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    candidates = {gv.name_hint: k for gv, f in mod.functions_items() if (k := _prepackable(f)) is not None}
+    if not candidates:
+        return mod
+    constant_only = dict.fromkeys(candidates, True)
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir) and isinstance(expr.args[0], relax.GlobalVar):
+            name = expr.args[0].name_hint
+            if name in candidates:
+                args = expr.args[1]
+                k = candidates[name]
+                if not (isinstance(args, relax.Tuple) and isinstance(args.fields[k], tvm.ir.expr.Constant)):
+                    constant_only[name] = False
+
+    relax_funcs = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)]
+    for _, func in relax_funcs:
+        relax.analysis.post_order_visit(func, visit)
+    chosen = {name: k for name, k in candidates.items() if constant_only[name]}
+    if not chosen:
+        return mod
+
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class _Repack(PyExprMutator):
+        """Calls of a chosen kernel go to its channel-last copy, with transposed weights."""
+
+        def __init__(self, mod: Any) -> None:
+            # the chosen kernels are replaced under their own names (new GlobalVars: the
+            # old ones' types still say OIHW)
+            super().__init__(tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint not in chosen},
+                                          attrs=mod.attrs))
+            self.packed: dict[str, Any] = {}  # kernel name -> GlobalVar of its HWIO version
+            for name in chosen:
+                sch = s_tir.Schedule(mod[name])
+                for block in sch.get_child_blocks(sch.get_sblock("root")):
+                    conv = _nchw_conv(sch, block) if _is_reduction(sch, block) else None
+                    if conv is not None:
+                        sch.transform_layout(block, conv.weight, _hwio)
+                self.packed[name] = self.builder_.add_func(sch.mod["main"], name)
+
+        def visit_call_(self, call: Any) -> Any:
+            call = self.visit_expr_post_order(call)
+            if not (call.op.same_as(call_tir) and isinstance(call.args[0], relax.GlobalVar)
+                    and call.args[0].name_hint in chosen):
+                return call
+            k = chosen[call.args[0].name_hint]
+            fields = list(call.args[1].fields)
+            fields[k] = relax.const(np.ascontiguousarray(fields[k].value.numpy().transpose(2, 3, 1, 0)))
+            gv = self.packed[call.args[0].name_hint]
+            return relax.Call(call.op, [gv, relax.Tuple(fields), *call.args[2:]], call.attrs, call.ty_args)
+
+    rewriter = _Repack(mod)
+    for gv, func in relax_funcs:
+        rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+    return rewriter.builder_.finalize()
+
+
 def schedule_func(func: Any, lanes_tried: tuple[int, ...] = LANES) -> Any | None:
     """A scheduled copy of one PrimFunc, or None when the rule does not apply."""
     from tvm import s_tir
@@ -285,6 +546,14 @@ def schedule_func(func: Any, lanes_tried: tuple[int, ...] = LANES) -> Any | None
     try:
         root = sch.get_sblock("root")
         _inline(sch, root)
+        # before scheduling, which it adds blocks for
+        channel_first: set[str] = set()
+        copies: set[str] = set()
+        for b in sch.get_child_blocks(root):
+            made = _channels_last(sch, b) if _is_reduction(sch, b) else []
+            if made:
+                channel_first.add(sch.get(b).name_hint)
+                copies.update(made)
         # By name: scheduling a block may inline the ones after it (its epilogue).
         for name in [sch.get(b).name_hint for b in sch.get_child_blocks(root)]:
             current = {sch.get(b).name_hint: b for b in sch.get_child_blocks(root)}
@@ -295,18 +564,19 @@ def schedule_func(func: Any, lanes_tried: tuple[int, ...] = LANES) -> Any | None
             if kinds is None:
                 continue
             if "R" in kinds:
-                _schedule_reduction(sch, block, kinds, lanes_tried)
+                _schedule_reduction(sch, block, kinds, lanes_tried, name in channel_first)
+            elif name in copies or _is_transpose(sch, block):
+                _schedule_transpose(sch, block, lanes_tried)
             else:
                 _schedule_injective(sch, block, lanes_tried)
     except Exception as exc:  # noqa: BLE001 - the kernel keeps its naive loops: the result is None, logged
-        log.debug("DefaultCpuSchedule left %s unscheduled: %s", func.attrs.get("global_symbol", "?"), exc)
+        log.debug("DefaultSchedule left %s unscheduled: %s", func.attrs.get("global_symbol", "?"), exc)
         return None
     return sch
 
 
-def default_cpu_schedule() -> Any:
-    """The module pass (``DefaultCpuSchedule`` in the settings): the rule above through
-    dlight's ``ApplyDefaultSchedule``, which skips kernels already scheduled."""
+def _cpu_rule() -> Any:
+    """The rule above as a dlight :class:`ScheduleRule` for ``llvm`` targets."""
     from tvm.s_tir import dlight
     from tvm.target import Target
 
@@ -316,7 +586,63 @@ def default_cpu_schedule() -> Any:
                 return None
             return schedule_func(func, lanes_for(target))
 
-    return dlight.ApplyDefaultSchedule(_ParallelVectorize())
+    return _ParallelVectorize()
+
+
+def _gpu_rules() -> list[Any]:
+    """TVM's own tuning-free rules for GPU targets, the list its CUDA, ROCm and generic
+    GPU pipelines apply (``tvm.relax.backend.<kind>.pipeline.legalize_passes``): thread
+    bindings for every kernel, ``Fallback`` for those no other rule takes."""
+    from tvm.s_tir import dlight
+
+    return [dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(),
+            dlight.gpu.Fallback()]
+
+
+def default_schedule() -> Any:
+    """The module pass (``DefaultSchedule``, last in every setting): the target's
+    tuning-free schedule, through dlight's ``ApplyDefaultSchedule``, which skips kernels
+    already scheduled (by a tuning database). On ``llvm``: constant conv weights stored
+    channel-last (:func:`prepack_weights`), then the rule above; on GPU targets: TVM's
+    own dlight rules (:func:`_gpu_rules`); on other targets nothing (their builds stay
+    unscheduled, as TVM's own pipeline leaves them)."""
+    import tvm
+    from tvm.s_tir import dlight
+    from tvm.target import Target
+
+    @tvm.transform.module_pass(opt_level=0, name="DefaultSchedule")
+    def _pass(mod: Any, _ctx: Any) -> Any:
+        target = Target.current(allow_none=True)
+        if target is None:
+            raise ValueError("DefaultSchedule needs a target scope (`with target:`; pipeline.build opens one)")
+        # a clone: ApplyDefaultSchedule replaces functions in the module it is given, which
+        # would change the caller's module too
+        if target.kind.name == "llvm":
+            return dlight.ApplyDefaultSchedule(_cpu_rule())(prepack_weights(mod.clone()))
+        if "gpu" in target.keys:
+            return dlight.ApplyDefaultSchedule(*_gpu_rules())(mod.clone())
+        return mod
+
+    return _pass
+
+
+def unscheduled_kernels(mod: Any) -> list[str]:
+    """Names of the kernels (PrimFuncs) of ``mod`` left as naive loops: every loop serial
+    (none parallel, vectorised, unrolled or bound to GPU threads). A kernel with no loop
+    at all (a scalar) is not counted. What a test, or a look at a build, uses to tell a
+    scheduled build from an unscheduled one: ``tirx.is_scheduled`` only says a rule ran."""
+    import tvm_ffi
+    from tvm import tirx
+
+    out = []
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        kinds: list[int] = []
+        tvm_ffi.structural_walk(func.body, [(tirx.For, lambda node: kinds.append(int(node.kind)))], order="post")
+        if kinds and all(k == tirx.ForKind.SERIAL for k in kinds):
+            out.append(gv.name_hint)
+    return sorted(out)
 
 
 def clip_to_min_max() -> Any:
@@ -328,4 +654,11 @@ def clip_to_min_max() -> Any:
 
 
 #: deltann's own passes, by the name a setting lists them under.
-PASSES: dict[str, Callable[[], Any]] = {"DefaultCpuSchedule": default_cpu_schedule, "ClipToMinMax": clip_to_min_max}
+#: The passes that schedule (a build listing one should leave no naive kernel).
+SCHEDULING = frozenset({"DefaultSchedule", "DefaultCpuSchedule"})
+
+#: ``DefaultCpuSchedule`` is the name pass lists stored before the schedule became part of
+#: every setting give it (``deltann localize`` rebuilds such rows from their own list).
+PASSES: dict[str, Callable[[], Any]] = {
+    "DefaultSchedule": default_schedule, "DefaultCpuSchedule": default_schedule, "ClipToMinMax": clip_to_min_max,
+}

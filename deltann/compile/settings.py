@@ -10,32 +10,50 @@ comparison.
 Relay-era correspondence (the seed's opt levels): ``basic`` ~ opt_level 0 (one kernel
 per operator, inference simplification only), ``default`` ~ opt_level 2 (constant
 folding and operator fusion), ``extended`` ~ opt_level 4 (adds batch-norm folding, the
-channel-last layout of AlterOpLayout, CSE, parallel-matmul combining, fast math) and,
-unlike Relay, deltann's tuning-free CPU schedule (``DefaultSchedule``: parallel,
-vectorised, register-tiled loops; :mod:`deltann.compile.schedules`). The schedule is in
-``extended`` because it keeps outputs within tolerance (bench/compile.py: max |logit
-difference| to onnxruntime < 5e-5 on MobileNetV2, ResNet101, InceptionV3 and
-EfficientNet-Lite0, the same as ``basic``) and it is what makes TVM's CPU latency
-comparable at all (10-70x faster than ``default`` here).
+channel-last layout of AlterOpLayout, CSE, parallel-matmul combining, fast math).
+
+Scheduling is part of lowering, not an optimization level: every named setting ends
+with the target's tuning-free schedule (``DefaultSchedule``: deltann's parallel,
+vectorised, register-tiled CPU loops on ``llvm``, TVM's dlight rules on GPU targets;
+:mod:`deltann.compile.schedules`). Why: in Relay every operator was lowered through its
+TOPI strategy, with a real schedule, whatever the ``opt_level``; the seed's time tables
+compare graph-level passes over scheduled kernels. Without a schedule TVM 0.27 emits
+naive single-threaded loops, tens to hundreds of times slower than onnxruntime, and a
+table of ``basic`` against ``extended`` would measure "scheduled vs unscheduled",
+dwarfing every pass.
+
+The unscheduled build stays available for those who study it: the ``unscheduled``
+setting (``basic`` without the schedule) and the ablation entry
+``extended-DefaultSchedule``.
 
 Ablation settings are named from a base setting and one catalogue entry:
 ``basic+FastMath`` (that entry alone on top of ``basic``) and ``extended-OpFusion``
 (``extended`` without it, and without the entries that share its Relax passes:
-``extended-CombineParallelDense`` drops CombineParallelMatmul). :func:`passes_of` resolves any such name.
+``extended-CombineParallelDense`` drops CombineParallelMatmul). Both bases are
+scheduled, so ``basic+P`` and ``extended-P`` measure P over scheduled kernels, as the
+seed's Table IV did. :func:`passes_of` resolves any such name.
 """
 
 from __future__ import annotations
 
 from deltann.compile import catalogue
 
+#: The catalogue entry of the target's tuning-free schedule, in every named setting but
+#: ``unscheduled``.
+SCHEDULE = "DefaultSchedule"
+
+#: ``basic`` without the schedule: naive loops, for those who study them.
+UNSCHEDULED = "unscheduled"
+
 #: Catalogue entries enabled in each named setting.
 ENABLED: dict[str, frozenset[str]] = {
-    "basic": frozenset({"SimplifyInference"}),
-    "default": frozenset({"SimplifyInference", "FoldConstant", "OpFusion"}),
+    "basic": frozenset({"SimplifyInference", SCHEDULE}),
+    "default": frozenset({"SimplifyInference", "FoldConstant", "OpFusion", SCHEDULE}),
     "extended": frozenset({
         "SimplifyInference", "FoldConstant", "OpFusion", "FoldScaleAxis", "EliminateCommonSubexpr",
-        "CombineParallelDense", "CombineParallelBatchMatmul", "FastMath", "AlterOpLayout", "DefaultSchedule",
+        "CombineParallelDense", "CombineParallelBatchMatmul", "FastMath", "AlterOpLayout", SCHEDULE,
     }),
+    UNSCHEDULED: frozenset({"SimplifyInference"}),
 }
 
 SETTINGS: dict[str, tuple[str, ...]] = {name: catalogue.compose(enabled) for name, enabled in ENABLED.items()}
@@ -47,7 +65,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {name: catalogue.compose(enabled) for nam
 TUNED = "tuned"
 #: The Relax pass that applies a MetaSchedule database (it reads ``Database.current()``).
 APPLY_DATABASE = "MetaScheduleApplyDatabase"
-_SCHEDULE = SETTINGS["extended"].index("DefaultCpuSchedule")
+_SCHEDULE = SETTINGS["extended"].index(*catalogue.get(SCHEDULE).post)
 SETTINGS[TUNED] = SETTINGS["extended"][:_SCHEDULE] + (APPLY_DATABASE,) + SETTINGS["extended"][_SCHEDULE:]
 
 #: Always applied after the setting's passes: TVM's own per-target lowering.
@@ -67,11 +85,20 @@ def names() -> list[str]:
 
 def ablation_names() -> list[str]:
     """``basic+X`` for every mapped catalogue entry X not in basic, then ``extended-X``
-    for every entry in extended (the seed's Table IV, both directions)."""
+    for every entry in extended (the seed's Table IV, both directions), then
+    ``unscheduled``: basic without the schedule, what the schedule does on its own."""
     low, high = ABLATION_BASES
     added = [f"{low}+{n}" for n in catalogue.names(mapped_only=True) if n not in ENABLED[low]]
     removed = [f"{high}-{n}" for n in catalogue.names(mapped_only=True) if n in ENABLED[high]]
-    return added + removed
+    return added + removed + [UNSCHEDULED]
+
+
+def without(base: str, entry: str) -> str | None:
+    """The named setting that is ``base`` without catalogue ``entry`` (``basic`` without
+    DefaultSchedule: ``unscheduled``), or None: the "alone" side of Table IV for an entry
+    ``base`` already has."""
+    wanted = ENABLED[base] - catalogue.aliases(entry)
+    return next((name for name, enabled in ENABLED.items() if enabled == wanted and name != base), None)
 
 
 def is_tuned(name: str) -> bool:

@@ -10,7 +10,7 @@ is JSON text (TVM's own ``save_json`` of the task's IRModule, MetaSchedule's wor
 tuning-record JSON), never a pickle.
 
 The ``tuned`` setting is ``extended`` with ``MetaScheduleApplyDatabase`` placed right
-before ``DefaultCpuSchedule``: a kernel with a record gets its tuned schedule; the
+before ``DefaultSchedule``: a kernel with a record gets its tuned schedule; the
 others keep deltann's tuning-free schedule (dlight's ``ApplyDefaultSchedule`` skips
 kernels already scheduled). Tasks are extracted from the module after exactly the passes
 that precede ``MetaScheduleApplyDatabase`` in the setting, so the kernels tuned are

@@ -105,6 +105,12 @@ def build_report(results: Path | str, out: Path | str | None = None, *, pool: bo
         f"Python {env.get('python', '?')} · fingerprint {html_page.fingerprint(env)}",
     ]
     header += _labs_lines(store, pool)
+    mixed = passes.mixed_pass_lists(store.scan("builds").collect())
+    if mixed:  # content keys hash the passes: old rows were kept, not replaced
+        header.append(
+            "Note: setting(s) " + ", ".join(f"{name} ({n} pass lists)" for name, n in mixed.items())
+            + " were built here under different pass lists (an older deltann's settings beside this one's); "
+            "their rows share the setting's name in every table. Run into a new folder to compare like with like.")
     doc.md += [f"# {title}", "", *header, "", f"Convention: {analysis.SPEEDUP_CONVENTION}", ""]
     doc.html += [f"<p class='note'>{html.escape(line)}</p>" for line in header]
     doc.html.append(f"<p class='conv'>Sign convention: {html.escape(analysis.SPEEDUP_CONVENTION)}</p>")
@@ -227,13 +233,16 @@ def build_report(results: Path | str, out: Path | str | None = None, *, pool: bo
     doc.save(table3, "settings")
     doc.heading("Time per setting against basic (Table III)")
     doc.table(table3)
-    doc.note(f"Convention: {passes.CONVENTION}; A = basic, B = the setting.")
+    doc.note(f"Convention: {passes.CONVENTION}; A = basic, B = the setting. Every setting but unscheduled "
+             "ends with the target's tuning-free schedule: they differ in graph-level passes only.")
     if latency["setting"].str.contains(r"[+-]").any():  # the study ran with ablation = true
         doc.save(table4, "passes")
         doc.heading("Per-pass time change (Table IV)")
         doc.table(table4)
-        doc.note(f"Convention: {passes.CONVENTION}. alone: basic → basic+X (what X does by itself); adds: "
-                 "extended−X → extended (what X adds to all the others); relax: the pass's Relax counterpart.")
+        doc.note(f"Convention: {passes.CONVENTION}. alone: basic → basic+X (what X does by itself; for "
+                 "DefaultSchedule, which basic has: unscheduled → basic); adds: extended−X → extended (what X "
+                 "adds to all the others); relax: the pass's Relax counterpart. Every build but unscheduled and "
+                 "extended−DefaultSchedule runs scheduled kernels, so each pass is measured over them.")
 
     noise = analysis.noise_floor(store)
     doc.save(noise, "noise_floor")

@@ -15,8 +15,13 @@ def test_ablation_names_are_the_right_builds() -> None:
     mapped = catalogue.names(mapped_only=True)
     added = [n for n in names if n.startswith("basic+")]
     removed = [n for n in names if n.startswith("extended-")]
-    assert added == [f"basic+{n}" for n in mapped if n != "SimplifyInference"]
+    assert added == [f"basic+{n}" for n in mapped if n not in ("SimplifyInference", "DefaultSchedule")]
     assert removed == [f"extended-{n}" for n in mapped if n in compile_settings.ENABLED["extended"]]
+    # the schedule is in both bases: basic+X and extended-X are measured over scheduled kernels,
+    # and what the schedule does alone is `unscheduled` against basic
+    assert names[-1] == compile_settings.UNSCHEDULED and "extended-DefaultSchedule" in names
+    for name in [*added, *removed]:
+        assert (compile_settings.passes_of(name)[-1] == "DefaultSchedule") == (name != "extended-DefaultSchedule")
     assert "basic+CanonicalizeOps" not in names  # "none" passes build nothing new
     for name in added:
         entry = catalogue.get(name.split("+")[1])
@@ -59,14 +64,38 @@ def test_study_ablation_expands_into_units() -> None:
     assert [u.setting for u in one] == ["extended-OpFusion"]
 
 
+def test_every_named_setting_but_unscheduled_ends_with_the_schedule() -> None:
+    """Scheduling is part of lowering: the settings differ in graph-level passes only."""
+    graph = {}
+    for name in compile_settings.names():
+        passes = compile_settings.passes_of(name)
+        assert (passes[-1] == "DefaultSchedule") == (name != compile_settings.UNSCHEDULED), name
+        graph[name] = tuple(p for p in passes if p != "DefaultSchedule")
+    assert graph[compile_settings.UNSCHEDULED] == graph["basic"]
+    assert compile_settings.without("basic", "DefaultSchedule") == compile_settings.UNSCHEDULED
+    assert compile_settings.without("basic", "SimplifyInference") is None
+
+
 def _frames() -> tuple[pl.DataFrame, pl.DataFrame]:
     times = {"basic": 100.0, "default": 50.0, "extended": 20.0, "basic+OpFusion": 80.0,
-             "basic+FastMath": 99.0, "extended-OpFusion": 40.0, "extended-FastMath": 20.0}
+             "basic+FastMath": 99.0, "extended-OpFusion": 40.0, "extended-FastMath": 20.0,
+             "unscheduled": 900.0, "extended-DefaultSchedule": 300.0}
     key = {"model": "m", "variant": "torch", "device": "local"}
     builds = [key | {"setting": s, "status": "ok", "runtime": "tvm"} for s in times]
     builds.append(key | {"setting": "basic+AlterOpLayout", "status": "failed", "runtime": "tvm"})
     timings = [key | {"setting": s, "median_ns": int(t * 1e6)} for s, t in times.items()]
     return pl.DataFrame(builds), pl.DataFrame(timings)
+
+
+def test_mixed_pass_lists_names_the_settings_built_both_ways() -> None:
+    """A store that ran under an older deltann (basic without the schedule) and this one."""
+    key = {"model": "m", "variant": "torch", "device": "local", "runtime": "tvm", "status": "ok"}
+    old, new = list(compile_settings.passes_of("unscheduled")), list(compile_settings.passes_of("basic"))
+    builds = pl.DataFrame([key | {"setting": "basic", "passes": old}, key | {"setting": "basic", "passes": new},
+                           key | {"setting": "extended", "passes": list(compile_settings.passes_of("extended"))},
+                           key | {"setting": "native", "passes": [], "runtime": "torch"}])
+    assert ablation.mixed_pass_lists(builds) == {"basic": 2}
+    assert ablation.mixed_pass_lists(builds.filter(pl.col("passes").list.len() != len(old))) == {}
 
 
 def test_tables_follow_the_speedup_convention_and_show_failures() -> None:
@@ -81,6 +110,11 @@ def test_tables_follow_the_speedup_convention_and_show_failures() -> None:
     assert row["adds_pct (extended-X→extended)"] == "100.0"  # 40/20 - 1
     failed = table4.filter(pl.col("pass") == "AlterOpLayout").row(0, named=True)
     assert failed["basic+X ms"] == "FAILED" and failed["alone_pct (basic→basic+X)"] == "FAILED"
+    schedule = table4.filter(pl.col("pass") == "DefaultSchedule").row(0, named=True)
+    assert schedule["basic+X ms"] == "100.0" and schedule["alone_pct (basic→basic+X)"] == "800.0"  # 900/100 - 1
+    assert schedule["adds_pct (extended-X→extended)"] == "1400.0"  # 300/20 - 1
+    simplify = table4.filter(pl.col("pass") == "SimplifyInference").row(0, named=True)
+    assert simplify["basic+X ms"] == "100.0" and simplify["alone_pct (basic→basic+X)"] == ""  # nothing without it
     none = table4.filter(pl.col("pass") == "CombineParallelConv2D").row(0, named=True)
     assert none["relax"] == "none" and none["basic+X ms"] == ""
     assert ablation.speedup_pct(100.0, 50.0) == 100.0
@@ -102,7 +136,7 @@ def test_ablation_study_end_to_end(tmp_path, ray_session: None) -> None:  # noqa
     summary = run_study(study, tmp_path / "results", progress=False)
     assert summary.ran == 3 + len(compile_settings.ablation_names()) and summary.failed == 0, summary
     table3, table4 = ablation.from_store(Store(tmp_path / "results"))
-    assert table3["setting"].to_list() == ["basic", "default", "extended"]
+    assert table3["setting"].to_list() == ["basic", "default", "extended", "unscheduled"]
     rows = {r["pass"]: r for r in table4.iter_rows(named=True)}
     assert set(rows) == set(catalogue.names())
     for name in catalogue.names(mapped_only=True):

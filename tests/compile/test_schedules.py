@@ -1,4 +1,5 @@
-"""DefaultCpuSchedule: real builds, outputs unchanged, loops really parallel/vectorised."""
+"""DefaultSchedule: real builds, outputs unchanged, loops really parallel/vectorised, in
+every setting but ``unscheduled``."""
 
 from __future__ import annotations
 
@@ -49,8 +50,21 @@ def _conv_zoo() -> Any:
     return ConvZoo().eval()
 
 
+def _conv_zoo_params(model: Any, shape: tuple[int, ...]) -> Any:
+    """The conv zoo with its weights as function inputs (not constants), bound back to
+    their values as arguments by :func:`_run_params`."""
+    import torch
+    import tvm.relax.frontend.torch as relax_torch
+
+    program = torch.export.export(model, (torch.zeros(shape),))
+    return relax_torch.from_exported_program(program, keep_params_as_input=True)
+
+
 @pytest.mark.parametrize("width", [17, 16])
-def test_schedule_keeps_outputs(width: int) -> None:
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_schedule_keeps_outputs(width: int, layout: str) -> None:
+    """NHWC (AlterOpLayout) and NCHW convolutions (channel-last inside the kernel, weights
+    stored HWIO at build time) agree with torch and with the unscheduled build."""
     import torch
 
     from deltann.compile.frontends import from_torch
@@ -60,12 +74,85 @@ def test_schedule_keeps_outputs(width: int) -> None:
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     mod = from_torch(model, x.shape)
-    layout = compile_settings.ENABLED["default"] | {"AlterOpLayout"}
-    plain = _run(mod, catalogue.compose(layout), x)
-    scheduled = _run(mod, catalogue.compose(layout | {"DefaultSchedule"}), x)
+    graph = (compile_settings.ENABLED["default"] - {"DefaultSchedule"}) | ({"AlterOpLayout"} if layout == "NHWC"
+                                                                           else set())
+    plain = _run(mod, catalogue.compose(graph), x)
+    scheduled = _run(mod, catalogue.compose(graph | {"DefaultSchedule"}), x)
     np.testing.assert_allclose(plain, ref, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(scheduled, plain, atol=1e-5, rtol=1e-5)
     assert np.abs(ref).max() > 1e-2  # not a trivially small output
+
+
+def test_nchw_weights_are_stored_channel_last_only_when_constant() -> None:
+    """Constant weights: the NCHW conv kernels read them HWIO, transposed once at build
+    time (no copy block in the kernel). Weights passed as inputs: each kernel copies them
+    HWIO on every call. Both compute what torch does."""
+    import torch
+    import tvm
+    from tvm import relax
+
+    from deltann.compile.frontends import from_torch
+    from deltann.compile.pipeline import build, lower
+
+    model = _conv_zoo()
+    shape = (1, 3, 16, 16)
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    target = tvm.target.Target("llvm")
+    passes = compile_settings.passes_of("basic")
+
+    def conv_kernels(mod: Any) -> dict[str, str]:
+        return {gv.name_hint: f.script() for gv, f in mod.functions_items()
+                if isinstance(f, tvm.tirx.PrimFunc) and "conv2d_nchw" in f.script()}
+
+    constant = conv_kernels(lower(from_torch(model, shape), passes, target))
+    assert len(constant) == 4  # a, dw, b, s
+    assert not any("_global" in s for s in constant.values())  # no per-call weight copy
+    inputs = _conv_zoo_params(model, shape)
+    as_inputs = conv_kernels(lower(inputs, passes, target))
+    assert len(as_inputs) == 4 and all("_global" in s for s in as_inputs.values())
+    params = [tvm.runtime.tensor(p.detach().numpy()) for p in model.parameters()]
+    vm = relax.VirtualMachine(build(inputs, passes, target), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x), *params)
+    np.testing.assert_allclose((out if hasattr(out, "numpy") else out[0]).numpy(), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("frontend", ["torch.export", "onnx"])
+def test_basic_schedules_every_kernel_and_unscheduled_none(frontend: str, tmp_path: Any) -> None:
+    """The criterion: a kernel is scheduled when some loop of it is parallel, vectorised,
+    unrolled or bound to GPU threads (schedules.unscheduled_kernels); ``tirx.is_scheduled``
+    only says a rule ran. Every kernel of a ``basic`` build of the tiny model is scheduled
+    (and so in ``default``), none of ``unscheduled``."""
+    import torch
+    import tvm
+
+    from deltann import zoo
+    from deltann.compile.frontends import import_relax
+    from deltann.compile.pipeline import lower
+
+    spec = zoo.get("tiny_cnn")
+    model = spec.loaders["torch"]()
+    shape = tuple(spec.input_shape)
+    if frontend == "onnx":
+        payload = tmp_path / "tiny.onnx"
+        torch.onnx.export(model, (torch.zeros(shape),), str(payload), dynamo=False, opset_version=17)
+        payload = str(payload)
+    else:
+        payload = model
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+
+    def kernels(setting: str) -> tuple[list[str], list[str]]:
+        mod = lower(import_relax(frontend, payload, shape), compile_settings.passes_of(setting), target)
+        funcs = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+        return funcs, schedules.unscheduled_kernels(mod)
+
+    for setting in ("basic", "default"):
+        funcs, naive = kernels(setting)
+        assert any("conv2d" in f for f in funcs) and naive == [], (setting, naive)
+    funcs, naive = kernels(compile_settings.UNSCHEDULED)
+    looped = [f for f in funcs if f not in {"tir_isnan", "where"}]  # scalar kernels have no loop
+    assert naive and set(naive) >= {f for f in looped if "conv2d" in f or "add" in f}
 
 
 def test_every_kernel_is_scheduled_and_parallel(pass_zoo_mod: Any) -> None:
@@ -103,17 +190,33 @@ def _legalized(mod: Any) -> Any:
     from deltann.compile.pipeline import make_pass
 
     with tvm.target.Target("llvm"):
-        return tvm.transform.Sequential([make_pass(p) for p in compile_settings.SETTINGS["default"]])(mod)
+        return tvm.transform.Sequential([make_pass(p) for p in compile_settings.SETTINGS["default"]
+                                         if p not in schedules.SCHEDULING])(mod)
 
 
-def test_non_llvm_targets_are_left_alone(pass_zoo_mod: Any) -> None:
+@pytest.mark.parametrize("target", [{"kind": "cuda", "arch": "sm_72"}, {"kind": "opencl", "device": "mali"}])
+def test_gpu_targets_get_tvms_dlight_rules(target: dict[str, str], pass_zoo_mod: Any) -> None:
+    """The device catalogue's GPU kinds (gpu-xavier: CUDA; arm-hikey: Mali over OpenCL):
+    every kernel bound to GPU threads, as TVM's own GPU pipelines do. Lowering only: this
+    machine has no GPU and TVM no CUDA/OpenCL code generator, so nothing is compiled."""
     import tvm
 
     mod = _legalized(pass_zoo_mod)
-    with tvm.target.Target("cuda"):  # building the target object needs no GPU
-        out = schedules.default_cpu_schedule()(mod)
-    assert not any(f.attrs.get("tirx.is_scheduled") for _, f in out.functions_items()
-                   if isinstance(f, tvm.tirx.PrimFunc))
+    with tvm.target.Target(target):  # building the target object needs no GPU
+        out = schedules.default_schedule()(mod)
+    funcs = [f for _, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert funcs and schedules.unscheduled_kernels(out) == []
+    assert all("threadIdx" in f.script() or "blockIdx" in f.script() for f in funcs if "for " in f.script())
+    assert schedules.unscheduled_kernels(mod)  # it was naive before
+
+
+def test_targets_with_no_tuning_free_schedule_are_left_alone(pass_zoo_mod: Any) -> None:
+    import tvm
+
+    mod = _legalized(pass_zoo_mod)
+    with tvm.target.Target("c"):
+        out = schedules.default_schedule()(mod)
+    tvm.ir.assert_structural_equal(out, mod)
 
 
 def test_a_kernel_the_rule_cannot_schedule_keeps_its_loops(pass_zoo_mod: Any, monkeypatch: pytest.MonkeyPatch,
@@ -128,7 +231,7 @@ def test_a_kernel_the_rule_cannot_schedule_keeps_its_loops(pass_zoo_mod: Any, mo
     monkeypatch.setattr(schedules, "_schedule_reduction", refuse)
     mod = _legalized(pass_zoo_mod)
     with tvm.target.Target("llvm"), caplog.at_level(logging.DEBUG, logger="deltann.compile"):
-        out = schedules.default_cpu_schedule()(mod)
+        out = schedules.default_schedule()(mod)
     funcs = {gv.name_hint: f for gv, f in out.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     conv = [n for n in funcs if n.startswith("fused_conv2d")]
     assert conv and not any(funcs[n].attrs.get("tirx.is_scheduled") for n in conv)

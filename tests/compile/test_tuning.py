@@ -27,7 +27,7 @@ def test_tuned_is_extended_with_the_database_before_the_default_schedule() -> No
     ext, tuned = settings.passes_of("extended"), settings.passes_of("tuned")
     i = tuned.index(tuning.APPLY)
     assert tuned[:i] + tuned[i + 1:] == ext
-    assert tuned[i + 1] == "DefaultCpuSchedule"
+    assert tuned[i + 1] == "DefaultSchedule"
     assert settings.is_tuned("tuned") and not settings.is_tuned("extended")
     assert "tuned" in settings.names() and "tuned" not in settings.ablation_names()
     assert "basic+MetaSchedule" not in settings.ablation_names()

@@ -113,3 +113,28 @@ def test_report_shows_per_layer_divergence(tiny_results: Path, tmp_path: Path) -
     assert (row["aligned"], row["first_layer_a"], row["first_max_abs"]) == (4, "l2", 2e-3)
     assert row["final_max_abs"] == 5e-3
     assert any(p.name.startswith("layers_") and p.suffix == ".png" for p in report.files)
+
+
+def test_report_names_settings_built_under_two_pass_lists(tiny_results: Path, tmp_path: Path) -> None:
+    """A folder that ran under an older deltann, whose ``basic`` had no schedule, and under
+    this one: both rows stay (their keys differ) and the report says so, once, by name."""
+    import shutil
+
+    import pyarrow as pa
+
+    from deltann.compile import settings as compile_settings
+    from deltann.store import SCHEMAS, Store, tag
+
+    results = tmp_path / "results"
+    shutil.copytree(tiny_results, results)
+    plain = build_report(results, tmp_path / "plain")
+    assert "pass lists" not in plain.markdown
+    store = Store(results)
+    row = store.scan("builds").filter(pl.col("setting") == "basic").collect().row(0, named=True)
+    # (rows = 0: a build row of its own, no predictions claimed, so the store counts it complete)
+    old = row | {"unit_key": "0" * 32, "passes": list(compile_settings.passes_of("unscheduled")), "rows": 0}
+    store.write(tag(pa.Table.from_pylist([old], schema=SCHEMAS["builds"]), "builds", old["unit_key"], 0))
+    report = build_report(results, tmp_path / "mixed")
+    notes = [line for line in report.markdown.splitlines() if "pass lists" in line]
+    assert len(notes) == 1 and "basic (2 pass lists)" in notes[0] and "extended" not in notes[0]
+    assert "basic (2 pass lists)" in (tmp_path / "mixed" / "report.html").read_text()
