@@ -328,12 +328,15 @@ class Store:
         }
         manifest["deltann_version"] = __version__
         manifest["environment"] = environment()
-        # A shared folder may hold several studies: each run names its own, and a study other
-        # than the folder's first is kept beside it.
+        # A shared folder may hold several studies: each run names its own and records it
+        # whole ("spec": a later run that added a variant shows it); the folder's study and
+        # any other kept beside it are as their latest run defined them.
         name = study.get("name")
-        run = {"study": name, **run}
+        run = {"study": name, **run, "spec": study}
         if isinstance(manifest.get("study"), dict) and name != manifest["study"].get("name"):
             manifest.setdefault("studies", {})[str(name)] = study
+        else:
+            manifest["study"] = study
         manifest["runs"].append(run)
         _atomic_write_bytes(self.root / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
 
