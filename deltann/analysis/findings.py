@@ -35,6 +35,9 @@ from deltann.store import Store
 MAX_ITEMS = 5
 #: Most significant time changes listed per model and device (after the TVM headline).
 MAX_TIME = 3
+#: Most flipped images a label finding carries (the largest-margin ones): enough to name
+#: the hop that flipped them, few enough to run a chain's prefixes on.
+MAX_IMAGES = 64
 
 
 def _plural(n: int, word: str) -> str:
@@ -54,7 +57,7 @@ class Finding:
     config_b: str = ""
     image: str = ""
     repro: str = ""  # the command that writes its reproducer bundle ("" where none applies)
-    images: tuple[str, ...] = field(default=())  # the images it is about (label flips)
+    images: tuple[str, ...] = field(default=())  # the flipped images, largest margin first (at most MAX_IMAGES)
 
 
 def slug(*parts: str) -> str:
@@ -136,44 +139,63 @@ def _groups(sub: pl.DataFrame, configs: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-def _flips(store: Store, model: str, device: str, a: str, b: str) -> pl.DataFrame:
-    """Images whose top-1 differs between ``a`` and ``b``, with each side's label and
-    probability and A's top-1/top-2 margin, the largest margin first."""
-    cols = ["config", "image_id", "top1", "top5_prob"]
+def _label_rows(store: Store, model: str, device: str, configs: list[str]) -> dict[str, pl.DataFrame]:
+    """One read of ``configs`` on one model and device: per configuration, each image's
+    ``top1``, ``p1`` (its top-1 probability) and ``margin`` (top-1 minus top-2
+    probability), keyed by ``h``, the image id's 64-bit hash (joins on it, not on strings;
+    an image run twice, in a repeated run, counts once)."""
+    p = pl.col("top5_prob")
     rows = (store.scan("predictions")
-            .filter((pl.col("model") == model) & (pl.col("device") == device) & pl.col("config").is_in([a, b]))
-            .select(cols).collect())
-    side_a = rows.filter(pl.col("config") == a).unique("image_id", keep="first", maintain_order=True)
-    side_b = rows.filter(pl.col("config") == b).unique("image_id", keep="first", maintain_order=True)
+            .filter((pl.col("model") == model) & (pl.col("device") == device) & pl.col("config").is_in(configs))
+            .select("config", "image_id", pl.col("image_id").hash().alias("h"), "top1",
+                    p.list.get(0, null_on_oob=True).alias("p1"),
+                    (p.list.get(0, null_on_oob=True) - p.list.get(1, null_on_oob=True)).alias("margin"))
+            .collect())
+    return {str(c): part.drop("config").unique("h", keep="first")
+            for (c,), part in rows.partition_by("config", as_dict=True).items()}
+
+
+def _flips(sides: dict[str, pl.DataFrame], a: str, b: str) -> pl.DataFrame:
+    """Images whose top-1 differs between ``a`` and ``b`` (``sides`` from
+    :func:`_label_rows`), with each side's label and probability and A's top-1/top-2
+    margin, the largest margin first."""
+    empty = pl.DataFrame(schema={"image_id": pl.String, "top1": pl.Int32, "top1_b": pl.Int32, "p_a": pl.Float32,
+                                 "p_b": pl.Float32, "margin": pl.Float32})
+    if a not in sides or b not in sides:
+        return empty
+    other = sides[b].select("h", pl.col("top1").alias("top1_b"), pl.col("p1").alias("p_b"))
     return (
-        side_a.join(side_b, on="image_id", suffix="_b")
+        sides[a].join(other, on="h")
         .filter(pl.col("top1") != pl.col("top1_b"))
-        .select(
-            "image_id", "top1", "top1_b",
-            pl.col("top5_prob").list.get(0, null_on_oob=True).alias("p_a"),
-            pl.col("top5_prob_b").list.get(0, null_on_oob=True).alias("p_b"),
-            (pl.col("top5_prob").list.get(0, null_on_oob=True)
-             - pl.col("top5_prob").list.get(1, null_on_oob=True)).alias("margin"),
-        )
+        .select("image_id", "top1", "top1_b", pl.col("p1").alias("p_a"), "p_b", "margin")
         .sort("margin", "image_id", descending=[True, False], nulls_last=True)
     )
 
 
-def _worst_image(store: Store, model: str, device: str, a: str, b: str) -> str:
-    """The image with the largest |logit_A − logit_B|."""
+def _worst_image(store: Store, model: str, device: str, a: str, b: str, chunk: int = 4096) -> str:
+    """The image with the largest |logit_A − logit_B| (logits compared as arrays, a chunk
+    of images at a time)."""
     rows = (store.scan("predictions")
             .filter((pl.col("model") == model) & (pl.col("device") == device) & pl.col("config").is_in([a, b]))
             .select("config", "image_id", "logits").collect())
     side_a = rows.filter(pl.col("config") == a).unique("image_id", keep="first", maintain_order=True)
     side_b = rows.filter(pl.col("config") == b).unique("image_id", keep="first", maintain_order=True)
-    both = side_a.join(side_b, on="image_id", suffix="_b")
+    both = (side_a.join(side_b, on="image_id", suffix="_b")
+            .filter(pl.col("logits").is_not_null() & pl.col("logits_b").is_not_null()
+                    & (pl.col("logits").list.len() == pl.col("logits_b").list.len())))
+    if both.is_empty():
+        return ""
     best, worst = "", -1.0
-    for image_id, la, lb in both.select("image_id", "logits", "logits_b").iter_rows():
-        if la is None or lb is None or len(la) != len(lb):
-            continue
-        d = float(np.max(np.abs(np.asarray(la, np.float64) - np.asarray(lb, np.float64))))
-        if d > worst:
-            best, worst = str(image_id), d
+    for width, group in both.group_by(pl.col("logits").list.len().alias("_w")):
+        (w,) = width
+        for start in range(0, group.height, chunk):
+            part = group.slice(start, chunk)
+            la = part["logits"].list.to_array(int(w)).to_numpy().astype(np.float64)
+            lb = part["logits_b"].list.to_array(int(w)).to_numpy().astype(np.float64)
+            per_image = np.abs(la - lb).max(axis=1) if w else np.zeros(part.height)
+            k = int(np.argmax(per_image))
+            if per_image[k] > worst:
+                best, worst = str(part["image_id"][k]), float(per_image[k])
     return best
 
 
@@ -203,8 +225,10 @@ def _label_findings(store: Store, pairs: pl.DataFrame, info: dict[tuple[str, str
         other = group[0]
         d, n, pct = lookup.get((reference, other), (0, 0, 0.0))
         found.append((d, other, n, pct))
-    for d, other, n, pct in sorted(found, key=lambda t: (-t[0], rank(t[1])))[:MAX_ITEMS]:
-        flips = _flips(store, model, device, reference, other)
+    shown = sorted(found, key=lambda t: (-t[0], rank(t[1])))[:MAX_ITEMS]
+    rows = _label_rows(store, model, device, [reference, *(t[1] for t in shown)])
+    for d, other, n, pct in shown:
+        flips = _flips(rows, reference, other)
         text = f"`{other}` differs from `{reference}` on the top-1 of {d} of {n} images ({pct:.1f} %)."
         image = ""
         if flips.height:
@@ -215,13 +239,13 @@ def _label_findings(store: Store, pairs: pl.DataFrame, info: dict[tuple[str, str
                      f"{margin}) → {class_name(best['top1_b'])} (p {best['p_b']:.2g}).")
         out.append(Finding(model, device, "labels", text, table, reference, other, image,
                            repro(model, reference, other, image, device),
-                           tuple(str(i) for i in flips["image_id"].to_list())))
+                           tuple(str(i) for i in flips["image_id"].head(MAX_IMAGES).to_list())))
     if len(found) > MAX_ITEMS:
         out.append(Finding(model, device, "labels", f"… and {_plural(len(found) - MAX_ITEMS, 'more group')} that "
                            f"differ from `{reference}` (see the table).", table))
-    shown = "; ".join("{" + ", ".join(f"`{c}`" for c in g) + "}" for g in groups)
+    members = "; ".join("{" + ", ".join(f"`{c}`" for c in g) + "}" for g in groups)
     out.append(Finding(model, device, "groups", f"{len(groups)} groups, each giving the same top-1 on every image: "
-                       f"{shown}.", table))
+                       f"{members}.", table))
     return out
 
 

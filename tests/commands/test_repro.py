@@ -119,3 +119,21 @@ def test_tvm_bundle_ships_the_compiled_module_and_reproduces(tiny_results: Path,
     assert _printed_top1(done.stdout) == {image: (stored_a[image], stored_b[image])}
     assert "B vs stored 0" in done.stdout or re.search(r"B vs stored \d(\.\d+)?e-0[6-9]", done.stdout)
     assert re.search(r"time B / A: [\d.]+x", done.stdout)
+
+
+def test_tvm_bundle_rebuilds_a_module_the_board_did_not_keep(tiny_results: Path, tmp_path: Path) -> None:
+    """A results folder copied without its compiled modules (or from a board without a C
+    compiler to export them): the bundle builds the module again from the stored build
+    settings and says so; it reproduces the stored outputs all the same."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(tiny_results, results, ignore=shutil.ignore_patterns("*.so"))
+    a, b = "torch [torch]", "torch [tvm:basic]"
+    bundle = tmp_path / "rebuilt"
+    assert main(["repro", str(results), "--pair", a, b, "--out", str(bundle)]) == 0
+    side = json.loads((bundle / "bundle.json").read_text())["b"]
+    assert side["module"].startswith("rebuilt by deltann repro on this machine for target ")
+    assert (bundle / side["frontend_input"]).suffix == ".pt2"  # torch.export: the program TVM imported
+    done = _run_bundle(bundle)
+    assert done.returncode == 0 and "REPRODUCED" in done.stdout, done.stdout + done.stderr[-3000:]
