@@ -324,8 +324,8 @@ def _time_findings(speedups: pl.DataFrame, latency: pl.DataFrame, info: dict[tup
         out.append(Finding(model, device, "time", "Significant: " + _ratio_text(row) + ".", table, row["A"],
                            row["B"], repro=repro(model, row["A"], row["B"], device=device)))
     if len(rest) > MAX_TIME:
-        out.append(Finding(model, device, "time", f"… and {_plural(len(rest) - MAX_TIME, 'more significant time change')}"
-                           " (see the table).", table))
+        more = _plural(len(rest) - MAX_TIME, "more significant time change")
+        out.append(Finding(model, device, "time", f"… and {more} (see the table).", table))
     if significant.is_empty():
         out.append(Finding(model, device, "time", f"No significant time change among the {sub.height} pairs timed "
                            "together.", table))

@@ -112,7 +112,8 @@ def chain_steps(variant_a: str, variant_b: str, runtime_b: str, setting_b: str) 
     for k in range(len(sa), len(sb)):
         prefix = format_chain(sb[: k + 1])
         last = k == len(sb) - 1 and setting_b == "native"
-        steps.append((f"{sb[k - 1].framework}->{sb[k]}", prefix, runtime_b if last else NATIVE_RUNTIME[sb[k].framework]))
+        runtime = runtime_b if last else NATIVE_RUNTIME[sb[k].framework]
+        steps.append((f"{sb[k - 1].framework}->{sb[k]}", prefix, runtime))
     if setting_b != "native":
         steps.append((f"tvm:{setting_b}", variant_b, "tvm"))
     return steps

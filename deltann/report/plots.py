@@ -83,8 +83,10 @@ def heatmap_png(matrix: pl.DataFrame, path: Path, title: str, *, fmt: str = "{:.
     same colour means the same value in every report; without them the data's range is
     used. Cells equal to ``neutral`` (the value meaning "no difference") are drawn in a
     neutral grey instead of the map's colour. ``log``: a logarithmic scale (logit
-    differences span decades). ``reverse``: the map's end colour for small values (a
-    similarity, where small is bad). Missing cells are left blank and annotated ``–``."""
+    differences span decades; values outside the scale take its end colours).
+    ``reverse``: the map reversed, light for small values and dark for large ones (a
+    difference, so that the more two configurations differ the darker the cell; a
+    similarity keeps the map as it is). Missing cells are left blank and annotated ``–``."""
     rows = [str(v) for v in matrix.to_series(0).to_list()]
     cols = matrix.columns[1:]
     values = matrix.select(cols).cast(pl.Float64).fill_null(float("nan")).to_numpy()

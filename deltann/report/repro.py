@@ -48,11 +48,15 @@ class Bundle:
     flipped: list[str]
     files: list[Path]
 
+    trust: bool = False  # a side is torch: repro.py needs --trust-remote-code
+
     def summary(self) -> str:
         flips = f"top-1 differs on {len(self.flipped)} of {len(self.images)}" if self.flipped else \
             f"no top-1 differs on the {len(self.images)}"
         return (f"reproducer for {self.a!r} vs {self.b!r} ({flips} image{'s' if len(self.images) != 1 else ''} "
-                f"packed): {self.folder}\nrun it with: python {self.folder / 'repro.py'}")
+                f"packed): {self.folder}\nrun it with: python {self.folder / 'repro.py'}"
+                + (" --trust-remote-code (its torch side is a .pt2, which torch.export.load unpickles)"
+                   if self.trust else ""))
 
 
 def _images(store: Store, ka: str, kb: str, image: str | None) -> pl.DataFrame:
@@ -235,14 +239,21 @@ def _readme(bundle: dict[str, Any]) -> str:
              f"`{b['device']}`. Written by `deltann repro` (deltann {bundle['deltann_version']}) from "
              f"`{bundle['results']}` on {bundle['created']}.", "", "## What the study saw", ""]
     for im in bundle["images"]:
-        lines.append(f"- image `{im['id']}`: top-1 A = {im['top1_a']}, B = {im['top1_b']}"
-                     f"{' (differs)' if im['top1_a'] != im['top1_b'] else ''}; max |Δlogit| {im['max_abs_dlogit']:.4g}")
+        differs = " (differs)" if im["top1_a"] != im["top1_b"] else ""
+        lines.append(f"- image `{im['id']}`: top-1 A = {im['top1_a']}, B = {im['top1_b']}{differs}; "
+                     f"max |Δlogit| {im['max_abs_dlogit']:.4g}")
     if bundle.get("time_ratio_b_over_a"):
         lines.append(f"- time B / A in the study's timing session: {bundle['time_ratio_b_over_a']}")
-    lines += ["", "## Run it", "", "```sh", "python repro.py            # numpy + the two runtimes; not deltann",
-              "python repro.py --time 50  # also time both sides", "```", "",
+    trust = " --trust-remote-code" if "torch" in (a["runtime"], b["runtime"]) else ""
+    lines += ["", "## Run it", "", "```sh",
+              f"python repro.py{trust}            # numpy + the two runtimes; not deltann",
+              f"python repro.py{trust} --time 50  # also time both sides", "```", "",
               "It prints, per image, both sides' top-1 and the largest logit difference beside what the study "
-              "stored, and exits 0 when both sides give the stored labels.", "", "## The two sides", ""]
+              "stored, and exits 0 when both sides give the stored labels."]
+    if trust:
+        lines += ["", "The torch side is an ExportedProgram (`.pt2`); `torch.export.load` unpickles parts of it, so "
+                  "repro.py loads it only with `--trust-remote-code`: give it if you trust whoever made this bundle."]
+    lines += ["", "## The two sides", ""]
     for name, side in (("A", a), ("B", b)):
         lines.append(f"### {name}: `{side['config']}`")
         lines.append("")
@@ -366,4 +377,5 @@ def write_bundle(results: Path | str, a: str, b: str, *, image: str | None = Non
     (folder / "README.md").write_text(_readme(bundle))
     shutil.copy2(SCRIPT, folder / "repro.py")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return Bundle(folder, row_a["config"], row_b["config"], ids, flipped, files)
+    return Bundle(folder, row_a["config"], row_b["config"], ids, flipped, files,
+                  trust="torch" in (row_a["runtime"], row_b["runtime"]))

@@ -11,8 +11,14 @@ labels and the largest logit difference, beside what the study stored.
     python repro.py             # needs numpy and the two runtimes named in bundle.json
     python repro.py --time 50   # also time each side (50 calls on the first input)
 
+A torch side is an ExportedProgram (``.pt2``), and ``torch.export.load`` unpickles parts
+of it: it is loaded only with ``--trust-remote-code`` (as a study loads a ``.pt2`` user
+model only with ``trust_remote_code = true``), given when you trust whoever made the
+bundle. (A TVM side's ``module.so`` is native code compiled by TVM, loaded as TVM loads
+any exported module; rebuild it from its frontend input if in doubt.)
+
 Exit status 0 when both sides give the top-1 labels the study stored (the difference is
-reproduced), 1 when they do not.
+reproduced), 1 when they do not, 2 when a side cannot be loaded as asked.
 """
 
 from __future__ import annotations
@@ -41,7 +47,11 @@ def tensor_hash(x: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _onnxruntime(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
+class Refused(Exception):
+    """A side that is not loaded without the user's say-so (see the module docstring)."""
+
+
+def _onnxruntime(path: Path, side: dict[str, Any], trust_remote_code: bool) -> Callable[[np.ndarray], Any]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -49,11 +59,12 @@ def _onnxruntime(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any
     return lambda x: session.run(None, {name: x})[0]
 
 
-def _torch(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
+def _torch(path: Path, side: dict[str, Any], trust_remote_code: bool) -> Callable[[np.ndarray], Any]:
+    if not trust_remote_code:
+        raise Refused(f"{path}: {side['config']} is a torch ExportedProgram and torch.export.load unpickles parts of "
+                      "it; rerun with --trust-remote-code if you trust whoever made this bundle")
     import torch
 
-    # An ExportedProgram (torch.export.save); loading it unpickles its contents, so only
-    # load bundles you made or trust.
     module = torch.export.load(str(path)).module()
 
     def run(x: np.ndarray) -> Any:
@@ -64,7 +75,7 @@ def _torch(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
     return run
 
 
-def _litert(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
+def _litert(path: Path, side: dict[str, Any], trust_remote_code: bool) -> Callable[[np.ndarray], Any]:
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # the same interpreter, as TensorFlow ships it
@@ -85,7 +96,7 @@ def _litert(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
     return run
 
 
-def _tf(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
+def _tf(path: Path, side: dict[str, Any], trust_remote_code: bool) -> Callable[[np.ndarray], Any]:
     import tensorflow as tf
 
     if path.suffix == ".pb":  # a frozen GraphDef, cut at the tensors bundle.json names
@@ -102,7 +113,7 @@ def _tf(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
     return lambda x: fn(**{name: tf.constant(x)})[output].numpy()
 
 
-def _keras(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
+def _keras(path: Path, side: dict[str, Any], trust_remote_code: bool) -> Callable[[np.ndarray], Any]:
     if side.get("meta", {}).get("keras_api") == "tf_keras":
         import tf_keras
 
@@ -114,7 +125,7 @@ def _keras(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
     return lambda x: np.asarray(model(x, training=False))
 
 
-def _tvm(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
+def _tvm(path: Path, side: dict[str, Any], trust_remote_code: bool) -> Callable[[np.ndarray], Any]:
     import tvm
     from tvm import relax
 
@@ -129,15 +140,16 @@ def _tvm(path: Path, side: dict[str, Any]) -> Callable[[np.ndarray], Any]:
     return run
 
 
-LOADERS: dict[str, Callable[[Path, dict[str, Any]], Callable[[np.ndarray], Any]]] = {
+LOADERS: dict[str, Callable[[Path, dict[str, Any], bool], Callable[[np.ndarray], Any]]] = {
     "onnxruntime": _onnxruntime, "torch": _torch, "litert": _litert, "tf": _tf, "keras": _keras, "tvm": _tvm,
 }
 
 
-def load(side: dict[str, Any], folder: Path = HERE) -> Callable[[np.ndarray], np.ndarray]:
+def load(side: dict[str, Any], folder: Path = HERE,
+         trust_remote_code: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """The side's model as a function: canonical NCHW float32 batch -> logits in the common
     1000-class ImageNet space (the side's layout and label offset as bundle.json says)."""
-    run = LOADERS[side["runtime"]](folder / side["file"], side)
+    run = LOADERS[side["runtime"]](folder / side["file"], side, trust_remote_code)
     classes, offset = int(side["labels"]["classes"]), int(side["labels"]["offset"])
 
     def logits(x: np.ndarray) -> np.ndarray:
@@ -168,6 +180,8 @@ def _versions(runtimes: set[str]) -> str:
 def main(argv: list[str] | None = None, folder: Path = HERE) -> int:
     parser = argparse.ArgumentParser(description="Reproduce a DeltaNN discrepancy (see README.md)")
     parser.add_argument("--time", type=int, default=0, metavar="N", help="also time each side, N calls")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="load a torch side (.pt2: torch.export.load unpickles parts of it)")
     args = parser.parse_args(argv)
     bundle = json.loads((folder / "bundle.json").read_text())
     a, b = bundle["a"], bundle["b"]
@@ -175,7 +189,11 @@ def main(argv: list[str] | None = None, folder: Path = HERE) -> int:
     print(f"B = {b['config']} on {b['device']}  ({b['runtime']}, {b['file']})")
     print(f"runtimes here: {_versions({a['runtime'], b['runtime']})}; the study ran with: "
           f"{a['runtime_version']} / {b['runtime_version']}")
-    run_a, run_b = load(a, folder), load(b, folder)
+    try:
+        run_a, run_b = load(a, folder, args.trust_remote_code), load(b, folder, args.trust_remote_code)
+    except Refused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
     reproduced = True
     worst = 0.0
     for image in bundle["images"]:

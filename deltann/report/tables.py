@@ -217,17 +217,19 @@ def build_report(results: Path | str, out: Path | str | None = None, *, hops: bo
     # --- labels -------------------------------------------------------------------
     doc.save(pairs, "pairwise_agreement", floats=6)
     # (name, heading, value, diagonal, cell format, note, scale): fixed scales, so a colour
-    # means the same value in every report; "no difference" cells are drawn neutral.
+    # means the same value in every report (logits: 1e-7, fp32 rounding, to 100); "no
+    # difference" cells are drawn neutral, and the more two configurations differ, the
+    # darker their cell.
     matrices = (
         ("top1_dissimilarity", "Top-1 label dissimilarity (%)", "disagree_pct", 0.0, "{:.1f}",
          "Cell: % of images whose top-1 label differs between row A and column B (grey: none).",
-         {"vmin": 0.0, "vmax": 100.0, "neutral": 0.0, "label": "% of images"}),
+         {"vmin": 0.0, "vmax": 100.0, "neutral": 0.0, "reverse": True, "label": "% of images"}),
         ("top5_jaccard", "Top-5 Jaccard similarity", "top5_jaccard", 1.0, "{:.2f}",
          "Cell: mean |top5_A ∩ top5_B| / |top5_A ∪ top5_B| over the images both ran (1 = same sets; grey).",
-         {"vmin": 0.0, "vmax": 1.0, "neutral": 1.0, "reverse": True, "label": "Jaccard"}),
+         {"vmin": 0.0, "vmax": 1.0, "neutral": 1.0, "label": "Jaccard"}),
         ("logit_divergence", "Logit divergence (max |Δlogit|)", "max_abs_dlogit", 0.0, "{:.1e}",
-         "Cell: max over images and classes of |logit_A − logit_B| (log colour scale; grey: identical).",
-         {"log": True, "neutral": 0.0, "label": "max |Δlogit|"}),
+         "Cell: max over images and classes of |logit_A − logit_B| (log colour scale 1e-7–100; grey: identical).",
+         {"log": True, "vmin": 1e-7, "vmax": 1e2, "neutral": 0.0, "reverse": True, "label": "max |Δlogit|"}),
     )
     for (model, device), _ in pairs.group_by(["model", "device"], maintain_order=True):
         for name, heading, value, diagonal, fmt, note, scale in matrices:
@@ -250,7 +252,8 @@ def build_report(results: Path | str, out: Path | str | None = None, *, hops: bo
         doc.heading(f"Top-1 dissimilarity across frameworks (%): {model} on {device}, setting {setting}")
         doc.table(matrix)
         doc.figure(plots.heatmap_png(matrix, out / f"{key}.png", f"{model} on {device} [{setting}]: top-1 %",
-                                     vmin=0.0, vmax=100.0, neutral=0.0, label="% of images"),
+                                     vmin=0.0, vmax=100.0, neutral=0.0, reverse=True,
+                                     label="% of images"),
                    f"framework heatmap {model} {device} {setting}")
     doc.save(devices, "device_pairs")
     for (model, config), sub in devices.group_by(["model", "config"], maintain_order=True):
@@ -260,7 +263,8 @@ def build_report(results: Path | str, out: Path | str | None = None, *, hops: bo
         doc.heading(f"Top-1 dissimilarity across devices (%): {model}, {config}", key)
         doc.table(matrix)
         doc.figure(plots.heatmap_png(matrix, out / f"{key}.png", f"{model} {config}: top-1 % across devices",
-                                     vmin=0.0, vmax=100.0, neutral=0.0, label="% of images"),
+                                     vmin=0.0, vmax=100.0, neutral=0.0, reverse=True,
+                                     label="% of images"),
                    f"device heatmap {model} {config}")
 
     doc.heading("Pairwise agreement", "pairwise_agreement")

@@ -135,5 +135,8 @@ def test_tvm_bundle_rebuilds_a_module_the_board_did_not_keep(tiny_results: Path,
     side = json.loads((bundle / "bundle.json").read_text())["b"]
     assert side["module"].startswith("rebuilt by deltann repro on this machine for target ")
     assert (bundle / side["frontend_input"]).suffix == ".pt2"  # torch.export: the program TVM imported
-    done = _run_bundle(bundle)
+    refused = _run_bundle(bundle)  # side A is a .pt2: not unpickled unless the user says so
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("refused: ") and "--trust-remote-code" in refused.stderr
+    done = _run_bundle(bundle, "--trust-remote-code")
     assert done.returncode == 0 and "REPRODUCED" in done.stdout, done.stdout + done.stderr[-3000:]

@@ -55,8 +55,9 @@ def noisy_onnx_torch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_perturbed_middle_hop_is_named(noisy_onnx_torch: None, record_results: Any, tmp_path: Path) -> None:
     out = record_results(
-        tmp_path, 'name = "hops"\nmodels = ["tiny_cnn"]\nvariants = ["torch", "torch->onnx", "torch->onnx->torch->onnx"]\n'
-        'runtimes = ["native"]\n', load_catalogue(), keep=lambda unit: True, board=lambda unit: "b")
+        tmp_path, 'name = "hops"\nmodels = ["tiny_cnn"]\n'
+        'variants = ["torch", "torch->onnx", "torch->onnx->torch->onnx"]\nruntimes = ["native"]\n',
+        load_catalogue(), keep=lambda unit: True, board=lambda unit: "b")
     store = Store(out)
     preds = store.scan("predictions").select("config", "image_id", "top1").collect()
     src = dict(preds.filter(pl.col("config") == SOURCE).select("image_id", "top1").iter_rows())
@@ -88,8 +89,9 @@ def test_real_dynamic_range_flip_is_the_tflite_hop(record_results: Any, tmp_path
     both run here (onnxruntime, TF SavedModel) and stay within tolerance, and the
     quantising hop is named."""
     out = record_results(
-        tmp_path, 'name = "q"\nmodels = ["efficientnet_lite0"]\nvariants = ["torch", "torch->tf->tflite:dynamic-range"]\n'
-        'runtimes = ["native"]\n', load_catalogue(), keep=lambda unit: True, board=lambda unit: "b")
+        tmp_path, 'name = "q"\nmodels = ["efficientnet_lite0"]\n'
+        'variants = ["torch", "torch->tf->tflite:dynamic-range"]\nruntimes = ["native"]\n',
+        load_catalogue(), keep=lambda unit: True, board=lambda unit: "b")
     report = build_report(out, tmp_path / "report", data_root=tmp_path)
     findings = report.markdown.split("## Findings", 1)[1].split("\n## ", 1)[0]
     assert "differs from `torch [torch]` on the top-1 of" in findings
