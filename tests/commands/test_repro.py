@@ -140,3 +140,24 @@ def test_tvm_bundle_rebuilds_a_module_the_board_did_not_keep(tiny_results: Path,
     assert refused.stderr.startswith("refused: ") and "--trust-remote-code" in refused.stderr
     done = _run_bundle(bundle, "--trust-remote-code")
     assert done.returncode == 0 and "REPRODUCED" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+def test_bundle_carries_the_first_divergent_layer_once_localized(flip_results: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(flip_results, results)
+    bundle = tmp_path / "bundle"
+    assert main(["repro", str(results), "--pair", SOURCE, QUANT, "--out", str(bundle), "--no-hops"]) == 0
+    assert json.loads((bundle / "bundle.json").read_text())["localize"] is None  # not localized yet
+    assert main(["localize", str(results), "--pair", SOURCE, QUANT]) == 0
+    printed = capsys.readouterr().out
+    assert "first layer beyond tolerance: " in printed
+    assert main(["repro", str(results), "--pair", SOURCE, QUANT, "--out", str(bundle), "--no-hops"]) == 0
+    layers = json.loads((bundle / "bundle.json").read_text())["localize"]
+    first = layers["first_divergent"]
+    assert first is not None and f"first layer beyond tolerance: {first['layer_a']} ~ {first['layer_b']}" in printed
+    table = pl.read_csv(bundle / layers["table"])
+    assert table.filter(pl.col("first_divergent"))["layer_a"].to_list() == [first["layer_a"]]
+    assert f"`{first['layer_a']}` ~ `{first['layer_b']}`" in (bundle / "README.md").read_text()
