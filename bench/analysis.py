@@ -102,6 +102,7 @@ def run_tables(root: Path) -> None:
     """Every analysis table on the store, each timed; prints one JSON line."""
     from deltann import analysis
     from deltann.analysis import passes
+    from deltann.analysis.findings import findings
     from deltann.store import Store
 
     store = Store(root)
@@ -125,13 +126,17 @@ def run_tables(root: Path) -> None:
     timed("accuracy", analysis.accuracy, store)
     timed("margin_flips", analysis.margin_flips, store)
     timed("stability", analysis.stability, store)
-    latency = timed("latency_table", analysis.latency_table, store)
-    timed("speedup_table", analysis.speedup_table, latency)
-    timed("speedup_stats", analysis.speedup_stats, store, latency)
+    per_session = timed("session_latency", analysis.session_latency, store)
+    latency = timed("latency_table", analysis.latency_table, store, per_session)
+    timed("speedup_table", analysis.speedup_table, per_session)
+    speedups = timed("speedup_stats", analysis.speedup_stats, store, per_session)
     timed("per-pass Tables III-IV", passes.from_store, store)
     timed("latency_matrix", analysis.latency_matrix, latency, m)
     timed("noise_floor", analysis.noise_floor, store)
-    timed("failures", analysis.failures, store)
+    failed = timed("failures", analysis.failures, store)
+    devices = analysis.device_pairs(store)
+    timed("findings", findings, store, pairs=pairs, speedups=speedups, failed=failed, devices=devices,
+          latency=latency)
     check = fig1.filter(fig1["device"] == d)
     print(json.dumps({"times_s": times, "cpu_s": cpu, "total_s": round(sum(times.values()), 3),
                       "total_cpu_s": round(sum(cpu.values()), 3), "load_avg": list(os.getloadavg()),

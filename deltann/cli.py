@@ -10,7 +10,8 @@ import sys
 from deltann import __version__
 from deltann.errors import DeltannError, storage_error
 
-SUBCOMMANDS = ("run", "report", "compare", "localize", "passes", "bisect", "devices", "images", "merge", "verify")
+SUBCOMMANDS = ("run", "report", "compare", "localize", "repro", "passes", "bisect", "devices", "images", "merge",
+               "verify")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,10 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
         "change, a conversion, a compiler setting or a new board?",
     )
     parser.add_argument("--version", action="version", version=f"deltann {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log debug messages; list every error, not only the first")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"deltann.commands.{name}").add_parser(sub)
+    for command in sub.choices.values():  # `deltann run study.toml -v` works as well as `deltann -v run ...`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log debug messages; list every error, not only the first")
     return parser
 
 
@@ -37,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except DeltannError as exc:
         print(f"deltann: error: {exc}", file=sys.stderr)
+        if args.verbose and len(exc.details) > 1:
+            print(f"deltann: all {len(exc.details)} errors:", file=sys.stderr)
+            for line in exc.details:
+                print(f"  {line}", file=sys.stderr)
         return 2
     except OSError as exc:
         # A full disk, a read-only folder, a folder one may not write, wherever it surfaced:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -239,3 +240,28 @@ def loader_for(source: str, root: Path,
     if source == "samples":
         return load_samples
     return lambda limit: load_folder((root / source).resolve(), limit, skipped)
+
+
+def replay(study: dict[str, Any], model: str, variant: str, ids: list[str], hashes: dict[str, str],
+           root: Path) -> np.ndarray:
+    """The exact input tensors a run classified, made again: images ``ids`` of the stored
+    ``study``'s dataset (a folder path is relative to ``root``), preprocessed with the
+    recipe of ``model`` as ``variant``'s source framework ships it, each checked against
+    the input hash the run stored (``hashes``). Used by the commands that run a
+    configuration again from a results folder (``localize``, ``repro``, hop attribution)."""
+    from deltann import zoo
+
+    source = study.get("dataset", {}).get("source", "samples")
+    limit = study.get("dataset", {}).get("limit")
+    images = {im.id: im for im in loader_for(source, root)(limit)}
+    missing = [i for i in ids if i not in images]
+    if missing:
+        raise DatasetError(f"images {missing[:3]} of the run are not in dataset {source!r} (root {root}); "
+                           "pass --data-root, the folder the study file was in")
+    recipe = zoo.get(model).preprocess_for(variant.split("->")[0].split(":")[0].strip())
+    batch = preprocess([images[i] for i in ids], recipe)
+    for image_id, h in zip(batch.ids, batch.hashes, strict=True):
+        if hashes.get(image_id) and hashes[image_id] != h:
+            raise DatasetError(f"image {image_id!r} preprocesses to {h}, but the run saw {hashes[image_id]}: "
+                               "the dataset or the preprocessing changed since the run")
+    return batch.tensors

@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 
 class DeltannError(Exception):
-    """Base of every error deltann raises on purpose (never an internal bug)."""
+    """Base of every error deltann raises on purpose (never an internal bug). The message
+    is one line; ``details`` holds what did not fit (every error of a study file), which
+    the CLI prints with ``-v``."""
+
+    def __init__(self, message: str = "", *, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = list(details or [])
 
 
 class StudyError(DeltannError):

@@ -511,10 +511,14 @@ class Store:
                              "original results folder")
         records = self.run_records()
         studies = dict(manifest.get("studies") or {})
-        for record in records:
-            spec = record.pop("spec", None)
-            if isinstance(spec, dict) and record.get("study") != manifest["study"].get("name"):
-                studies.setdefault(str(record.get("study")), spec)
+        for record in records:  # oldest first: a study is as its latest run defined it
+            spec = record.get("spec")  # each run keeps its study whole (a later run may add a variant)
+            if not isinstance(spec, dict):
+                continue
+            if record.get("study") == manifest["study"].get("name"):
+                manifest["study"] = spec
+            else:
+                studies[str(record.get("study"))] = spec
         manifest["runs"] = [*manifest["runs"], *records]
         if studies:
             manifest["studies"] = studies

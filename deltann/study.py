@@ -225,15 +225,25 @@ def _key_text(part: object) -> str:
     return text if _PLAIN_KEY.match(text) else json.dumps(text)
 
 
-def _one_line(path: Path, exc: ValidationError) -> str:
-    err = exc.errors()[0]
+def _line(path: Path, err: Any) -> str:
+    """One validation error as a line naming the file, the key and the fix."""
     loc = ".".join(_key_text(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(_fields_at(err["loc"][:-1]))
         msg = f"unknown key; allowed keys here: {allowed}"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return " ".join(f"{path}: {loc + ': ' if loc else ''}{msg}{more}".splitlines())
+    return " ".join(f"{path}: {loc + ': ' if loc else ''}{msg}".splitlines())
+
+
+def _one_line(path: Path, exc: ValidationError) -> str:
+    more = f" (and {exc.error_count() - 1} more; -v lists every one)" if exc.error_count() > 1 else ""
+    return _line(path, exc.errors()[0]) + more
+
+
+def _study_error(path: Path, exc: ValidationError) -> StudyError:
+    """The first error as the message; every error in ``details`` (the CLI prints them
+    with ``-v``), so none is out of reach."""
+    return StudyError(_one_line(path, exc), details=[_line(path, e) for e in exc.errors()])
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
@@ -261,7 +271,7 @@ def parse_study(data: dict[str, Any], path: Path, catalogue: dict[str, Any] | No
         # Paths in the study (user model files) are relative to the study file's folder.
         study = Study.model_validate(data, context={"root": Path(path).parent.resolve()})
     except ValidationError as exc:
-        raise StudyError(_one_line(path, exc)) from None
+        raise _study_error(path, exc) from None
     from deltann.zoo import user
 
     for name, um in study.user_models.items():  # this process plans them; units carry them to boards

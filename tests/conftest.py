@@ -4,7 +4,7 @@ EfficientNet-Lite0 (real offline weights) is used where answers must be meaningf
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,104 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory, ray_session: None) ->
     summary = run_study(study, out, progress=False)
     assert summary.ran == 6 and summary.failed == 0, summary
     return out
+
+
+def outlier_keras(path: Path) -> Path:
+    """A small Keras CNN whose dynamic-range TFLite conversion flips labels, saved to
+    ``path`` (``.keras``). Its dense layer holds, for every class, one large weight on a
+    feature that is always zero (a conv channel with zero weights and a negative bias,
+    after ReLU): the float model never sees it, but int8 weight quantisation scales each
+    class by its largest weight, so the others round coarsely and top-1 labels move — the
+    outlier-weight failure of weight quantisation, seeded and deterministic (3 of the 10
+    sample photos flip with tensorflow 2.21)."""
+    import keras
+    import numpy as np
+
+    rng = np.random.RandomState(7)
+    inp = keras.Input((64, 64, 3))
+    y = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv")(inp)
+    y = keras.layers.GlobalAveragePooling2D(name="pool")(y)
+    model = keras.Model(inp, keras.layers.Dense(1000, name="head")(y))
+    kernel = (rng.randn(3, 3, 3, 16) * 0.3).astype("float32")
+    bias = (rng.randn(16) * 0.1).astype("float32")
+    kernel[..., 0], bias[0] = 0.0, -1.0
+    model.get_layer("conv").set_weights([kernel, bias])
+    weights = rng.randn(16, 1000).astype("float32")
+    weights[0, :] = 200.0
+    model.get_layer("head").set_weights([weights, np.zeros(1000, "float32")])
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def flip_results(tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> Path:
+    """A real run where a dynamic-range TFLite variant flips labels: the outlier Keras
+    model (:func:`outlier_keras`) as a user model, on Keras, as fp32 TFLite and as
+    dynamic-range TFLite (LiteRT), the ten sample photos."""
+    from deltann.fleet.driver import run_study
+
+    folder = tmp_path_factory.mktemp("flip")
+    outlier_keras(folder / "outlier.keras")
+    study = write_study(
+        folder,
+        """
+        name = "flip"
+        models = ["outlier"]
+        variants = ["keras", "keras->tflite", "keras->tflite:dynamic-range"]
+        runtimes = ["native"]
+        [user_models.outlier]
+        path = "outlier.keras"
+        input_shape = [1, 64, 64, 3]
+        preprocess = "unit"
+        labels = 1000
+        [timing]
+        blocks = 2
+        pause_ms = 0
+        """,
+    )
+    out = folder / "results"
+    summary = run_study(study, out, progress=False)
+    assert summary.ran == 3 and summary.failed == 0, summary
+    return out
+
+
+def _record_results(folder: Path, study_toml: str, kinds: Any, keep: Callable[[Any], bool],
+                   board: Callable[[Any], str]) -> Path:
+    """A real results folder (``folder/results``) for ``study_toml``: the units ``keep``
+    accepts, run by the fleet's own unit executor in this process (no Ray), each on the
+    board ``board`` names."""
+    import socket
+
+    from deltann import plan
+    from deltann.convert.chain import ArtifactCache
+    from deltann.fleet.driver import prepare_inputs
+    from deltann.fleet.execute import run_unit
+    from deltann.fleet.markers import is_progress
+    from deltann.store import Store
+    from deltann.study import load_study
+
+    study_path = folder / "study.toml"
+    study_path.write_text(study_toml)
+    study = load_study(study_path, kinds)
+    inputs = prepare_inputs(study, folder)
+    out = folder / "results"
+    store = Store(out)
+    store.write_manifest(study.model_dump(), {"started": "test"})
+    artifacts = ArtifactCache(out / "artifacts")
+    for unit in plan.expand(study, inputs, kinds):
+        if not keep(unit):
+            continue
+        for table in run_unit(unit, inputs[unit.model], artifacts, study=study.name, board=board(unit),
+                              hostname=socket.gethostname()):
+            if not is_progress(table):
+                store.write(table)
+    return out
+
+
+@pytest.fixture(scope="session")
+def record_results() -> Any:
+    """A real results folder: ``record_results(folder, study_toml, kinds, keep, board)``."""
+    return _record_results
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,6 +4,7 @@ both saw bit-identical input tensors. EfficientNet-Lite0 with real ImageNet weig
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
@@ -11,6 +12,7 @@ import pytest
 
 from deltann import analysis
 from deltann.fleet.driver import run_study
+from deltann.report import build_report
 from deltann.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,3 +54,13 @@ def test_quickstart_study_end_to_end(tmp_path: Path, ray_session: None) -> None:
     assert pairs["same_inputs"].all()
     torch_onnx = pairs.filter((pl.col("config_a") == "torch [torch]") & (pl.col("config_b") == "torch->onnx [onnxruntime]"))
     assert torch_onnx["disagree_pct"].to_list() == [0.0]
+    # The report opens with what changed, in words: no label, and TVM extended's time
+    # against onnxruntime's (t_B / t_A from their shared timing session, with its CI).
+    report = build_report(tmp_path / "q", tmp_path / "report")
+    findings = report.markdown.split("## Findings", 1)[1].split("\n## ", 1)[0]
+    assert report.markdown.index("## Findings") < report.markdown.index("## Top-1 label dissimilarity")
+    assert "No label differs: all 8 configurations give the same top-1 on every image (10 images)." in findings
+    ratio = re.search(r"`torch->onnx \[tvm:extended\]` / `torch->onnx \[onnxruntime\]` time: ([\d.]+)× \(B "
+                      r"(slower|faster); 95 % CI ([\d.]+)–([\d.]+)×", findings)
+    assert ratio and float(ratio[3]) <= float(ratio[1]) <= float(ratio[4]), findings
+    print(findings)

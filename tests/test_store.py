@@ -79,3 +79,16 @@ def test_files_from_an_older_version_read_with_nulls(tmp_path: Path) -> None:
     assert frame["lab"].to_list() == [None] and frame["rows"].to_list() == [None]
     assert frame["unit_key"].to_list() == ["k1"]
     assert [c.state for c in store.checks("builds")] == ["unchecked"]
+
+
+def test_manifest_records_each_runs_study(tmp_path: Path) -> None:
+    """A later run that adds a variant shows it: in its own run entry and at the top."""
+    store = Store(tmp_path)
+    store.write_manifest({"name": "s", "variants": ["torch"]}, {"ran": 2})
+    store.write_manifest({"name": "s", "variants": ["torch", "torch->onnx"]}, {"ran": 1})
+    store.write_manifest({"name": "other", "variants": ["keras"]}, {"ran": 1})
+    manifest = store.read_manifest()
+    assert [r["spec"]["variants"] for r in manifest["runs"]] == [["torch"], ["torch", "torch->onnx"], ["keras"]]
+    assert [r["study"] for r in manifest["runs"]] == ["s", "s", "other"]
+    assert manifest["study"]["variants"] == ["torch", "torch->onnx"]  # the folder's study, as last run
+    assert manifest["studies"]["other"]["variants"] == ["keras"]

@@ -49,3 +49,23 @@ def test_spec_errors_name_the_key(study_file, body: str, key: str, hint: str) ->
 def test_missing_study_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match="study file not found"):
         load_study(tmp_path / "absent.toml")
+
+
+def test_every_error_is_reachable_with_v(study_file, capsys) -> None:
+    """Two mistakes: the message names the first and says how to see the other, and
+    ``-v`` (before or after the subcommand) lists both — no '(and 1 more)' dead end."""
+    from deltann.cli import main
+
+    path = study_file('name = "x"\nmodels = ["tiny_cnn"]\nvariants = ["torch->nope"]\nruntimes = ["jit"]\n')
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    assert str(info.value).endswith("(and 1 more; -v lists every one)")
+    assert len(info.value.details) == 2 and all(line.startswith(f"{path}: ") for line in info.value.details)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "-v lists every one" in err
+    for argv in (["-v", "run", str(path)], ["run", str(path), "-v"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "all 2 errors:" in err
+        assert f"  {path}: variants: unknown framework" in err and f"  {path}: runtimes.0: " in err

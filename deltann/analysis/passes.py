@@ -57,6 +57,11 @@ def _ms(t: float | str | None) -> float | str | None:
     return round(t, 3) if isinstance(t, float) else t
 
 
+def _text(value: float | str | None) -> str:
+    """A cell as text: empty where there is nothing to compare (no ``basic`` timed)."""
+    return "" if value is None else str(value)
+
+
 def settings_table(builds: Any, timings: Any) -> Any:
     """Table III: median ms of each named setting and its speedup over ``basic``."""
     import polars as pl
@@ -66,8 +71,8 @@ def settings_table(builds: Any, timings: Any) -> Any:
         for setting in compile_settings.names():
             if setting in times:
                 rows.append(dict(zip(KEYS, key, strict=True)) | {
-                    "setting": setting, "ms": str(_ms(times[setting])),
-                    "speedup_pct_vs_basic": str(_pct(times.get("basic"), times[setting])),
+                    "setting": setting, "ms": _text(_ms(times[setting])),
+                    "speedup_pct_vs_basic": _text(_pct(times.get("basic"), times[setting])),
                 })
     return pl.DataFrame(rows, schema=[*KEYS, "setting", "ms", "speedup_pct_vs_basic"])
 

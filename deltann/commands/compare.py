@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from deltann.analysis.names import resolve as resolve_config
 from deltann.errors import DeltannError, StoreError
 from deltann.store import Store
 
@@ -101,6 +102,10 @@ def compare(
     rtol = rtol or {"": DEFAULT_RTOL}
     store = Store(results, sites=True)  # two labs' rows are two devices (local@lab-a, ...), never mixed
     store.read_manifest()
+    # The study's own chain names work too ('onnx->tflite [litert]' is stored as
+    # 'onnx->tf->tflite [litert]').
+    known = store.scan("builds").select("config").unique().collect()["config"].to_list()
+    a, b = resolve_config(a, known), resolve_config(b, known)
     cols = ["model", "device", "config", "image_id", "input_hash", *OUTPUTS]
     rows = store.scan("predictions").select(cols).filter(pl.col("config").is_in([a, b])).collect()
     for name in (a, b):

@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from deltann.dataset import replay as replay_inputs
 from deltann.errors import StoreError
 from deltann.store import SCHEMAS, UNIT_FIELDS, Store, tag
 
@@ -50,13 +51,19 @@ class LocalizeResult:
     seconds: float
 
 
-def _split(name: str) -> tuple[str, str | None]:
+def split_device(name: str) -> tuple[str, str | None]:
+    """``'torch [torch]@gpu-xavier'`` -> ``('torch [torch]', 'gpu-xavier')``."""
     config, at, device = name.rpartition("@")
     return (config, device) if at and "]" not in device else (name, None)
 
 
-def _build_row(builds: pl.DataFrame, name: str, model: str | None) -> dict[str, Any]:
-    config, device = _split(name)
+def build_row(builds: pl.DataFrame, name: str, model: str | None) -> dict[str, Any]:
+    """The latest successful ``builds`` row of configuration ``name`` (optionally
+    ``@device``; the study's own chain name works too, see :mod:`deltann.analysis.names`)."""
+    from deltann.analysis.names import resolve
+
+    config, device = split_device(name)
+    config = resolve(config, builds["config"].unique().to_list())
     rows = builds.filter(pl.col("config") == config)
     if device is not None:
         rows = rows.filter(pl.col("device") == device)
@@ -98,25 +105,6 @@ def _choose_images(store: Store, ka: str, kb: str, images: str) -> tuple[list[st
             raise StoreError(f"--images {images!r}: need at least one image")
         chosen = both.head(n)
     return chosen["image_id"].to_list(), dict(zip(chosen["image_id"], chosen["input_hash"], strict=True))
-
-
-def _inputs(manifest: dict[str, Any], model: str, ids: list[str], hashes: dict[str, str],
-            data_root: Path) -> np.ndarray:
-    from deltann import dataset, zoo
-
-    source = manifest.get("study", {}).get("dataset", {}).get("source", "samples")
-    limit = manifest.get("study", {}).get("dataset", {}).get("limit")
-    images = {im.id: im for im in dataset.loader_for(source, data_root)(limit)}
-    missing = [i for i in ids if i not in images]
-    if missing:
-        raise StoreError(f"images {missing[:3]} of the run are not in dataset {source!r} (root {data_root}); "
-                         "pass --data-root")
-    batch = dataset.preprocess([images[i] for i in ids], zoo.get(model).preprocess)
-    for image_id, h in zip(batch.ids, batch.hashes, strict=True):
-        if hashes.get(image_id) and hashes[image_id] != h:
-            raise StoreError(f"image {image_id!r} preprocesses to {h}, but the run saw {hashes[image_id]}: "
-                             "the dataset or the preprocessing changed since the run")
-    return batch.tensors
 
 
 def capture_build(row: dict[str, Any], artifacts: Any, x: np.ndarray, kernels: bool = False,
@@ -173,12 +161,13 @@ def localize_pair(results: Path | str, a: str, b: str, *, images: str = "flipped
 
     user.register_from_study(manifest.get("study", {}))  # the study's [user_models], if any
     builds = store.scan("builds").filter(pl.col("status") == "ok").collect()
-    row_a = _build_row(builds, a, model)
-    row_b = _build_row(builds, b, model or row_a["model"])
+    row_a = build_row(builds, a, model)
+    row_b = build_row(builds, b, model or row_a["model"])
     if row_a["model"] != row_b["model"]:
         raise StoreError(f"{a!r} is model {row_a['model']} but {b!r} is {row_b['model']}")
     ids, hashes = _choose_images(store, row_a["unit_key"], row_b["unit_key"], images)
-    x = _inputs(manifest, row_a["model"], ids, hashes, Path(data_root) if data_root else Path.cwd())
+    x = replay_inputs(manifest.get("study", {}), row_a["model"], row_a["variant"], ids, hashes,
+                      Path(data_root) if data_root else Path.cwd())
     artifacts = ArtifactCache(results / "artifacts")
     trace_a = capture_build(row_a, artifacts, x, kernels, _tuning_of(store, row_a))
     trace_b = capture_build(row_b, artifacts, x, kernels, _tuning_of(store, row_b))
@@ -225,17 +214,23 @@ def format_result(r: LocalizeResult) -> str:
     return "\n".join(lines)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("localize", help="the layer where two configurations part ways (per-layer diff)")
+def add_pair_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of a command about a pair of stored configurations (``localize``,
+    ``repro``): the results folder, ``--pair A B``, ``--model``, ``--data-root``."""
     p.add_argument("results", help="results folder written by 'deltann run'")
     p.add_argument("--pair", nargs=2, required=True, metavar=("A", "B"),
-                   help="reference and compared configuration, e.g. 'torch [torch]' 'torch->onnx [tvm:basic]'; "
-                        "add @device to pick a device kind")
-    p.add_argument("--images", default="flipped", help="flipped (top-1 differs; default), all, or a number N")
+                   help="reference and compared configuration, e.g. 'torch [torch]' 'torch->onnx [tvm:basic]' (the "
+                        "study's own chain names work too); add @device to pick a device kind")
     p.add_argument("--model", help="model, when the configurations ran for several")
+    p.add_argument("--data-root", help="folder the study's dataset path is relative to (default: current folder)")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("localize", help="the layer where two configurations part ways (per-layer diff)")
+    add_pair_arguments(p)
+    p.add_argument("--images", default="flipped", help="flipped (top-1 differs; default), all, or a number N")
     p.add_argument("--atol", type=float, help="absolute tolerance per element (default 1e-3)")
     p.add_argument("--rtol", type=float, help="relative tolerance per element, of |A| (default 1e-3)")
-    p.add_argument("--data-root", help="folder the study's dataset path is relative to (default: current folder)")
     p.add_argument("--kernels", action="store_true",
                    help="capture TVM builds kernel by kernel, exactly as built: layers a setting fused into one "
                         "kernel are unobservable and listed as unmatched (default: every layer exposed as an output)")

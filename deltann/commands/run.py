@@ -12,7 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", help="study file (TOML), e.g. studies/quickstart.toml")
     p.add_argument("--out", help="results folder (default: results/<study name>)")
     p.add_argument("--address", help="Ray cluster to join (default: start Ray in-process)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar; only the one-line summary")
     p.add_argument("--report", action="store_true", help="write and print the report afterwards")
     p.add_argument("--lab", help="the lab's name, recorded in every row and part of every unit key (default: "
                    "$DELTANN_LAB, else this machine's hostname)")
@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     summary: RunSummary = run_study(args.study, args.out, address=args.address, progress=not args.quiet,
                                     lab=args.lab, retry_failed=args.retry_failed)
-    print(f"results: {summary.out}")
+    print(summary.line() if args.quiet else f"results: {summary.out}")
     if args.report:
         from deltann.commands.report import print_report
 

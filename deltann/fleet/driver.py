@@ -46,6 +46,15 @@ class RunSummary:
     sessions: list[dict[str, Any]] = field(default_factory=list)
     timing_pending: int = 0
 
+    def line(self) -> str:
+        """The one line a run ends with (printed even with ``--quiet``)."""
+        timing = ""
+        if self.sessions or self.timing_pending:
+            failed = sum(1 for r in self.sessions if r.get("status") != "ok")
+            timing = f"; {len(self.sessions)} timing sessions ({failed} failed, {self.timing_pending} pending)"
+        return (f"{self.ran} units run ({self.failed} failed), {self.skipped} already in the store, "
+                f"{len(self.pending)} pending{timing}; results in {self.out}")
+
 
 def prepare_inputs(study: Study, root: Path, skipped: list[dataset.Skipped] | None = None) -> dict[str, dataset.Inputs]:
     """Decode the dataset once and preprocess it with each model's recipe (and each
@@ -944,12 +953,7 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.Inputs]
     summary.seconds["run"] = time.perf_counter() - t
     entry |= {"planned": summary.planned, "skipped": summary.skipped, "pending": len(summary.pending),
               "timing_pending": summary.timing_pending}
-    failed_sessions = sum(1 for r in dispatcher.sessions if r["status"] != "ok")
-    if dispatcher.sessions or summary.timing_pending:
-        console.print(f"{len(dispatcher.sessions)} timing sessions ({failed_sessions} failed, "
-                      f"{summary.timing_pending} pending)")
-    console.print(f"{summary.ran} units run ({summary.failed} failed), {summary.skipped} already in the store, "
-                  f"{len(summary.pending)} pending; results in {out}")
+    console.print(escape(summary.line()))
     return entry
 
 

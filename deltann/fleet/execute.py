@@ -180,8 +180,10 @@ def run_unit(
                 # EfficientNet-Lite0, max |dlogit| 1e-5): only singleton axes are dropped.
                 out = out.reshape(1, labels.num_classes)
             if out.ndim != 2 or out.shape != (1, labels.num_classes):
+                declared = (f" ({spec.description} declares labels = {labels.num_classes}; fix labels)"
+                            if zoo.is_user(unit.model) else "")
                 raise UnitFailure("verify", "mismatch",
-                                  f"output shape {tuple(out.shape)}, expected (1, {labels.num_classes})")
+                                  f"output shape {tuple(out.shape)}, expected (1, {labels.num_classes}){declared}")
             if not np.isfinite(out).all():  # a NaN logit makes top-1 meaningless (argsort puts NaN first)
                 raise UnitFailure("verify", "nan", f"output for image {image_id!r} has "
                                   f"{int(np.isnan(out).sum())} NaN and {int(np.isinf(out).sum())} infinite values "

@@ -20,6 +20,10 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#eef} td.t{text-align:left}
 .note{color:#555;font-size:13px} .conv{background:#ffd;padding:.4em;border:1px solid #cc9}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
+.findings{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.3em 1.2em;margin:.5em 0 1em}
+.findings h3{margin:.6em 0 .2em;font-size:16px} .findings li{margin:.35em 0;line-height:1.45}
+.findings li.labels b,.findings li.hop b,.findings li.failures b,.findings li.devices b{color:#b03a00}
+code{background:#eef;padding:0 .25em;border-radius:3px;font-size:90%} code.cmd{background:#f0f0e0}
 """
 
 

@@ -8,7 +8,9 @@ page that embeds them holds no URL at all.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -28,30 +30,83 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def heatmap_png(matrix: pl.DataFrame, path: Path, title: str, *, fmt: str = "{:.1f}", cmap: str = "viridis") -> Path:
+#: Okabe & Ito's colour-blind-safe palette (blue, vermillion, grey) for categorical marks.
+BLUE, VERMILLION, GREY = "#0072B2", "#D55E00", "#999999"
+#: The colour of a cell that shows no difference (0 % dissimilarity, Jaccard 1, Δ = 0):
+#: neutral, so that what differs is what catches the eye.
+NEUTRAL = "#e8e8e8"
+#: Sequential maps that stay readable with any colour vision deficiency and in grey.
+SEQUENTIAL = "cividis"
+
+
+@dataclass
+class Scale:
+    """How a heatmap maps values to colours: the norm, the colour map (with the neutral
+    colour for masked cells) and the values as drawn (NaN where neutral or missing)."""
+
+    norm: Any
+    cmap: Any
+    shown: np.ndarray
+
+    def rgba(self) -> np.ndarray:
+        """The colour of every cell, (rows, columns, 4)."""
+        return self.cmap(self.norm(np.ma.masked_invalid(self.shown)))
+
+
+def heatmap_scale(values: np.ndarray, *, cmap: str = SEQUENTIAL, vmin: float | None = None,
+                  vmax: float | None = None, neutral: float | None = None, log: bool = False,
+                  reverse: bool = False) -> Scale:
+    """The colour scale of :func:`heatmap_png` (see there)."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    shown = np.array(values, dtype=float)
+    if neutral is not None:
+        shown[np.isclose(shown, neutral, rtol=0.0, atol=1e-12)] = np.nan  # drawn in the neutral colour
+    if log:
+        shown[~(shown > 0)] = np.nan
+    finite = shown[np.isfinite(shown)]
+    lo = vmin if vmin is not None else (float(finite.min()) if finite.size else (1e-8 if log else 0.0))
+    hi = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    if lo >= hi:
+        lo, hi = (lo / 10, hi * 10) if log else (lo - 0.5, hi + 0.5)
+    norm = LogNorm(vmin=max(lo, 1e-12), vmax=hi) if log else Normalize(vmin=lo, vmax=hi)
+    colours = plt.get_cmap(cmap + ("_r" if reverse else "")).with_extremes(bad=NEUTRAL)
+    return Scale(norm, colours, shown)
+
+
+def heatmap_png(matrix: pl.DataFrame, path: Path, title: str, *, fmt: str = "{:.1f}", cmap: str = SEQUENTIAL,
+                vmin: float | None = None, vmax: float | None = None, neutral: float | None = None,
+                log: bool = False, reverse: bool = False, label: str = "") -> Path:
     """An annotated heatmap of a matrix table: first column holds the row names, the other
     columns are the cells (the shape :func:`deltann.analysis.dissimilarity_matrix` returns).
-    Missing cells are left blank and annotated ``–``."""
+    ``vmin``/``vmax`` fix the scale (0–100 for a percentage, 0–1 for Jaccard), so that the
+    same colour means the same value in every report; without them the data's range is
+    used. Cells equal to ``neutral`` (the value meaning "no difference") are drawn in a
+    neutral grey instead of the map's colour. ``log``: a logarithmic scale (logit
+    differences span decades; values outside the scale take its end colours).
+    ``reverse``: the map reversed, light for small values and dark for large ones (a
+    difference, so that the more two configurations differ the darker the cell; a
+    similarity keeps the map as it is). Missing cells are left blank and annotated ``–``."""
     rows = [str(v) for v in matrix.to_series(0).to_list()]
     cols = matrix.columns[1:]
     values = matrix.select(cols).cast(pl.Float64).fill_null(float("nan")).to_numpy()
     n_r, n_c = values.shape
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * n_c + 3), max(3.0, 0.5 * n_r + 2)))
-    finite = values[np.isfinite(values)]
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if vmin == vmax:
-        vmin, vmax = vmin - 0.5, vmax + 0.5
-    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    fig.colorbar(image, ax=ax)
+    scale = heatmap_scale(values, cmap=cmap, vmin=vmin, vmax=vmax, neutral=neutral, log=log, reverse=reverse)
+    image = ax.imshow(np.ma.masked_invalid(scale.shown), cmap=scale.cmap, norm=scale.norm, aspect="auto")
+    bar = fig.colorbar(image, ax=ax)
+    if label:
+        bar.set_label(label, fontsize=8)
     ax.set_xticks(range(n_c), labels=cols, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(n_r), labels=rows, fontsize=8)
-    mid = (vmin + vmax) / 2
+    rgba = scale.rgba()
     for i in range(n_r):
         for j in range(n_c):
             v = values[i, j]
             text = fmt.format(v) if math.isfinite(v) else "–"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="black" if math.isfinite(v) and v > mid else "white")
+            r, g, b, _ = rgba[i, j]
+            dark = 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.5  # relative luminance of the cell's colour
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
@@ -73,17 +128,24 @@ def boxplot_png(samples: dict[str, list[float]], path: Path, title: str, ylabel:
 
 def speedup_png(speedups: pl.DataFrame, path: Path, title: str) -> Path:
     """``speedup_pct`` per pair as horizontal bars with the bootstrap 95 % CI as whiskers;
-    significant rows (``significant`` column) are drawn dark, the rest light."""
+    significant rows (``significant`` column) in blue (B faster) or vermillion (B slower),
+    the rest grey (colour-blind-safe)."""
     labels = [f"{a} → {b}" for a, b in speedups.select("A", "B").iter_rows()]
     y = np.arange(len(labels))
     value = speedups["speedup_pct"].to_numpy()
     low = speedups["ci_low_pct"].fill_null(float("nan")).to_numpy()
     high = speedups["ci_high_pct"].fill_null(float("nan")).to_numpy()
     err = np.vstack([np.nan_to_num(value - low), np.nan_to_num(high - value)])
-    colours = ["#1f4e79" if s else "#9dc3e6" for s in speedups["significant"].fill_null(False).to_list()]
+    significant = speedups["significant"].fill_null(False).to_list()
+    colours = [GREY if not s else BLUE if v > 0 else VERMILLION for s, v in zip(significant, value, strict=True)]
     fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.45 * len(labels) + 1.5)))
     ax.barh(y, value, xerr=err, color=colours, capsize=3)
     ax.axvline(0, color="black", linewidth=0.8)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=BLUE, label="B faster (significant)"),
+                       Patch(color=VERMILLION, label="B slower (significant)"),
+                       Patch(color=GREY, label="not significant")], fontsize=7, loc="best")
     ax.set_yticks(y, labels=labels, fontsize=8)
     ax.set_xlabel("speedup_pct(A→B) = (t_A / t_B − 1) × 100")
     ax.set_title(title, fontsize=10)

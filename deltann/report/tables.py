@@ -5,6 +5,8 @@ per figure, under ``DIR/report/``."""
 from __future__ import annotations
 
 import html
+import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +14,12 @@ import polars as pl
 
 from deltann import analysis
 from deltann.analysis import passes, pooled
+from deltann.analysis.findings import Finding, findings, findings_table, slug
 from deltann.report import html as html_page
 from deltann.report import latex, plots
 from deltann.store import SCHEMAS, Store
+
+log = logging.getLogger("deltann.report")
 
 
 def to_markdown(df: pl.DataFrame, floats: int = 2) -> str:
@@ -41,9 +46,6 @@ class Report:
     html: Path | None = None
 
 
-def _slug(*parts: str) -> str:
-    """A file name from table name and partition values: ``top1_dissimilarity_tiny-cnn_local``."""
-    return "_".join([parts[0], *("".join(c if c.isalnum() else "-" for c in p) for p in parts[1:])])
 
 
 def _short_ids(frame: pl.DataFrame) -> pl.DataFrame:
@@ -61,9 +63,10 @@ class _Doc:
         self.html: list[str] = []
         self.files: list[Path] = []
 
-    def heading(self, text: str) -> None:
-        self.md += [f"## {text}", ""]
-        self.html.append(f"<h2>{html.escape(text)}</h2>")
+    def heading(self, text: str, anchor: str = "") -> None:
+        """A section heading; ``anchor`` is the id findings link to (``#anchor``)."""
+        self.md += ([f'<a id="{anchor}"></a>', ""] if anchor else []) + [f"## {text}", ""]
+        self.html.append(f"<h2{f' id={anchor!r}' if anchor else ''}>{html.escape(text)}</h2>")
 
     def note(self, text: str) -> None:
         self.md += [text, ""]
@@ -86,11 +89,97 @@ class _Doc:
         self.html.append(html_page.image_html(path, alt))
 
 
-def build_report(results: Path | str, out: Path | str | None = None, *, pool: bool = False) -> Report:
+def _inline(text: str) -> str:
+    """A finding's text as HTML: escaped, with its `code` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+
+
+#: How each kind of finding is tagged in the report.
+_TAGS = {"labels": "Labels", "same": "Labels", "groups": "Groups", "hop": "Hop", "logits": "Logits", "time": "Time",
+         "failures": "Failures", "devices": "Devices", "note": "Note"}
+
+
+def _findings_section(doc: _Doc, found: list[Finding], anchors: set[str]) -> None:
+    """The report's first section: per model and device, what differs, each sentence
+    linking to its table and, for a pair, giving the command that packs its reproducer."""
+    doc.heading("Findings", "findings")
+    doc.html.append("<div class='findings'>")
+    if not found:
+        doc.note("Nothing ran: no predictions, timings or failures in this results folder.")
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for f in found:
+        groups.setdefault((f.model, f.device), []).append(f)
+    for (model, device), items in groups.items():
+        where = f"{model} on {device}" if device != "(across devices)" else f"{model} across device kinds"
+        doc.md += [f"### {where}", ""]
+        doc.html.append(f"<h3>{html.escape(where)}</h3><ul>")
+        for f in items:
+            link = f.table if f.table in anchors else ""
+            tag = _TAGS.get(f.kind, f.kind.capitalize())
+            md = f"- **{tag}:** {f.text}" + (f" → [table](#{link})" if link else "")
+            li = f"<b>{tag}:</b> " + _inline(f.text) + (f" <a href='#{link}'>table</a>" if link else "")
+            if f.repro:
+                md += f" · reproduce: `{f.repro}`"
+                li += f" · reproduce: <code class='cmd'>{html.escape(f.repro)}</code>"
+            doc.md.append(md)
+            doc.html.append(f"<li class='{f.kind}'>{li}</li>")
+        doc.md.append("")
+        doc.html.append("</ul>")
+    doc.html.append("</div>")
+    doc.note("A reproducer (`deltann repro`) is a folder with both models, the exact inputs, the stored outputs and "
+             "a repro.py that needs only the two runtimes; hop: the first conversion step (or the TVM build) after "
+             "which the outputs leave tolerance, found by running the chain's prefixes on the flipped images.")
+
+
+def _attribute_hops(store: Store, found: list[Finding], data_root: Path | None) -> tuple[list[Finding], pl.DataFrame]:
+    """Findings with, after each label difference between a chain and its source, the hop
+    that introduced it (:mod:`deltann.convert.attribution`; runs the prefixes the study did
+    not), and the steps as a table."""
+    from deltann.convert.attribution import attribute
+
+    builds = store.scan("builds").filter(pl.col("status") == "ok").collect()
+    rows: list[dict[str, object]] = []
+    out: list[Finding] = []
+    for f in found:
+        out.append(f)
+        if f.kind != "labels" or not f.images:
+            continue
+        pick = builds.filter((pl.col("model") == f.model) & (pl.col("device") == f.device))
+        a = pick.filter(pl.col("config") == f.config_a).sort("finished_at")
+        b = pick.filter(pl.col("config") == f.config_b).sort("finished_at")
+        if a.is_empty() or b.is_empty():
+            continue
+        try:
+            found_hop = attribute(store.root, a.row(-1, named=True), b.row(-1, named=True), list(f.images),
+                                  data_root=data_root)
+        except Exception as exc:  # noqa: BLE001 - attribution is extra; the finding stands without it
+            log.warning("which hop changed %s against %s: %s: %s", f.config_b, f.config_a, type(exc).__name__, exc)
+            continue
+        if found_hop is None:
+            continue
+        out.append(Finding(f.model, f.device, "hop", found_hop.sentence(), "hops", f.config_a, f.config_b, f.image,
+                           images=f.images))
+        first = found_hop.first
+        for step in found_hop.steps:
+            rows.append({"model": f.model, "device": f.device, "source": f.config_a, "chain": f.config_b,
+                         "hop": step.hop, "compared": step.config, "tool": step.tool, "origin": step.origin,
+                         "images": len(found_hop.images), "max_abs_dlogit": step.max_abs, "flips": step.flips,
+                         "within_tol": step.within, "first_beyond": first is not None and step is first})
+    schema = {"model": pl.String, "device": pl.String, "source": pl.String, "chain": pl.String, "hop": pl.String,
+              "compared": pl.String, "tool": pl.String, "origin": pl.String, "images": pl.Int64,
+              "max_abs_dlogit": pl.Float64, "flips": pl.Int64, "within_tol": pl.Boolean, "first_beyond": pl.Boolean}
+    return out, pl.DataFrame(rows, schema=schema)
+
+
+def build_report(results: Path | str, out: Path | str | None = None, *, pool: bool = False, hops: bool = True,
+                 data_root: Path | str | None = None) -> Report:
     """Compute every table from the store at ``results`` and write them to ``out``
     (default ``results/report``): ``report.md``, ``report.html`` (self-contained), one CSV
-    and one LaTeX file per table, one PNG per figure. Several labs' results are shown
-    side by side (device ``<kind>@<lab>``); ``pool`` mixes them, latencies included."""
+    and one LaTeX file per table, one PNG per figure. Both pages open with the findings.
+    Several labs' results are shown side by side (device ``<kind>@<lab>``); ``pool`` mixes
+    them, latencies included. ``hops``: name the hop of a conversion chain that flipped a
+    label, running the chain's prefixes the study did not run (on the flipped images only;
+    ``data_root``: the folder the study's dataset path is relative to)."""
     store = Store(results, sites=not pool)
     manifest = store.read_manifest()
     out = Path(out) if out is not None else store.root / "report"
@@ -112,55 +201,82 @@ def build_report(results: Path | str, out: Path | str | None = None, *, pool: bo
             + " were built here under different pass lists (an older deltann's settings beside this one's); "
             "their rows share the setting's name in every table. Run into a new folder to compare like with like.")
     doc.md += [f"# {title}", "", *header, "", f"Convention: {analysis.SPEEDUP_CONVENTION}", ""]
-    doc.html += [f"<p class='note'>{html.escape(line)}</p>" for line in header]
+    doc.html += [f"<p class='note'>{_inline(line)}</p>" for line in header]
     doc.html.append(f"<p class='conv'>Sign convention: {html.escape(analysis.SPEEDUP_CONVENTION)}</p>")
     warn_at = (len(doc.md), len(doc.html))  # bad parts are known once every table has read them
 
-    # --- labels -------------------------------------------------------------------
+    # --- the tables the findings come from ----------------------------------------
     pairs = analysis.pairwise_agreement(store)
+    devices = analysis.device_pairs(store)
+    per_session = analysis.session_latency(store)
+    latency = pooled.pooled_latency(store) if pool else analysis.latency_table(store, per_session)
+    speedups = analysis.speedup_stats(store, per_session)
+    failed = analysis.failures(store)
+    found = findings(store, pairs=pairs, speedups=speedups, failed=failed, devices=devices, latency=latency)
+    hop_table = pl.DataFrame()
+    if hops:
+        found, hop_table = _attribute_hops(store, found, Path(data_root) if data_root else None)
+    doc.save(findings_table(found), "findings")
+    anchors = {"speedup", "latency", "failures", "pairwise_agreement"} | ({"hops"} if hop_table.height else set())
+    anchors |= {slug(n, m, d) for m, d in pairs.select("model", "device").unique().iter_rows()
+                for n in ("top1_dissimilarity", "logit_divergence")}
+    anchors |= {slug("device_dissimilarity", m, c) for m, c in devices.select("model", "config").unique().iter_rows()}
+    _findings_section(doc, found, anchors)
+
+    # --- labels -------------------------------------------------------------------
     doc.save(pairs, "pairwise_agreement", floats=6)
+    # (name, heading, value, diagonal, cell format, note, scale): fixed scales, so a colour
+    # means the same value in every report (logits: 1e-7, fp32 rounding, to 100); "no
+    # difference" cells are drawn neutral, and the more two configurations differ, the
+    # darker their cell.
     matrices = (
         ("top1_dissimilarity", "Top-1 label dissimilarity (%)", "disagree_pct", 0.0, "{:.1f}",
-         "Cell: % of images whose top-1 label differs between row A and column B."),
+         "Cell: % of images whose top-1 label differs between row A and column B (grey: none).",
+         {"vmin": 0.0, "vmax": 100.0, "neutral": 0.0, "reverse": True, "label": "% of images"}),
         ("top5_jaccard", "Top-5 Jaccard similarity", "top5_jaccard", 1.0, "{:.2f}",
-         "Cell: mean |top5_A ∩ top5_B| / |top5_A ∪ top5_B| over the images both ran (1 = same sets)."),
+         "Cell: mean |top5_A ∩ top5_B| / |top5_A ∪ top5_B| over the images both ran (1 = same sets; grey).",
+         {"vmin": 0.0, "vmax": 1.0, "neutral": 1.0, "label": "Jaccard"}),
         ("logit_divergence", "Logit divergence (max |Δlogit|)", "max_abs_dlogit", 0.0, "{:.1e}",
-         "Cell: max over images and classes of |logit_A − logit_B|."),
+         "Cell: max over images and classes of |logit_A − logit_B| (log colour scale 1e-7–100; grey: identical).",
+         {"log": True, "vmin": 1e-7, "vmax": 1e2, "neutral": 0.0, "reverse": True, "label": "max |Δlogit|"}),
     )
     for (model, device), _ in pairs.group_by(["model", "device"], maintain_order=True):
-        for name, heading, value, diagonal, fmt, note in matrices:
+        for name, heading, value, diagonal, fmt, note, scale in matrices:
             matrix = analysis.dissimilarity_matrix(pairs, model, device, value, diagonal)
-            slug = _slug(name, model, device)
-            doc.save(matrix, slug, f"{heading}: {model} on {device}", floats=6 if value == "max_abs_dlogit" else 2)
-            doc.heading(f"{heading}: {model} on {device}")
+            key = slug(name, model, device)
+            doc.save(matrix, key, f"{heading}: {model} on {device}", floats=6 if value == "max_abs_dlogit" else 2)
+            doc.heading(f"{heading}: {model} on {device}", key)
             doc.table(matrix, floats=2 if value != "max_abs_dlogit" else 8,
                       markdown=matrix.rename({"config_a": "A \\ B"}))
-            doc.figure(plots.heatmap_png(matrix, out / f"{slug}.png", f"{heading}: {model} on {device}", fmt=fmt),
-                       f"{heading} heatmap, {model} on {device}")
+            doc.figure(plots.heatmap_png(matrix, out / f"{key}.png", f"{heading}: {model} on {device}", fmt=fmt,
+                                         **scale), f"{heading} heatmap, {model} on {device}")
             doc.note(note)
 
     frameworks = analysis.framework_pairs(store)
     doc.save(frameworks, "framework_pairs")
     for (model, device, setting), sub in frameworks.group_by(["model", "device", "setting"], maintain_order=True):
         matrix = analysis.heatmap_matrix(sub, "variant_a", "variant_b", "disagree_pct", diagonal=0.0)
-        slug = _slug("framework_dissimilarity", model, device, setting)
-        doc.save(matrix, slug)
+        key = slug("framework_dissimilarity", model, device, setting)
+        doc.save(matrix, key)
         doc.heading(f"Top-1 dissimilarity across frameworks (%): {model} on {device}, setting {setting}")
         doc.table(matrix)
-        doc.figure(plots.heatmap_png(matrix, out / f"{slug}.png", f"{model} on {device} [{setting}]: top-1 %"),
+        doc.figure(plots.heatmap_png(matrix, out / f"{key}.png", f"{model} on {device} [{setting}]: top-1 %",
+                                     vmin=0.0, vmax=100.0, neutral=0.0, reverse=True,
+                                     label="% of images"),
                    f"framework heatmap {model} {device} {setting}")
-    devices = analysis.device_pairs(store)
     doc.save(devices, "device_pairs")
     for (model, config), sub in devices.group_by(["model", "config"], maintain_order=True):
         matrix = analysis.heatmap_matrix(sub, "device_a", "device_b", "disagree_pct", diagonal=0.0)
-        slug = _slug("device_dissimilarity", model, config)
-        doc.save(matrix, slug)
-        doc.heading(f"Top-1 dissimilarity across devices (%): {model}, {config}")
+        key = slug("device_dissimilarity", model, config)
+        doc.save(matrix, key)
+        doc.heading(f"Top-1 dissimilarity across devices (%): {model}, {config}", key)
         doc.table(matrix)
-        doc.figure(plots.heatmap_png(matrix, out / f"{slug}.png", f"{model} {config}: top-1 % across devices"),
+        doc.figure(plots.heatmap_png(matrix, out / f"{key}.png", f"{model} {config}: top-1 % across devices",
+                                     vmin=0.0, vmax=100.0, neutral=0.0, reverse=True,
+                                     label="% of images"),
                    f"device heatmap {model} {config}")
 
-    doc.heading("Pairwise agreement")
+    doc.heading("Pairwise agreement", "pairwise_agreement")
     doc.table(pairs.filter(pl.col("config_a") < pl.col("config_b")), floats=4)
     doc.note("top5_jaccard: mean |top5_A ∩ top5_B| / |top5_A ∪ top5_B|; max_abs_dlogit: max |logit_A − logit_B| "
              "over images and classes; mean_max_abs_dlogit: its mean over images; same_inputs: every image's "
@@ -187,10 +303,8 @@ def build_report(results: Path | str, out: Path | str | None = None, *, pool: bo
              "cv: coefficient of variation (std/mean, %) of raw samples and of per-run medians.")
 
     # --- time ---------------------------------------------------------------------
-    per_session = analysis.session_latency(store)
-    latency = pooled.pooled_latency(store) if pool else analysis.latency_table(store, per_session)
     doc.save(latency, "latency", floats=4)
-    doc.heading("Latency (ms)")
+    doc.heading("Latency (ms)", "latency")
     doc.table(_short_ids(latency.drop("variant", "runtime", "setting")), floats=3)
     doc.note(pooled.POOL_NOTE if pool else
              "Each configuration from its latest timing session: the configurations of a model timed together "
@@ -204,28 +318,27 @@ def build_report(results: Path | str, out: Path | str | None = None, *, pool: bo
     )
     for (model, device), sub in samples.group_by(["model", "device"], maintain_order=True):
         series = {c: [v / 1e6 for v in s] for c, s in sub.select("config", "samples_ns").iter_rows()}
-        slug = _slug("latency_box", model, device)
-        doc.figure(plots.boxplot_png(series, out / f"{slug}.png", f"Latency samples: {model} on {device}"),
+        key = slug("latency_box", model, device)
+        doc.figure(plots.boxplot_png(series, out / f"{key}.png", f"Latency samples: {model} on {device}"),
                    f"latency boxplot {model} {device}")
     for model in latency["model"].unique(maintain_order=True).to_list():
         matrix = analysis.latency_matrix(latency, model)
-        slug = _slug("latency_matrix", model)
-        doc.save(matrix, slug, floats=4)
+        key = slug("latency_matrix", model)
+        doc.save(matrix, key, floats=4)
         doc.heading(f"Median latency (ms) per device: {model}")
         doc.table(matrix, floats=3)
-        doc.figure(plots.heatmap_png(matrix, out / f"{slug}.png", f"{model}: median latency (ms)", fmt="{:.2f}",
-                                     cmap="magma"), f"latency heatmap {model}")
+        doc.figure(plots.heatmap_png(matrix, out / f"{key}.png", f"{model}: median latency (ms)", fmt="{:.2f}",
+                                     cmap="viridis", label="ms"), f"latency heatmap {model}")
 
-    speedups = analysis.speedup_stats(store, per_session)
     doc.save(speedups, "speedup", floats=4)
-    doc.heading("Time change between configurations")
+    doc.heading("Time change between configurations", "speedup")
     doc.table(_short_ids(speedups), floats=2)
     doc.note(f"Convention: {analysis.SPEEDUP_CONVENTION}")
     doc.note("ratio = t_A / t_B with its 95 % CI (ci_*_pct in the same convention); effect_rb: matched-pairs "
              f"rank-biserial (positive: B faster). {analysis.test_note(speedups)}")
     for (model, device), sub in speedups.group_by(["model", "device"], maintain_order=True):
-        slug = _slug("speedup", model, device)
-        doc.figure(plots.speedup_png(sub, out / f"{slug}.png", f"Time change: {model} on {device}"),
+        key = slug("speedup", model, device)
+        doc.figure(plots.speedup_png(sub, out / f"{key}.png", f"Time change: {model} on {device}"),
                    f"speedup bars {model} {device}")
 
     # The seed's Tables III-IV: FAILED where a build failed, never a number.
@@ -234,7 +347,10 @@ def build_report(results: Path | str, out: Path | str | None = None, *, pool: bo
     doc.heading("Time per setting against basic (Table III)")
     doc.table(table3)
     doc.note(f"Convention: {passes.CONVENTION}; A = basic, B = the setting. Every setting but unscheduled "
-             "ends with the target's tuning-free schedule: they differ in graph-level passes only.")
+             "ends with the target's tuning-free schedule: they differ in graph-level passes only."
+             + ("" if table3.is_empty() or "basic" in table3["setting"].to_list() else
+                " This study timed no 'basic' build, so there is nothing to compare against: add 'basic' to "
+                "settings for the speedup column."))
     if latency["setting"].str.contains(r"[+-]").any():  # the study ran with ablation = true
         doc.save(table4, "passes")
         doc.heading("Per-pass time change (Table IV)")
@@ -267,13 +383,21 @@ def build_report(results: Path | str, out: Path | str | None = None, *, pool: bo
         doc.note("Layers aligned by name and structure; first_layer_*: the first aligned layer whose "
                  "difference exceeds the tolerance (|a − b| ≤ atol + rtol·|a|, A the reference).")
         for (pair,), sub in layers.group_by(["pair"], maintain_order=True):
-            slug = _slug("layers", pair)
-            doc.figure(plots.layers_png(sub, out / f"{slug}.png", f"Per-layer difference: {pair}"),
+            key = slug("layers", pair)
+            doc.figure(plots.layers_png(sub, out / f"{key}.png", f"Per-layer difference: {pair}"),
                        f"per-layer lines {pair}")
 
-    failed = analysis.failures(store)
+    if hop_table.height:
+        doc.save(hop_table, "hops", floats=6)
+        doc.heading("Which hop introduced a label difference", "hops")
+        doc.table(hop_table, floats=6)
+        doc.note("Each step of a conversion chain (and a TVM build) against the chain's source on the flipped "
+                 "images: origin 'store' where the study ran that prefix, 'ran' where the report ran it; "
+                 "first_beyond: the first step whose outputs leave tolerance (top-1, or |Δlogit| > atol + "
+                 "rtol·|source|).")
+
     doc.save(failed, "failures")
-    doc.heading(f"Failures ({failed.height})")
+    doc.heading(f"Failures ({failed.height})", "failures")
     doc.table(failed)
 
     if store.skipped or store.shortfalls:  # the warning line, under the header

@@ -27,9 +27,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from deltann.convert.base import Produced
@@ -276,12 +278,31 @@ def _check_input(path: Path, found: Any, um: UserModel) -> None:
                              f"{list(um.input_shape)} (layout {um.model_layout}); fix input_shape or layout")
 
 
-def _check_classes(path: Path, found: Any, um: UserModel) -> None:
-    shape = list(found)
+def _check_classes(path: Path, found: Any, um: UserModel, run: Callable[[], Any] | None = None) -> None:
+    """The model's output width against ``labels``. Where the file leaves the width open
+    (a symbolic dimension), ``run`` runs the model once on a zero input of the declared
+    ``input_shape`` and its output says: a wrong ``labels`` then fails here, when the file
+    is loaded, not after a TVM build as a mismatch that names neither the file nor the key."""
+    shape = list(found) if found is not None else []
     last = shape[-1] if shape else None
+    how = ""
+    if not (isinstance(last, int) and last > 0) and run is not None:
+        try:
+            out = np.asarray(run())
+        except Exception as exc:  # noqa: BLE001 - any framework error: name the file and why
+            raise UserModelError(f"{path}: its output width is not in the file, and running it once on a zero input "
+                                 f"of input_shape = {list(um.input_shape)} failed ({_first_line(exc)}); check "
+                                 "input_shape and layout") from None
+        last = int(out.shape[-1]) if out.ndim else None
+        how = " (the file leaves the width open; measured by running it once on a zero input)"
     if isinstance(last, int) and last > 0 and last != um.labels:
-        raise UserModelError(f"{path}: the model outputs {last} classes but the study declares labels = "
+        raise UserModelError(f"{path}: the model outputs {last} classes{how} but the study declares labels = "
                              f"{um.labels}; fix labels (1000, or 1001 with background at 0)")
+
+
+def _zeros(um: UserModel) -> np.ndarray:
+    """A zero input of the declared shape, in the model's own layout."""
+    return np.zeros(um.input_shape, np.float32)
 
 
 def _load_keras(path: Path, um: UserModel) -> Produced:
@@ -300,7 +321,7 @@ def _load_keras(path: Path, um: UserModel) -> Produced:
     if isinstance(model.input_shape, list) or isinstance(model.output_shape, list):
         raise UserModelError(f"{path}: the model has several inputs or outputs; an image classifier has one of each")
     _check_input(path, model.input_shape, um)
-    _check_classes(path, model.output_shape, um)
+    _check_classes(path, model.output_shape, um, lambda: model(_zeros(um), training=False))
     return Produced(model, um.model_layout, {"keras_api": "keras"})  # type: ignore[arg-type]
 
 
@@ -347,7 +368,9 @@ def _load_saved_model(path: Path, um: UserModel) -> Produced:
         raise UserModelError(f"{path}: serving_default has {len(inputs)} inputs and {len(outputs)} outputs; "
                              "an image classifier has one of each")
     _check_input(path, inputs[0].shape.as_list(), um)
-    _check_classes(path, outputs[0].shape.as_list(), um)
+    name = next(iter(fn.structured_input_signature[1]))
+    _check_classes(path, outputs[0].shape.as_list(), um,
+                   lambda: next(iter(fn(**{name: tf.constant(_zeros(um))}).values())).numpy())
     return Produced(path, um.model_layout)  # type: ignore[arg-type]
 
 
@@ -371,7 +394,8 @@ def _load_frozen(path: Path, um: UserModel) -> Produced:
         raise UserModelError(f"{path}: cannot cut the graph from input_tensor {um.input_tensor!r} to "
                              f"output_tensor {um.output_tensor!r} ({_first_line(exc)})") from None
     _check_input(path, fn.inputs[0].shape.as_list() if fn.inputs[0].shape.rank else [None] * 4, um)
-    _check_classes(path, fn.outputs[0].shape.as_list() if fn.outputs[0].shape.rank else [], um)
+    _check_classes(path, fn.outputs[0].shape.as_list() if fn.outputs[0].shape.rank else [], um,
+                   lambda: fn(tf.constant(_zeros(um))).numpy())
     return Produced(path, um.model_layout, {"input": um.input_tensor, "output": um.output_tensor})  # type: ignore[arg-type]
 
 
@@ -391,7 +415,15 @@ def _load_tflite(path: Path, um: UserModel) -> Produced:
         raise UserModelError(f"{path}: {len(inputs)} inputs and {len(outputs)} outputs; "
                              "an image classifier has one of each")
     _check_input(path, [int(d) for d in inputs[0].get("shape_signature", inputs[0]["shape"])], um)
-    _check_classes(path, [int(d) for d in outputs[0]["shape"]], um)
+
+    def run() -> Any:
+        interpreter.resize_tensor_input(inputs[0]["index"], list(um.input_shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inputs[0]["index"], _zeros(um))
+        interpreter.invoke()
+        return interpreter.get_tensor(outputs[0]["index"])
+
+    _check_classes(path, [int(d) for d in outputs[0].get("shape_signature", outputs[0]["shape"])], um, run)
     return Produced(path, um.model_layout)  # type: ignore[arg-type]
 
 
@@ -413,7 +445,14 @@ def _load_onnx(path: Path, um: UserModel) -> Produced:
         return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
 
     _check_input(path, dims(inputs[0]), um)
-    _check_classes(path, dims(graph.output[0]), um)
+
+    def run() -> Any:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run([graph.output[0].name], {inputs[0].name: _zeros(um)})[0]
+
+    _check_classes(path, dims(graph.output[0]), um, run)
     return Produced(path, um.model_layout)  # type: ignore[arg-type]
 
 
@@ -461,8 +500,14 @@ def _load_pt2(path: Path, um: UserModel) -> Produced:
         return [d if isinstance(d, int) else None for d in val.shape] if val is not None else []
 
     _check_input(path, shape(placeholders[0]) or [None] * 4, um)
-    _check_classes(path, shape(outputs[0]), um)
-    return Produced(exported_module(program), um.model_layout)  # type: ignore[arg-type]
+    module = exported_module(program)
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return module(torch.from_numpy(_zeros(um))).numpy()
+
+    _check_classes(path, shape(outputs[0]), um, run)
+    return Produced(module, um.model_layout)  # type: ignore[arg-type]
 
 
 _LOADERS = {"keras": _load_keras, "tflite": _load_tflite, "onnx": _load_onnx, "torch": _load_pt2}

@@ -3,7 +3,6 @@ states the numbers it then checks by hand."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,41 +106,3 @@ def _perturb_onnx(src: Path, dst: Path, node_name: str, scale: float = 0.05) -> 
 def perturb_onnx() -> Any:
     """The single-layer fault: ``perturb_onnx(src, dst, node_name, scale=0.05)``."""
     return _perturb_onnx
-
-
-def _record_results(folder: Path, study_toml: str, kinds: Any, keep: Callable[[Any], bool],
-                   board: Callable[[Any], str]) -> Path:
-    """A real results folder (``folder/results``) for ``study_toml``: the units ``keep``
-    accepts, run by the fleet's own unit executor in this process (no Ray), each on the
-    board ``board`` names."""
-    import socket
-
-    from deltann import plan
-    from deltann.convert.chain import ArtifactCache
-    from deltann.fleet.driver import prepare_inputs
-    from deltann.fleet.execute import run_unit
-    from deltann.fleet.markers import is_progress
-    from deltann.study import load_study
-
-    study_path = folder / "study.toml"
-    study_path.write_text(study_toml)
-    study = load_study(study_path, kinds)
-    inputs = prepare_inputs(study, folder)
-    out = folder / "results"
-    store = Store(out)
-    store.write_manifest(study.model_dump(), {"started": "test"})
-    artifacts = ArtifactCache(out / "artifacts")
-    for unit in plan.expand(study, inputs, kinds):
-        if not keep(unit):
-            continue
-        for table in run_unit(unit, inputs[unit.model], artifacts, study=study.name, board=board(unit),
-                              hostname=socket.gethostname()):
-            if not is_progress(table):
-                store.write(table)
-    return out
-
-
-@pytest.fixture(scope="session")
-def record_results() -> Any:
-    """A real results folder: ``record_results(folder, study_toml, kinds, keep, board)``."""
-    return _record_results

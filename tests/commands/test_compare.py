@@ -57,19 +57,23 @@ def test_real_run_fails_at_zero_tolerance_with_per_output_errors(tiny_results: P
     assert f"[I]         Tolerance: [abs={diff.max():.5g}, rel=0] | Checking elemwise error" in out
 
 
-def test_top1_flip_fails_and_counts_iterations(tmp_path: Path, capsys) -> None:
-    store = Store(tmp_path)
+def _hand_store(root: Path, configs: tuple[tuple[str, list[int]], ...]) -> None:
+    store = Store(root)
     store.write_manifest({"name": "t"}, {"started": "now"})
-    for config, top1 in ((REF, [3, 4]), (TEST, [3, 5])):
+    for config, top1 in configs:
         ident = {n: None for n in SCHEMAS["predictions"].names} | {
-            "unit_key": config, "model": "m", "config": config, "device": "local", "variant": "torch",
-            "setting": "native", "runtime": "torch"}
+            "unit_key": config, "model": "m", "config": config, "device": "local",
+            "variant": config.split(" [")[0], "setting": "native", "runtime": "torch"}
         rows = [ident | {"image_id": f"img{i}", "input_hash": f"h{i}", "top1": t, "top5": [t, 0, 1, 2, 6],
                          "top5_prob": [0.5, 0.2, 0.1, 0.1, 0.1], "logits": [0.0, 1.0]} for i, t in enumerate(top1)]
         store.write(tag(pa.Table.from_pylist(rows, schema=SCHEMAS["predictions"]), "predictions", config, 0))
         build = {n: None for n in SCHEMAS["builds"].names} | ident | {"status": "ok", "passes": []}
         build = {k: v for k, v in build.items() if k in SCHEMAS["builds"].names}
         store.write(tag(pa.Table.from_pylist([build], schema=SCHEMAS["builds"]), "builds", config, 0))
+
+
+def test_top1_flip_fails_and_counts_iterations(tmp_path: Path, capsys) -> None:
+    _hand_store(tmp_path, ((REF, [3, 4]), (TEST, [3, 5])))
     assert main(["compare", str(tmp_path), REF, TEST]) == 1
     out = capsys.readouterr().out
     assert "[E]         FAILED | Output: 'top1' | Difference exceeds tolerance on 1/2 images" in out
@@ -81,3 +85,13 @@ def test_unknown_configuration_is_a_one_line_error(tiny_results: Path, capsys) -
     assert main(["compare", str(tiny_results), REF, "nope [x]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no predictions for configuration 'nope [x]'" in err and REF in err
+
+
+def test_the_study_chain_name_finds_its_stored_route(tmp_path: Path, capsys) -> None:
+    """A study variant ``onnx->tflite`` is stored as the route it took, ``onnx->tf->tflite``;
+    the name the user wrote works too."""
+    _hand_store(tmp_path, (("onnx [onnxruntime]", [3, 4]), ("onnx->tf->tflite [litert]", [3, 4])))
+    assert main(["compare", str(tmp_path), "onnx [onnxruntime]", "onnx->tflite [litert]"]) == 0
+    assert "Comparing 'onnx->tf->tflite [litert]' against reference 'onnx [onnxruntime]'" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path), "onnx [onnxruntime]", "onnx->keras [litert]"]) == 2
+    assert "no predictions for configuration 'onnx->keras [litert]'" in capsys.readouterr().err

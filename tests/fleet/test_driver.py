@@ -96,3 +96,16 @@ def test_a_new_protocol_times_again_without_predicting_again(tiny_results: Path,
     assert set(latest["blocks"]) == {2} and set(latest["images"]) == {2} and set(latest["samples"]) == {2 * 2 * 2}
     again = run_study(changed, out, progress=False)
     assert again.ran == 0 and again.sessions == []  # covered now
+
+
+def test_quiet_run_still_prints_its_one_line_summary(tiny_results: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from deltann.cli import main
+
+    out = tmp_path / "results"
+    shutil.copytree(tiny_results, out)
+    assert main(["run", str(tiny_results.parent / "study.toml"), "--out", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"0 units run (0 failed), 6 already in the store, 0 pending; results in {out}\n"
+    assert captured.err == ""  # no progress bar, no 'nothing to do' banner

@@ -21,6 +21,8 @@ PICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "s
 #: Calls allowed although they can unpickle: (file, dotted call) -> why it is safe there.
 ALLOWED = {
     ("deltann/zoo/user.py", "torch.export.load"): "reached only with trust_remote_code = true (checked below)",
+    ("deltann/report/repro_script.py", "torch.export.load"): "a reproducer bundle's torch side, loaded only with "
+                                                              "--trust-remote-code (checked below)",
 }
 
 

@@ -83,3 +83,39 @@ def test_report_renders_in_headless_chromium(tiny_results: Path, tmp_path: Path)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (2400, 1280)
     assert pixels.std() > 10  # text, tables and a heatmap, not a blank page
+
+
+LINKS = ("<script>window.addEventListener('load',()=>{const l=[...document.querySelectorAll(\"a[href^='#']\")];"
+         "document.body.dataset.links=l.length;"
+         "document.body.dataset.broken=l.filter(a=>!document.getElementById(a.getAttribute('href').slice(1))).length;"
+         "const f=document.querySelector('.findings');"
+         "document.body.dataset.bottom=f?Math.ceil(f.getBoundingClientRect().bottom+window.scrollY):-1;});</script>")
+
+
+def test_findings_section_in_headless_chromium(flip_results: Path, tmp_path: Path) -> None:
+    """The findings of a study where dynamic-range TFLite flips labels, as a person sees
+    them: at the top of the page, every in-page link landing on a table, and a screenshot
+    of the section kept as test-artifacts/findings-chromium.png."""
+    report = build_report(flip_results, tmp_path / "report")
+    assert report.html is not None
+    probed = tmp_path / "links.html"
+    probed.write_text(report.html.read_text().replace("</body>", LINKS + "</body>"))
+    done = _chromium("--window-size=1280,1400", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", done.stdout)
+    assert body, done.stdout[:500]
+    links, broken, bottom = (int(re.search(rf'data-{k}="(-?\d+)"', body.group(0)).group(1))
+                             for k in ("links", "broken", "bottom"))
+    assert links >= 5 and broken == 0  # each finding's "table" link lands on its table
+    assert 0 < bottom < 1400  # the whole section is on the first screen
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "findings-chromium.png"
+    full = tmp_path / "page.png"
+    done = _chromium("--hide-scrollbars", "--window-size=1280,1400", f"--screenshot={full}", report.html.as_uri())
+    assert done.returncode == 0 and full.exists(), done.stderr[-2000:]
+    with Image.open(full) as im:
+        im.crop((0, 0, 1280, min(1400, bottom + 16))).save(shot)
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
+    box = np.all(pixels == (0xF6, 0xF8, 0xFA), axis=-1)  # the findings box's background
+    assert box.mean() > 0.2 and pixels.std() > 10  # the section, with text on it

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -138,3 +140,55 @@ def test_report_names_settings_built_under_two_pass_lists(tiny_results: Path, tm
     notes = [line for line in report.markdown.splitlines() if "pass lists" in line]
     assert len(notes) == 1 and "basic (2 pass lists)" in notes[0] and "extended" not in notes[0]
     assert "basic (2 pass lists)" in (tmp_path / "mixed" / "report.html").read_text()
+def test_report_opens_with_findings_in_words(tiny_results: Path, tmp_path: Path) -> None:
+    """The tiny study agrees on every label: the report says so first, before any matrix,
+    and gives TVM extended against onnxruntime as a time ratio with its CI."""
+    report = build_report(tiny_results, tmp_path)
+    md = report.markdown
+    assert md.index("## Findings") < md.index("## Top-1 label dissimilarity") < md.index("![")
+    first = md.split("## Findings", 1)[1].split("\n## ", 1)[0]
+    assert "No label differs: all 6 configurations give the same top-1 on every image (4 images)." in first
+    assert re.search(r"`torch->onnx \[tvm:extended\]` / `torch->onnx \[onnxruntime\]` time: [\d.]+× "
+                     r"\(B (slower|faster); 95 % CI [\d.]+–[\d.]+×", first)
+    assert "Largest logit difference:" in first and "deltann repro " in first
+    assert "(#speedup)" in first and '<a id="speedup"></a>' in md
+    found = pl.read_csv(tmp_path / "findings.csv")
+    assert {"same", "logits", "time"} <= set(found["kind"])
+
+
+def test_heatmap_scales_are_fixed_and_no_difference_is_neutral() -> None:
+    """0 % dissimilarity and Jaccard 1 are grey, whatever else the matrix holds; 30 % is the
+    colour of 30 % on a 0–100 scale (not the end of the map, as a data-range scale made
+    it); the more different, the darker (the difference map reversed, the similarity map
+    not)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from deltann.report.plots import NEUTRAL, heatmap_scale
+
+    zeros = heatmap_scale(np.zeros((3, 3)), vmin=0.0, vmax=100.0, neutral=0.0)
+    assert (zeros.norm.vmin, zeros.norm.vmax) == (0.0, 100.0)
+    assert np.allclose(zeros.rgba(), to_rgba(NEUTRAL))
+    mixed = heatmap_scale(np.array([[0.0, 30.0], [30.0, 0.0]]), vmin=0.0, vmax=100.0, neutral=0.0, reverse=True)
+    assert np.allclose(mixed.rgba()[0, 1], plt.get_cmap("cividis_r")(0.3))
+    jaccard = heatmap_scale(np.array([[1.0, 0.6]]), vmin=0.0, vmax=1.0, neutral=1.0)
+    assert np.allclose(jaccard.rgba()[0, 0], to_rgba(NEUTRAL))
+    assert np.allclose(jaccard.rgba()[0, 1], plt.get_cmap("cividis")(0.6))
+    luminance = [0.2126 * r + 0.7152 * g + 0.0722 * b for r, g, b, _ in
+                 (mixed.rgba()[0, 1], plt.get_cmap("cividis_r")(0.9))]
+    assert luminance[1] < luminance[0]  # 90 % is darker than 30 %
+    logs = heatmap_scale(np.array([[0.0, 1e-6, 1e-2]]), vmin=1e-7, vmax=1e2, neutral=0.0, log=True, reverse=True)
+    assert np.allclose(logs.rgba()[0, 0], to_rgba(NEUTRAL))
+    assert (logs.norm.vmin, logs.norm.vmax) == (1e-7, 1e2)
+
+
+def test_table3_without_basic_has_no_none(tmp_path: Path) -> None:
+    from deltann.analysis import passes
+
+    builds = pl.DataFrame({"model": ["m"], "variant": ["torch"], "device": ["local"], "setting": ["extended"],
+                           "status": ["ok"], "runtime": ["tvm"]})
+    timings = pl.DataFrame({"model": ["m"], "variant": ["torch"], "device": ["local"], "setting": ["extended"],
+                            "median_ns": [5e6]})
+    table3 = passes.settings_table(builds, timings)
+    assert table3.row(0, named=True) == {"model": "m", "variant": "torch", "device": "local", "setting": "extended",
+                                         "ms": "5.0", "speedup_pct_vs_basic": ""}

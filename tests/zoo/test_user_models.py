@@ -305,6 +305,53 @@ def test_onnx_checks_shape_and_classes(files: dict[str, Path]) -> None:
     _refused(_um(files["tiny1001.onnx"]), r"outputs 1001 classes but the study declares labels = 1000")
 
 
+def test_symbolic_output_width_is_measured_before_any_build(tmp_path: Path, files: dict[str, Path]) -> None:
+    """An ONNX file whose exporter left the class count symbolic, declared ``labels = 1000``
+    while it outputs 1001: the model runs once on a zero input when it is loaded, so the
+    unit fails at stage ``convert`` naming the file and ``labels`` — no TVM build first."""
+    import socket
+
+    import onnx
+
+    from deltann.convert.chain import ArtifactCache
+    from deltann.fleet.driver import prepare_inputs
+    from deltann.fleet.execute import run_unit
+    from deltann.fleet.markers import is_progress
+
+    model = onnx.load(str(files["tiny1001.onnx"]))
+    width = model.graph.output[0].type.tensor_type.shape.dim[1]
+    width.ClearField("dim_value")
+    width.dim_param = "classes"
+    onnx.save(model, str(tmp_path / "open.onnx"))
+    pattern = r"outputs 1001 classes \(the file leaves the width open; measured by running it once on a zero " \
+              r"input\) but the study declares labels = 1000; fix labels"
+    _refused(_um(tmp_path / "open.onnx"), pattern)
+    assert user.load(_um(tmp_path / "open.onnx", labels=1001)).payload == tmp_path / "open.onnx"
+
+    study = load_study(_study(tmp_path, f"""
+        name = "open"
+        models = ["open"]
+        variants = ["onnx"]
+        runtimes = ["tvm"]
+        settings = ["basic"]
+        [dataset]
+        limit = 1
+        [user_models.open]
+        path = "open.onnx"
+        input_shape = [1, 3, 64, 64]
+        preprocess = {TINY_RECIPE}
+        labels = 1000
+        """))
+    inputs = prepare_inputs(study, tmp_path)
+    (unit,) = plan.expand(study, inputs, load_catalogue())
+    tables = [t for t in run_unit(unit, inputs[unit.inputs or unit.model], ArtifactCache(tmp_path / "artifacts"),
+                                  study="open", board="b", hostname=socket.gethostname()) if not is_progress(t)]
+    row = tables[-1].to_pylist()[0]
+    assert (row["status"], row["stage"], row["error_type"]) == ("failed", "convert", "UserModelError")
+    assert str(tmp_path / "open.onnx") in row["message"] and "labels = 1000" in row["message"]
+    assert row["compile_s"] == 0.0 and row["import_s"] == 0.0  # nothing was built
+
+
 def test_corrupt_and_missing_files_name_the_file(tmp_path: Path) -> None:
     for name, pattern in (("bad.onnx", "not a readable ONNX model"), ("bad.tflite", "not a readable TFLite model"),
                           ("bad.keras", "not a readable Keras model"), ("bad.pb", "not a readable frozen GraphDef|"
