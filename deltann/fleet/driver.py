@@ -799,8 +799,10 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.Inputs]
     for key in retry:
         status.pop(key, None)
         done.discard(key)
-    store.replaceable |= set(retry)
     incomplete = store.incomplete_units() & planned_keys
+    # A unit made again replaces its own parts; once its missing part is written again it
+    # looks complete, which must not read as another run's finished unit.
+    store.replaceable |= set(retry) | incomplete
     todo = [u for u in units if u.key not in done]
     summary.planned, summary.skipped = len(units), len(units) - len(todo)
     timed = timed_sets(store, study)

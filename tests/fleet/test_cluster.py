@@ -174,9 +174,11 @@ def _done_on(out: Path, board: str | None = None) -> int:
 def test_node_killed_mid_study_its_units_move_and_nothing_is_duplicated(fleet: Fleet, tmp_path: Path) -> None:
     victim = fleet.add("x86-server")
     fleet.cluster.wait_for_nodes()
-    # slow enough units (each measure lasts >= 3 x 150 ms) that the victim is killed mid-batch
+    # 10 units for 3 boards (units are fed one at a time): when the victim's first unit is
+    # in the store, it has already taken its next one, so it is killed with work in hand
     path = study(tmp_path, "lost", ("x86-server",), variants='["torch", "torch->onnx"]')
-    path.write_text(path.read_text().replace("repeat = 2\n", "repeat = 3\nmin_repeat_ms = 150\n"))
+    path.write_text(path.read_text().replace('settings = ["basic", "extended"]',
+                                             'settings = ["unscheduled", "basic", "default", "extended"]'))
     out = tmp_path / "out"
     proc = fleet.driver(path, out)
     try:
@@ -190,12 +192,12 @@ def test_node_killed_mid_study_its_units_move_and_nothing_is_duplicated(fleet: F
             proc.kill()
     assert proc.returncode == 0, output
     b = builds(out)
-    assert b.height == 6 and b["unit_key"].n_unique() == 6, output  # the full set, none twice
+    assert b.height == 10 and b["unit_key"].n_unique() == 10, output  # the full set, none twice
     assert set(b["status"]) == {"ok"}
     kept = b.filter(pl.col("board") == victim.node_id)
     assert set(before["unit_key"]) <= set(kept["unit_key"])  # finished rows stay
     preds = Store(out).scan("predictions").collect()
-    assert preds.height == 6 * 2 and preds.select("unit_key", "image_index").is_unique().all()
+    assert preds.height == 10 * 2 and preds.select("unit_key", "image_index").is_unique().all()
     assert "retired: node lost" in output, output  # the victim was lost with work in hand
     assert "0 pending" in output, output
 
