@@ -403,6 +403,17 @@ class BoardContainer:
         (work / "out").symlink_to(Path("..") / "out" / name)  # inside: the out/ mount
         return work
 
+    def ended(self) -> tuple[dict[str, Any], str]:
+        """The exit status and last log lines of a container that stopped serving (waited
+        for, then removed); what is known when the engine lost it."""
+        try:
+            status = self.container.wait(timeout=30)
+            logs = self.container.logs(tail=20).decode(errors="replace")
+        except Exception as exc:  # noqa: BLE001 - the engine lost it: report what we know
+            status, logs = {"StatusCode": "unknown"}, f"({type(exc).__name__}: {exc})"
+        self.stop()
+        return status, logs
+
     def stop(self) -> None:
         try:
             self.container.remove(force=True)
@@ -540,12 +551,7 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
             continue
         # The container is gone with units left: it died (a crash of the unit it was on), or
         # it had just ended idle before taking the job (nothing seen, exit 0): start another.
-        try:
-            status = server.container.wait(timeout=30)
-            logs = server.container.logs(tail=20).decode(errors="replace")
-        except Exception as exc:  # noqa: BLE001 - the engine lost it: report what we know
-            status, logs = {"StatusCode": "unknown"}, f"({type(exc).__name__}: {exc})"
-        server.stop()
+        status, logs = server.ended()
         if seen == 0 and status.get("StatusCode") == 0:
             continue
         victim = current or left[0]
@@ -627,12 +633,7 @@ def time_in_container(kind: DeviceKind, job: TimingJob, inputs: dict[str, Inputs
         ended = ended or (table.schema.metadata or {}).get(b"deltann.table") == b"sessions"
         yield table
     if not ended:
-        try:
-            status = server.container.wait(timeout=30)
-            logs = server.container.logs(tail=20).decode(errors="replace")
-        except Exception as exc:  # noqa: BLE001 - the engine lost it: report what we know
-            status, logs = {"StatusCode": "unknown"}, f"({type(exc).__name__}: {exc})"
-        server.stop()
+        status, logs = server.ended()
         yield failed("crash", "ContainerExited",
                      f"container {kind.image} exited with {status.get('StatusCode')}: {logs[-1200:]}")
 
