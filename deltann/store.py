@@ -701,7 +701,10 @@ class Store:
             if bad:
                 frame = frame.filter(~pl.col("tuning_key").is_in(sorted(bad)))
         if complete_only and table in UNIT_TABLES and table != "builds":
-            frame = frame.join(self.scan("builds").select("unit_key"), on="unit_key", how="semi")
+            owners = self.scan("builds")
+            if table == "predictions":  # a unit that failed midway keeps what it wrote, out of sight
+                owners = owners.filter(pl.col("status") == "ok")
+            frame = frame.join(owners.select("unit_key"), on="unit_key", how="semi")
         if self.sites and "device" in SCHEMAS[table].names and table != "layers":
             site = self.site_expr()
             if site is not None:

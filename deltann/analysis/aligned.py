@@ -162,7 +162,9 @@ def scan_groups(store: object, by: list[str], columns: list[str | pl.Expr], filt
     not the table's. With ``side``, each group comes as ``[(side value, rows), …]``, one
     scan per side (no partitioning of a big frame)."""
     cols = [*by, side] if side else list(by)
-    units = store.scan("builds").select(*cols, "unit_key").collect()  # type: ignore[attr-defined]
+    # ok units only: one that failed midway (a shard) keeps the rows it wrote, unused
+    units = (store.scan("builds").filter(pl.col("status") == "ok")  # type: ignore[attr-defined]
+             .select(*cols, "unit_key").collect())
     for key in units.select(by).unique().sort(by).iter_rows():
         where = dict(zip(by, key, strict=True))
         mine = units.filter(pl.all_horizontal([pl.col(c) == v for c, v in where.items()]))

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -252,3 +253,74 @@ def test_units_of_a_kind_with_no_board_left_are_pending_then_finish(fleet: Fleet
     output = fleet.run(path, out)
     b = builds(out)
     assert b.height == 6 and b["unit_key"].n_unique() == 6 and f"{6 - done} units run" in output, output
+
+
+def jpeg_folder(folder: Path, n: int) -> Path:
+    """``n`` small JPEGs: seeded random crops of a real photo (chelsea)."""
+    from PIL import Image as PILImage
+
+    from deltann import dataset
+
+    rgb = dataset.load_samples(1)[0].rgb
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        top, left = int(rng.integers(0, rgb.shape[0] - 96)), int(rng.integers(0, rgb.shape[1] - 96))
+        PILImage.fromarray(rgb[top : top + 96, left : left + 96]).save(folder / f"{i:05d}.jpg", quality=85)
+    return folder
+
+
+def shard_study(folder: Path, name: str, images: Path, shard: int) -> Path:
+    """tiny_cnn in torch over ``images``, in shards of ``shard`` images, on the x86-server boards."""
+    path = folder / f"{name}.toml"
+    path.write_text(
+        f'name = "{name}"\nmodels = ["tiny_cnn"]\nvariants = ["torch"]\nruntimes = ["native"]\n'
+        f'devices = ["x86-server"]\n[dataset]\nsource = "{images}"\nshard = {shard}\n'
+        "[timing]\nimages = 4\nblocks = 1\nwarmup = 0\nrepeat = 1\npause_ms = 0\n")
+    return path
+
+
+def test_a_4000_image_study_is_split_over_both_boards_by_image_shards(fleet: Fleet, tmp_path: Path) -> None:
+    """One configuration over 4,000 images: 32 shards of 125, run by both boards of the
+    kind, each with 40-60 % of the images; every image classified once; one timing
+    session for the configuration (not one per shard)."""
+    images = jpeg_folder(tmp_path / "images", 4000)
+    out = tmp_path / "out"
+    output = fleet.run(shard_study(tmp_path, "split", images, 125), out, timeout=600)
+    b = builds(out)
+    assert b.height == 32 and set(b["status"]) == {"ok"} and b["unit_key"].n_unique() == 32, output
+    preds = Store(out).scan("predictions").select("board", "image_index", "image_id", "unit_key").collect()
+    assert preds.height == 4000 and preds["image_index"].n_unique() == 4000
+    assert sorted(preds["image_id"].unique()) == sorted(p.name for p in images.iterdir())
+    share = preds.group_by("board").len()
+    assert share.height == 2 and set(share["board"]) <= fleet.boards("x86-server"), share
+    for n in share["len"]:
+        assert 0.4 <= n / 4000 <= 0.6, share
+    sessions = Store(out).scan("sessions").collect()
+    assert sessions.height == 1 and sessions["status"][0] == "ok" and sessions["images"][0] == 4
+    assert "1 timing sessions" in output
+    assert "nothing to do" in fleet.run(shard_study(tmp_path, "split", images, 125), out)  # resumed: all there
+
+
+def test_a_killed_boards_shards_are_redone_elsewhere_and_nothing_is_duplicated(fleet: Fleet, tmp_path: Path) -> None:
+    victim = fleet.add("x86-server")
+    fleet.cluster.wait_for_nodes()
+    images = jpeg_folder(tmp_path / "images", 4000)
+    out = tmp_path / "out"
+    proc = fleet.driver(shard_study(tmp_path, "shard-lost", images, 125), out)
+    try:
+        _wait_for(lambda: _done_on(out, victim.node_id) >= 1, 300, "a shard finished on the victim")
+        before = builds(out).filter(pl.col("board") == victim.node_id)
+        fleet.cluster.remove_node(victim)
+        fleet.resources.pop(victim.node_id)
+        output, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    b = builds(out)
+    assert b.height == 32 and b["unit_key"].n_unique() == 32 and set(b["status"]) == {"ok"}, output
+    assert set(before["unit_key"]) <= set(b.filter(pl.col("board") == victim.node_id)["unit_key"])
+    preds = Store(out).scan("predictions").select("image_index", "unit_key").collect()
+    assert preds.height == 4000 and preds["image_index"].is_unique().all()
+    assert "retired: node lost" in output and "0 pending" in output, output
