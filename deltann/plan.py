@@ -82,6 +82,9 @@ class Unit:
     hi: int | None = None
     shard: int = 0
     shards: int = 1
+    #: key of what the unit builds (a compiled TVM module): the configuration's, shared by
+    #: its shards so a board compiles it once; "" = the unit's own key (one shard)
+    build: str = ""
 
     @property
     def framework(self) -> str:
@@ -181,12 +184,14 @@ def expand(study: Study, inputs: dict[str, Inputs] | dict[str, InputSet], kinds:
                     "preprocess": asdict(spec.preprocess_for(source)),
                     "inputs": batch.hashes[lo:hi] if len(spans) > 1 else batch.hashes,
                 }
-                if len(spans) > 1:  # two shards of the same images are still two units
-                    identity["shard"] = [lo, hi]
                 if compiled and compile_settings.is_tuned(setting):
                     identity["tuning"] = study.tuning.budget()  # the budget changes the result
                 if user_model is not None:  # what its table declares (zoo models: the code's)
                     identity["declared"] = user_model.declared()
+                build = ""
+                if len(spans) > 1:  # two shards of the same images are still two units
+                    build = content_key({k: v for k, v in identity.items() if k != "inputs"})
+                    identity["shard"] = [lo, hi]
                 units.append(
                     Unit(
                         key=content_key(identity),
@@ -209,6 +214,7 @@ def expand(study: Study, inputs: dict[str, Inputs] | dict[str, InputSet], kinds:
                         hi=hi,
                         shard=shard,
                         shards=len(spans),
+                        build=build,
                     )
                 )
     return units

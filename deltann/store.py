@@ -751,6 +751,18 @@ class Store:
                      .alias("cpus"), pl.col("device").unique().sort().alias("devices"), pl.len().alias("units"))
                 .sort("lab").collect())
 
+    def shard_keys(self, row: dict[str, Any]) -> list[str]:
+        """Unit keys of the run of a configuration that ``row`` (an ok ``builds`` row) is
+        part of: every ok shard of it (same model, device, configuration, lab and CPU); a
+        configuration over fewer images than a shard is one unit, ``row``'s own."""
+        import polars as pl
+
+        same = [pl.col(c) == row.get(c) if row.get(c) is not None else pl.col(c).is_null()
+                for c in ("model", "device", "config", "lab", "cpu")]
+        keys = (self.scan("builds").filter(pl.all_horizontal(same) & (pl.col("status") == "ok"))
+                .select("unit_key").collect()["unit_key"].to_list())
+        return sorted(set(keys) | {row["unit_key"]})
+
     def completed_keys(self) -> set[str]:
         self.check_version()
         if not self.files("builds"):

@@ -97,7 +97,7 @@ def load_stages(unit: Unit, artifacts: ArtifactCache, stage: list[str]) -> Gener
         builder = TvmBuild(unit.frontend, artifact.payload,
                            input_shape(zoo.get(unit.model).input_shape, artifact.layout), unit.passes,
                            unit.target, unit.host, tuning=unit.tuning, cache_dir=compiled_dir(artifacts),
-                           cache_key=unit.key)
+                           cache_key=unit.build or unit.key)
         with build_memory_cap():
             payload = builder()
         times["import_s"], times["compile_s"] = builder.import_s, builder.compile_s
