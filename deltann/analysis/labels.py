@@ -36,10 +36,19 @@ def _pair_table(store: Store, group: list[str], side: str, metrics: tuple[str, .
     names = ["n_images", *(c for m in metrics for c in _METRIC_COLUMNS[m])]
     schema = {g: pl.String() for g in group} | {a_col: pl.String(), b_col: pl.String()} | {
         n: _PAIR_SCHEMA[n] for n in names}
+    # Full logits: a large group is read a range of images at a time (bounded memory) and
+    # each pair's metrics combined over the ranges.
+    ranges = aligned.image_ranges(store, group, side) if "logits" in metrics else [None]
+    found: dict[tuple[object, ...], list[dict[str, object]]] = {}
+    for span in ranges:
+        where = None if span is None else pl.col("image_index").is_between(span[0], span[1] - 1)
+        for key, parts in aligned.scan_groups(store, group, ["image_id", *metrics], filter_expr=where, side=side):
+            for row in aligned.pair_rows(aligned.align_parts(parts, metrics), metrics):
+                found.setdefault((*key, row["a"], row["b"]), []).append(row)
     rows = []
-    for key, parts in aligned.scan_groups(store, group, ["image_id", *metrics], side=side):
-        for row in aligned.pair_rows(aligned.align_parts(parts, metrics), metrics):
-            rows.append([*key, row["a"], row["b"], *(row[n] for n in names)])
+    for (*key, a, b), parts in found.items():
+        row = aligned.combine(parts)
+        rows.append([*key, a, b, *(row[n] for n in names)])
     return pl.DataFrame(rows, schema=schema, orient="row").sort(*group, a_col, b_col)
 
 
