@@ -82,14 +82,16 @@ class Inputs:
         """The data set index of the image at ``position``."""
         return position if self.indices is None else self.indices[position]
 
-    def take(self, indices: Sequence[int]) -> Inputs:
-        """The images at data set ``indices`` (all of them must be in this batch)."""
+    def take(self, indices: Sequence[int], cache: TensorCache | None = None) -> Inputs:
+        """The images at data set ``indices`` (all of them must be in this batch; ``cache``
+        is not needed: the tensors are here)."""
         where = ({i: p for p, i in enumerate(self.indices)} if self.indices is not None else None)
         pos = [i if where is None else where[i] for i in indices]
         return Inputs([self.ids[p] for p in pos], self.tensors[pos], [self.hashes[p] for p in pos],
                       [self.labels[p] for p in pos], self.recipe, list(indices))
 
-    def chunks(self, lo: int = 0, hi: int | None = None, size: int = 0) -> Iterator[Inputs]:
+    def chunks(self, lo: int = 0, hi: int | None = None, size: int = 0,
+               cache: TensorCache | None = None) -> Iterator[Inputs]:
         """The images with data set index in ``[lo, hi)``, ``size`` at a time (0: all)."""
         keep = [self.index(p) for p in range(len(self.ids)) if lo <= self.index(p) < (hi if hi is not None else
                                                                                             1 << 62)]
@@ -309,9 +311,9 @@ def load_folder(folder: Path, limit: int | None = None, skipped: list[Skipped] |
     return images
 
 
-def preprocess_one(rgb: np.ndarray, recipe: Preprocess) -> np.ndarray:
-    """Resize the shorter side to ``resize_shorter`` keeping the aspect ratio, centre-crop
-    ``size``, scale and normalise; returns (3, S, S) float32 (CHW)."""
+def crop_one(rgb: np.ndarray, recipe: Preprocess) -> np.ndarray:
+    """Resize the shorter side to ``resize_shorter`` keeping the aspect ratio and
+    centre-crop ``size``: (S, S, 3) uint8, the part of preprocessing worth caching."""
     from PIL import Image as PILImage
 
     h, w = rgb.shape[:2]
@@ -320,9 +322,95 @@ def preprocess_one(rgb: np.ndarray, recipe: Preprocess) -> np.ndarray:
     resample = {"bilinear": PILImage.BILINEAR, "bicubic": PILImage.BICUBIC}[recipe.interpolation]
     im = PILImage.fromarray(rgb).resize((new_w, new_h), resample=resample)
     left, top = (new_w - recipe.size) // 2, (new_h - recipe.size) // 2
-    crop = np.asarray(im.crop((left, top, left + recipe.size, top + recipe.size)), dtype=np.float32)
-    x = (crop * np.float32(recipe.scale) - np.asarray(recipe.mean, np.float32)) / np.asarray(recipe.std, np.float32)
+    return np.asarray(im.crop((left, top, left + recipe.size, top + recipe.size)))
+
+
+def normalise(crop: np.ndarray, recipe: Preprocess) -> np.ndarray:
+    """Scale and normalise a :func:`crop_one` crop: (3, S, S) float32 (CHW)."""
+    x = crop.astype(np.float32)
+    x = (x * np.float32(recipe.scale) - np.asarray(recipe.mean, np.float32)) / np.asarray(recipe.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_one(rgb: np.ndarray, recipe: Preprocess) -> np.ndarray:
+    """Resize the shorter side to ``resize_shorter`` keeping the aspect ratio, centre-crop
+    ``size``, scale and normalise; returns (3, S, S) float32 (CHW)."""
+    return normalise(crop_one(rgb, recipe), recipe)
+
+
+#: Board setting (environment): MiB of disk a board's cache of preprocessed images may use.
+TENSOR_CACHE_ENV = "DELTANN_TENSOR_CACHE_MB"
+TENSOR_CACHE_MB = 4096
+
+
+class TensorCache:
+    """A board's disk cache of preprocessed images (the uint8 crops, 4x smaller than the
+    tensors), keyed by the image's bytes, the recipe and the code that crops: every
+    configuration of a shard after the first reads its images from here instead of
+    decoding them again, so each recipe's tensors are made once per board. Bounded by
+    :data:`TENSOR_CACHE_ENV` MiB (the least recently used crops go first); shared by the
+    boards of one machine (files are written whole, by rename)."""
+
+    def __init__(self, root: Path, limit_mb: int | None = None) -> None:
+        import threading
+
+        tag = hashlib.sha256(json.dumps(code_versions(), sort_keys=True).encode()).hexdigest()[:8]
+        self.root = Path(root) / tag
+        self.limit = (limit_mb if limit_mb is not None else int(os.environ.get(TENSOR_CACHE_ENV, TENSOR_CACHE_MB))) << 20
+        self._lock = threading.Lock()
+        self._used: int | None = None
+
+    def _path(self, recipe: str, sha: str) -> Path:
+        return self.root / recipe / sha[:2] / f"{sha}.npy"
+
+    def get(self, recipe: str, sha: str) -> np.ndarray | None:
+        path = self._path(recipe, sha)
+        try:
+            crop = np.load(path, allow_pickle=False)
+            os.utime(path)  # recently used
+            return crop
+        except (OSError, ValueError):
+            return None
+
+    def put(self, recipe: str, sha: str, crop: np.ndarray) -> None:
+        if self.limit <= 0:
+            return
+        path = self._path(recipe, sha)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.{id(crop)}.tmp")
+            with tmp.open("wb") as fh:
+                np.save(fh, crop, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk only costs decoding again
+            log.debug("tensor cache: %s not written: %s", path, exc)
+            return
+        with self._lock:
+            if self._used is None:
+                self._evict(0)  # counts what is there (left by earlier runs, other boards)
+            else:
+                self._used += crop.nbytes + 128
+            if self._used > self.limit:
+                self._evict()
+
+    def _evict(self, keep: float = 0.8) -> None:
+        """Remove the least recently used crops down to ``keep`` of the limit (0: only
+        count them)."""
+        files = []
+        for f in self.root.rglob("*.npy"):
+            try:  # another board of this machine may be evicting too
+                st = f.stat()
+            except OSError:
+                continue
+            files.append((st.st_mtime_ns, st.st_size, f))
+        files.sort(key=lambda t: t[0])
+        used = sum(size for _, size, _ in files)
+        for _, size, f in files:
+            if not keep or used <= self.limit * keep:
+                break
+            f.unlink(missing_ok=True)
+            used -= size
+        self._used = used
 
 
 def preprocess(images: list[Image], recipe: Preprocess) -> Inputs:
@@ -390,12 +478,17 @@ class InputSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _make(self, i: int) -> np.ndarray:
-        rgb, sha = _read(self.source, self.ids[i])
-        if sha != self.sources[i]:
-            raise DatasetError(f"{self.source}/{self.ids[i]}: the file changed since the run was planned "
-                               f"(sha256 {sha[:12]}, planned {self.sources[i][:12]}); run the study again")
-        x = preprocess_one(rgb, self.preprocess)
+    def _make(self, i: int, cache: TensorCache | None = None) -> np.ndarray:
+        crop = cache.get(self.recipe, self.sources[i]) if cache is not None else None
+        if crop is None:
+            rgb, sha = _read(self.source, self.ids[i])
+            if sha != self.sources[i]:
+                raise DatasetError(f"{self.source}/{self.ids[i]}: the file changed since the run was planned "
+                                   f"(sha256 {sha[:12]}, planned {self.sources[i][:12]}); run the study again")
+            crop = crop_one(rgb, self.preprocess)
+            if cache is not None:
+                cache.put(self.recipe, sha, crop)
+        x = normalise(crop, self.preprocess)
         h = tensor_hash(x)
         if h != self.hashes[i]:
             mine = code_versions()
@@ -404,22 +497,24 @@ class InputSet:
                                "install the same versions on both")
         return x
 
-    def take(self, indices: Sequence[int]) -> Inputs:
-        """The tensors of the images at ``indices``, made now (decoded in a few threads)."""
+    def take(self, indices: Sequence[int], cache: TensorCache | None = None) -> Inputs:
+        """The tensors of the images at ``indices``, made now (decoded in a few threads, or
+        read from the board's ``cache``)."""
         from concurrent.futures import ThreadPoolExecutor
 
         indices = list(indices)
         out = np.empty((len(indices), 3, self.preprocess.size, self.preprocess.size), np.float32)
 
         def fill(k: int) -> None:
-            out[k] = self._make(indices[k])
+            out[k] = self._make(indices[k], cache)
 
         with ThreadPoolExecutor(_threads()) as pool:
             list(pool.map(fill, range(len(indices))))
         return Inputs([self.ids[i] for i in indices], out, [self.hashes[i] for i in indices],
                       [self.labels[i] for i in indices], self.recipe, indices)
 
-    def chunks(self, lo: int = 0, hi: int | None = None, size: int = CHUNK) -> Iterator[Inputs]:
+    def chunks(self, lo: int = 0, hi: int | None = None, size: int = CHUNK,
+               cache: TensorCache | None = None) -> Iterator[Inputs]:
         """Images ``lo`` to ``hi`` (exclusive), ``size`` at a time; the next chunk is made
         while the caller works on this one."""
         from concurrent.futures import ThreadPoolExecutor
@@ -429,11 +524,11 @@ class InputSet:
         if not ranges:
             return
         with ThreadPoolExecutor(1) as ahead:
-            pending = ahead.submit(self.take, ranges[0])
+            pending = ahead.submit(self.take, ranges[0], cache)
             for k in range(len(ranges)):
                 current = pending.result()
                 if k + 1 < len(ranges):
-                    pending = ahead.submit(self.take, ranges[k + 1])
+                    pending = ahead.submit(self.take, ranges[k + 1], cache)
                 yield current
 
     @property

@@ -162,3 +162,28 @@ def test_input_sets_memory_does_not_grow_with_the_images(tmp_path: Path) -> None
     # all tensors of 768 images would be 462 MB; a chunk's worth 154 MB
     assert peaks[1] < 1.25 * peaks[0] + (2 << 20), peaks
     assert peaks[1] < 60 << 20, peaks
+
+
+def test_a_boards_tensor_cache_makes_each_image_once_and_stays_bounded(tmp_path: Path) -> None:
+    """The second configuration of a shard reads its crops instead of decoding; the tensors
+    are those of preprocess_one, bit for bit; the cache stays under its limit."""
+    import unittest.mock
+
+    from deltann import zoo
+
+    folder = tmp_path / "images"
+    for i in range(6):
+        _photo_jpeg(folder / f"{i:02d}.jpg", i)
+    recipe = zoo.get("efficientnet_lite0").preprocess
+    s = dataset.input_sets("images", tmp_path, [recipe])[recipe.key()]
+    cache = dataset.TensorCache(tmp_path / "tensors")
+    first = s.take(range(6), cache)
+    with unittest.mock.patch.object(dataset, "decode_rgb", side_effect=AssertionError("decoded again")):
+        again = s.take(range(6), cache)
+    assert np.array_equal(first.tensors, again.tensors) and again.hashes == s.hashes
+    big = Preprocess(size=300, resize_shorter=320)  # 270 kB crops: 6 of them are 1.6 MB
+    s = dataset.input_sets("images", tmp_path, [big])[big.key()]
+    small = dataset.TensorCache(tmp_path / "small", limit_mb=1)
+    s.take(range(6), small)
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "small").rglob("*.npy"))
+    assert 300 * 300 * 3 <= on_disk <= 0.8 * (1 << 20), on_disk  # the oldest went, down to 80 %

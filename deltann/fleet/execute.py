@@ -25,7 +25,7 @@ import pyarrow as pa
 from deltann import zoo
 from deltann.convert.base import parse_chain
 from deltann.convert.chain import Artifact, ArtifactCache
-from deltann.dataset import Inputs, InputSet
+from deltann.dataset import Inputs, InputSet, TensorCache
 from deltann.plan import Unit
 from deltann.runtimes.base import Runner, thread_count
 from deltann.fleet.markers import progress, unit_columns
@@ -58,6 +58,8 @@ def make_runner(unit: Unit, payload: Any, layout: str = "NCHW", meta: dict[str, 
 
 #: Folder of the board's artifact cache that keeps its compiled TVM modules.
 COMPILED = "compiled"
+#: Folder of the board's artifact cache that keeps its preprocessed images (TensorCache).
+TENSORS = "tensors"
 
 
 def compiled_dir(artifacts: ArtifactCache) -> Path:
@@ -170,7 +172,8 @@ def run_unit(
         # The shard's images are made a chunk at a time (the next while this one runs) and
         # each chunk's predictions go out at once: a board holds two chunks, whatever the
         # number of images.
-        for seq, chunk in enumerate(batch.chunks(unit.lo, unit.hi, PREDICTION_CHUNK)):
+        cache = TensorCache(artifacts.root / TENSORS)
+        for seq, chunk in enumerate(batch.chunks(unit.lo, unit.hi, PREDICTION_CHUNK, cache)):
             yield _predict_chunk(unit, runner, chunk, labels, spec, ident, seq, stage)
             written += len(chunk)
     except UnitFailure as exc:
