@@ -172,6 +172,24 @@ def _done_on(out: Path, board: str | None = None) -> int:
     return frame.height if board is None else frame.filter(pl.col("board") == board).height
 
 
+def run_and_kill(fleet: Fleet, victim: Any, path: Path, out: Path, *, wait_s: float = 180,
+                 timeout: float = 240) -> tuple[pl.DataFrame, str]:
+    """Run ``path`` and remove ``victim`` once a unit finished on it; the victim's builds
+    rows at that moment and the driver's output (the run must end well)."""
+    proc = fleet.driver(path, out)
+    try:
+        _wait_for(lambda: _done_on(out, victim.node_id) >= 1, wait_s, "a unit finished on the victim")
+        before = builds(out).filter(pl.col("board") == victim.node_id)
+        fleet.cluster.remove_node(victim)
+        fleet.resources.pop(victim.node_id)
+        output, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    return before, output
+
+
 def test_node_killed_mid_study_its_units_move_and_nothing_is_duplicated(fleet: Fleet, tmp_path: Path) -> None:
     victim = fleet.add("x86-server")
     fleet.cluster.wait_for_nodes()
@@ -181,17 +199,7 @@ def test_node_killed_mid_study_its_units_move_and_nothing_is_duplicated(fleet: F
     path.write_text(path.read_text().replace('settings = ["basic", "extended"]',
                                              'settings = ["unscheduled", "basic", "default", "extended"]'))
     out = tmp_path / "out"
-    proc = fleet.driver(path, out)
-    try:
-        _wait_for(lambda: _done_on(out, victim.node_id) >= 1, 180, "a unit finished on the victim")
-        before = builds(out).filter(pl.col("board") == victim.node_id)
-        fleet.cluster.remove_node(victim)
-        fleet.resources.pop(victim.node_id)
-        output, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output
+    before, output = run_and_kill(fleet, victim, path, out)
     b = builds(out)
     assert b.height == 10 and b["unit_key"].n_unique() == 10, output  # the full set, none twice
     assert set(b["status"]) == {"ok"}
@@ -307,17 +315,8 @@ def test_a_killed_boards_shards_are_redone_elsewhere_and_nothing_is_duplicated(f
     fleet.cluster.wait_for_nodes()
     images = jpeg_folder(tmp_path / "images", 4000)
     out = tmp_path / "out"
-    proc = fleet.driver(shard_study(tmp_path, "shard-lost", images, 125), out)
-    try:
-        _wait_for(lambda: _done_on(out, victim.node_id) >= 1, 300, "a shard finished on the victim")
-        before = builds(out).filter(pl.col("board") == victim.node_id)
-        fleet.cluster.remove_node(victim)
-        fleet.resources.pop(victim.node_id)
-        output, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output
+    before, output = run_and_kill(fleet, victim, shard_study(tmp_path, "shard-lost", images, 125), out, wait_s=300,
+                                  timeout=400)
     b = builds(out)
     assert b.height == 32 and b["unit_key"].n_unique() == 32 and set(b["status"]) == {"ok"}, output
     assert set(before["unit_key"]) <= set(b.filter(pl.col("board") == victim.node_id)["unit_key"])
