@@ -566,14 +566,17 @@ def _save_cache(cache: Path | None, recipe: Preprocess, known: dict[str, str]) -
 
 
 def input_sets(source: str, root: Path, recipes: Sequence[Preprocess], limit: int | None = None,
-               skipped: list[Skipped] | None = None, cache: Path | None = None) -> dict[str, InputSet]:
+               skipped: list[Skipped] | None = None, cache: Path | None = None,
+               crops: TensorCache | None = None) -> dict[str, InputSet]:
     """The manifest of the data set under each recipe (key: ``recipe.key()``), made a
     chunk at a time so that memory does not grow with the number of images: each image is
     read, hashed, decoded, preprocessed with every recipe and each tensor hashed, then
     dropped. The content keys hash these exact tensors. ``cache`` (a folder; the results'
     artifacts) keeps the tensor hash of every (image bytes, recipe, pillow, numpy) seen,
-    so a rerun reads and hashes the files without decoding them. Unreadable images:
-    see :func:`load_folder`."""
+    so a rerun reads and hashes the files without decoding them. ``crops``: the board
+    cache of the machine's board, where the board is this machine (the embedded default),
+    filled as the images are made here, so the board does not decode them again.
+    Unreadable images: see :func:`load_folder`."""
     from concurrent.futures import ThreadPoolExecutor
 
     recipes = list({r.key(): r for r in recipes}.values())
@@ -599,7 +602,16 @@ def input_sets(source: str, root: Path, recipes: Sequence[Preprocess], limit: in
                     if all(sha in known[r.key()] for r in recipes):
                         return sha, {r.key(): known[r.key()][sha] for r in recipes}
                 rgb, sha = read_image(Path(where), image_id)
-            return sha, {r.key(): known[r.key()].get(sha) or tensor_hash(preprocess_one(rgb, r)) for r in recipes}
+            hashes = {}
+            for r in recipes:
+                if known[r.key()].get(sha):
+                    hashes[r.key()] = known[r.key()][sha]
+                    continue
+                crop = crop_one(rgb, r)
+                hashes[r.key()] = tensor_hash(normalise(crop, r))
+                if crops is not None:
+                    crops.put(r.key(), sha, crop)
+            return sha, hashes
         except Exception as exc:  # noqa: BLE001 - a hostile file can make a decoder raise anything
             return exc
 

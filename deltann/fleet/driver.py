@@ -24,6 +24,7 @@ from deltann import dataset, plan, zoo
 from deltann.errors import DeltannError
 from deltann.fleet import identity
 from deltann.fleet.devices import DeviceKind, load_catalogue
+from deltann.fleet.execute import TENSORS
 from deltann.fleet.retry import to_retry
 from deltann.store import SESSION_TABLES, Store
 from deltann.study import Study, load_study
@@ -57,13 +58,14 @@ class RunSummary:
 
 
 def prepare_inputs(study: Study, root: Path, skipped: list[dataset.Skipped] | None = None,
-                   cache: Path | None = None) -> dict[str, dataset.InputSet]:
+                   cache: Path | None = None, crops: Path | None = None) -> dict[str, dataset.InputSet]:
     """The manifest of the dataset under each model's recipe (and each source framework's
     own recipe where its model needs one; see plan.inputs_key): ids, labels and the hash
     of every tensor, made a chunk at a time and not kept (:func:`dataset.input_sets`);
     the boards make the tensors where they use them. ``cache``: where the tensor hashes
-    of images seen before are kept. With ``skipped``, unreadable images are listed there
-    instead of refused."""
+    of images seen before are kept; ``crops``: the tensor cache of a board that is this
+    machine (embedded), filled on the way. With ``skipped``, unreadable images are listed
+    there instead of refused."""
     from deltann.convert.base import parse_chain
     from deltann.zoo.base import Preprocess
 
@@ -75,7 +77,8 @@ def prepare_inputs(study: Study, root: Path, skipped: list[dataset.Skipped] | No
         for s in sources:
             if s in spec.loaders:
                 wanted[plan.inputs_key(model, s)] = spec.preprocess_for(s)
-    sets = dataset.input_sets(study.dataset.source, root, list(wanted.values()), study.dataset.limit, skipped, cache)
+    sets = dataset.input_sets(study.dataset.source, root, list(wanted.values()), study.dataset.limit, skipped, cache,
+                              dataset.TensorCache(crops) if crops is not None else None)
     return {key: sets[recipe.key()] for key, recipe in wanted.items()}
 
 
@@ -705,7 +708,9 @@ def run_study(
     who = identity.lab(lab)
     summary = RunSummary(out=out)
 
-    inputs = prepare_inputs(study, study_path.parent, summary.skipped_images, out / "artifacts")
+    # Embedded, the board is this machine: the images made here fill its tensor cache.
+    inputs = prepare_inputs(study, study_path.parent, summary.skipped_images, out / "artifacts",
+                            out / "artifacts" / TENSORS if address is None else None)
     for s in summary.skipped_images:  # one line each, and recorded in the manifest
         log.warning("dataset file %s skipped: %s", s.file, s.reason)
     summary.seconds["inputs"] = time.perf_counter() - t0
