@@ -1,8 +1,15 @@
-"""Datasets: a folder of images with an optional ``labels.csv``, or the built-in
-``samples`` (scikit-image's photos, offline). Each image is decoded once, then every
-model family's :class:`~deltann.zoo.Preprocess` recipe turns it into a tensor whose
-SHA-256 travels with every prediction row, so the report can prove that two variants
-saw the same input."""
+"""Datasets: a folder of images (flat, labelled by ``labels.csv`` or
+``LOC_val_solution.csv``, or ImageNet's synset class folders), or the built-in
+``samples`` (scikit-image's photos, offline). Every model family's
+:class:`~deltann.zoo.Preprocess` recipe turns an image into a tensor whose SHA-256
+travels with every prediction row, so the report can prove that two variants saw the
+same input.
+
+Why a manifest and not the tensors (:class:`InputSet`): 50,000 ImageNet images are 30 GB
+of float32 tensors at 224 x 224. The driver hashes them a chunk at a time and keeps the
+hashes (the content keys need them); each board makes the tensors of the images it runs,
+a chunk at a time, and keeps the crops in a bounded disk cache (:class:`TensorCache`) so
+a shard is decoded once per board, not once per configuration."""
 
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -654,15 +661,6 @@ def _peek_sha(path: Path) -> str:
     """SHA-256 of a file's bytes, read in blocks (not held)."""
     with path.open("rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def loader_for(source: str, root: Path,
-               skipped: list[Skipped] | None = None) -> Callable[[int | None], list[Image]]:
-    """``samples`` or a folder path (relative to the study file's folder). With ``skipped``,
-    unreadable files are listed there instead of refused (see :func:`load_folder`)."""
-    if source == "samples":
-        return load_samples
-    return lambda limit: load_folder((root / source).resolve(), limit, skipped)
 
 
 def replay(study: dict[str, Any], model: str, variant: str, ids: list[str], hashes: dict[str, str],
