@@ -791,6 +791,8 @@ def check_out_folder(out: Path) -> None:
                          "another one")
 
 
+#: Images above which a study that times every image (no ``[timing] images``) is told so.
+TIME_ALL_IMAGES = 1000
 #: Free space below which a run refuses to start (a run that fills the disk midway stops
 #: with a one-line error and keeps what is complete).
 MIN_FREE_BYTES = 1 << 20
@@ -848,6 +850,10 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.InputSe
     groups = {} if study.replicate else {
         key: g for key, members in plan.timing_groups(units).items() if (g := group_for(members)) is not None}
     summary.seconds["plan"] = time.perf_counter() - t
+    most = max(n_images.values(), default=0)
+    if groups and study.timing.images is None and most > TIME_ALL_IMAGES:
+        console.print(f"[yellow]timing every one of {most:,} images[/] in each timing session (blocks x configurations "
+                      "x images calls); set [timing] images = 100 to time an evenly spaced sample")
     if not todo and not groups and not study.replicate:
         console.print(f"[green]nothing to do[/]: all {len(units)} units of {study.name!r} are already in {out}, "
                       "and timed")
