@@ -185,8 +185,10 @@ def label_stability(store: Store, run_by: tuple[str, ...] = ("study", "board")) 
     once (distinct ``run_by`` values, e.g. two boards of one kind, or two studies merged
     into one store). ``flips``: images whose top-1 is not the same in every run.
 
-    Runs are counted on the small ``builds`` table; only configurations run more than once
-    are read image by image (a single run cannot flip, and its images are its rows)."""
+    Runs are counted on the small ``builds`` table; only configurations with more than one
+    there are read image by image (a single run cannot flip, and its images are its rows),
+    and their ``runs`` is the most runs any one image had: the shards of one run spread
+    over two boards are one run, not two."""
     keys = ["model", "device", "config"]
     runs = (
         store.scan("builds").select(*keys, *run_by).unique()
@@ -197,16 +199,18 @@ def label_stability(store: Store, run_by: tuple[str, ...] = ("study", "board")) 
     repeated = counts.filter(pl.col("runs") > 1)
     per_image = (
         store.scan("predictions")
-        .select(*keys, "image_id", "top1")
+        .select(*keys, "image_id", "top1", *run_by)
         .join(repeated.lazy().select(keys), on=keys, how="semi")
         .group_by(*keys, "image_id")
-        .agg(pl.col("top1").n_unique().alias("labels"))
+        .agg(pl.col("top1").n_unique().alias("labels"), pl.struct(*run_by).n_unique().alias("image_runs"))
         .group_by(keys)
-        .agg(pl.len().alias("images"), (pl.col("labels") > 1).sum().alias("flips"))
+        .agg(pl.len().alias("images"), (pl.col("labels") > 1).sum().alias("flips"),
+             pl.col("image_runs").max().cast(pl.UInt32))
         .collect()
     )
     return (
         counts.join(per_image, on=keys, how="left")
+        .with_columns(pl.coalesce("image_runs", "runs").alias("runs"))
         .select(
             *keys, "runs",
             pl.coalesce("images", "rows").cast(pl.UInt32).alias("images"),

@@ -315,3 +315,22 @@ def test_full_logit_tables_read_by_image_ranges_equal_one_read(tmp_path: Path, m
         assert np.allclose(parts[col].to_numpy(), whole[col].to_numpy(), rtol=1e-6), col
     assert whole["disagree"].max() > 0 and whole["top5_jaccard"].min() < 1  # the metrics have something to combine
     assert findings._worst_image(hand.store, "m", "local", "torch [torch]", "torch->onnx [tvm:basic]") == worst
+
+
+def test_shards_of_one_run_on_two_boards_are_one_run(hand) -> None:  # noqa: ANN001
+    """Two shards of one configuration, each on its own board, are not a repeated run;
+    the same images on two boards (replicate) are."""
+    for lo, board in ((0, "b1"), (3, "b2")):
+        ident = hand.unit("torch", "torch", "native", board=board, key=f"shard-{lo}")
+        rows = [{name: None for name in SCHEMAS["predictions"].names} | ident | {
+            "image_index": i, "image_id": f"img{i}", "input_hash": f"h{i}", "top1": i, "top5": [i, 1, 2, 3, 4],
+            "top5_prob": [0.2] * 5, "logits": [0.0, 1.0], "latency_ns": 1} for i in range(lo, lo + 3)]
+        hand.store.write(tag(pa.Table.from_pylist(rows, schema=SCHEMAS["predictions"]), "predictions",
+                             ident["unit_key"], 0))
+        build = {name: None for name in SCHEMAS["builds"].names} | ident | {"status": "ok", "passes": []}
+        hand.store.write(tag(pa.Table.from_pylist([build], schema=SCHEMAS["builds"]), "builds", ident["unit_key"], 0))
+    row = analysis.label_stability(hand.store).row(0, named=True)
+    assert (row["runs"], row["images"], row["flips"]) == (1, 6, 0)
+    hand.write(hand.unit("torch", "torch", "native", board="b3", key="again"), top1=[0, 1, 9])  # img2 flips
+    row = analysis.label_stability(hand.store).row(0, named=True)
+    assert (row["runs"], row["images"], row["flips"]) == (2, 6, 1)
