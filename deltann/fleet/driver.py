@@ -197,6 +197,9 @@ class Group:
     board: str = ""  # replicate: the board that runs and times them
     ran_on: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # board -> units it ran now
     scheduled: bool = False
+    #: unit keys of the sessions in the store that timed this group's configurations with
+    #: the study's protocol: units made again (a lost part) are not timed again if one holds them
+    timed_before: list[frozenset[str]] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -274,6 +277,8 @@ class Dispatcher:
         if group.scheduled or not units:
             return
         group.scheduled = True
+        if any({u.key for u in units} <= keys for keys in group.timed_before):
+            return  # the same configurations, timed under this protocol: only predictions were made again
         job = plan.timing_job(self.study, units, group.n_images, board=group.board)
         kind = plan.pool(units[0].device, units[0].platform)
         lanes = [x for x in self.lanes if x.pool == kind and not x.dead]
@@ -845,7 +850,8 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.InputSe
         reps = {u.key for u in plan.timed_units(members, ok)}  # one unit per configuration (its first shard)
         if not waiting and (not reps or any(reps <= keys and n == wanted for keys, n in timed)):
             return None
-        return Group(members, waiting, ok, count, board=board)
+        return Group(members, waiting, ok, count, board=board,
+                     timed_before=[keys for keys, n in timed if n == wanted])
 
     groups = {} if study.replicate else {
         key: g for key, members in plan.timing_groups(units).items() if (g := group_for(members)) is not None}
