@@ -302,6 +302,7 @@ def test_a_4000_image_study_is_split_over_both_boards_by_image_shards(fleet: Fle
     assert sorted(preds["image_id"].unique()) == sorted(p.name for p in images.iterdir())
     share = preds.group_by("board").len()
     assert share.height == 2 and set(share["board"]) <= fleet.boards("x86-server"), share
+    print("shares of 4,000 images:", ", ".join(f"board {b[:8]} {n} ({n / 40:.1f} %)" for b, n in share.iter_rows()))
     for n in share["len"]:
         assert 0.4 <= n / 4000 <= 0.6, share
     sessions = Store(out).scan("sessions").collect()
@@ -310,6 +311,7 @@ def test_a_4000_image_study_is_split_over_both_boards_by_image_shards(fleet: Fle
     assert "nothing to do" in fleet.run(shard_study(tmp_path, "split", images, 125), out)  # resumed: all there
 
 
+@pytest.mark.slow  # node loss mid-study is in the default suite above; this is its sharded twin
 def test_a_killed_boards_shards_are_redone_elsewhere_and_nothing_is_duplicated(fleet: Fleet, tmp_path: Path) -> None:
     victim = fleet.add("x86-server")
     fleet.cluster.wait_for_nodes()
@@ -323,3 +325,6 @@ def test_a_killed_boards_shards_are_redone_elsewhere_and_nothing_is_duplicated(f
     preds = Store(out).scan("predictions").select("image_index", "unit_key").collect()
     assert preds.height == 4000 and preds["image_index"].is_unique().all()
     assert "retired: node lost" in output and "0 pending" in output, output
+    print(f"killed board: {before.height} shards done before it was removed, kept; "
+          f"{b.filter(pl.col('board') != victim.node_id).height} of 32 on the other boards; "
+          f"{preds.height} predictions, each image once")
