@@ -2,14 +2,18 @@
 ratio to a pandas implementation of the seed's Fig. 1 query (pairwise top-1 disagreement).
 
     .venv/bin/python bench/analysis.py [--rows 10000000] [--devices 4] [--configs 10] [--logits 0]
+    .venv/bin/python bench/analysis.py --full-logits   # 50,000 images x 20 configurations x 1,000 logits
 
-Target: every table together in ≤ 10 s and ≤ 2 GB peak RSS (2-core machine).
+Target: every table together in ≤ 10 s and ≤ 2 GB peak RSS (2-core machine). With
+``--full-logits`` (a store of 1 billion floats, larger than the memory the tables may
+use): every table in ≤ 4 GB peak RSS; the tables over logits read a range of images at a
+time (deltann.analysis.aligned.image_ranges).
 
 The store is written with pyarrow through ``Store.write`` (the real layout: one file per
 unit, hive partitions). ``logits`` are left null by default (``--logits N`` writes lists
 of N floats): a real 1000-float logit row per image would make 10 M rows a 40 GB store,
-and the only table that reads logits, ``pairwise_agreement``, is then timed on what it
-really reads. Three processes, so that each peak RSS is its own: one writes the store, one
+and the tables that read logits (``pairwise_agreement``, the findings' worst image) are
+then timed on what they really read. Three processes, so that each peak RSS is its own: one writes the store, one
 runs deltann's tables, one runs pandas.
 """
 
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("torch", "torch->onnx")
+VARIANTS = ("torch", "torch->onnx", "torch->onnx->tf", "torch->onnx->tflite")  # 4 x 5 = 20 configurations at most
 SETTINGS = ("native", "basic", "default", "extended", "basic+FastMath")
 
 
@@ -37,8 +41,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def generate(root: Path, rows: int, devices: int, configs: int, logits: int, seed: int = 0) -> None:
-    """Write a store: ``devices`` × ``configs`` units of ``rows / (devices × configs)`` images."""
+def generate(root: Path, rows: int, devices: int, configs: int, logits: int, seed: int = 0, chunk: int = 0) -> None:
+    """Write a store: ``devices`` × ``configs`` units of ``rows / (devices × configs)`` images,
+    each unit's predictions in parts of ``chunk`` consecutive images (0: one part), as
+    boards write them (so the writer never holds a unit's logits either)."""
     import pyarrow as pa
 
     from deltann.store import SCHEMAS, Store, tag
@@ -74,19 +80,26 @@ def generate(root: Path, rows: int, devices: int, configs: int, logits: int, see
             top1 = np.where(flip, (truth + 1 + rng.integers(0, 5, n)) % 1000, truth).astype(np.int32)
             top5 = np.stack([top1, *((top1 + k) % 1000 for k in range(1, 5))], axis=1).astype(np.int32)
             probs = np.sort(rng.dirichlet(np.ones(6), n)[:, :5].astype(np.float32), axis=1)[:, ::-1]
-            given = {
-                "image_index": pa.array(np.arange(n, dtype=np.int32)), "image_id": image_ids, "input_hash": hashes,
-                "label": labels, "top1": pa.array(top1),
-                "top5": pa.FixedSizeListArray.from_arrays(pa.array(top5.ravel()), 5).cast(pa.list_(pa.int32())),
-                "top5_prob": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), 5).cast(
-                    pa.list_(pa.float32())),
-                "latency_ns": pa.array(rng.lognormal(np.log(5e6 * (1 + c / 10)), 0.1, n).astype(np.int64)),
-            }
-            if logits:
-                given["logits"] = pa.FixedSizeListArray.from_arrays(
-                    pa.array(rng.standard_normal(n * logits).astype(np.float32)), logits).cast(pa.list_(pa.float32()))
-            cols = {name: column(name, ident, "predictions", n, given) for name in SCHEMAS["predictions"].names}
-            store.write(tag(pa.table(cols, schema=SCHEMAS["predictions"]), "predictions", key, 0))
+            latency = rng.lognormal(np.log(5e6 * (1 + c / 10)), 0.1, n).astype(np.int64)
+            step = chunk or n
+            for seq, lo in enumerate(range(0, n, step)):
+                hi = min(n, lo + step)
+                m = hi - lo
+                given = {
+                    "image_index": pa.array(np.arange(lo, hi, dtype=np.int32)), "image_id": image_ids[lo:hi],
+                    "input_hash": hashes[lo:hi], "label": labels[lo:hi], "top1": pa.array(top1[lo:hi]),
+                    "top5": pa.FixedSizeListArray.from_arrays(pa.array(top5[lo:hi].ravel()), 5).cast(
+                        pa.list_(pa.int32())),
+                    "top5_prob": pa.FixedSizeListArray.from_arrays(pa.array(probs[lo:hi].ravel()), 5).cast(
+                        pa.list_(pa.float32())),
+                    "latency_ns": pa.array(latency[lo:hi]),
+                }
+                if logits:
+                    given["logits"] = pa.FixedSizeListArray.from_arrays(
+                        pa.array(rng.standard_normal(m * logits).astype(np.float32)), logits).cast(
+                            pa.list_(pa.float32()))
+                cols = {name: column(name, ident, "predictions", m, given) for name in SCHEMAS["predictions"].names}
+                store.write(tag(pa.table(cols, schema=SCHEMAS["predictions"]), "predictions", key, seq))
             samples = rng.lognormal(np.log(5e6 * (1 + c / 10)), 0.05, 100).astype(np.int64)
             tgiven = {"samples_ns": pa.array([samples.tolist()], pa.list_(pa.int64())), "image_id": image_ids[:1]}
             tcols = {name: column(name, ident, "timings", 1, tgiven) for name in SCHEMAS["timings"].names}
@@ -187,14 +200,21 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument("--configs", type=int, default=10)
     parser.add_argument("--logits", type=int, default=0, help="logit list length (0: null logits)")
+    parser.add_argument("--chunk", type=int, default=0, help="images per predictions part (0: one per unit)")
+    parser.add_argument("--full-logits", action="store_true",
+                        help="the ImageNet-scale run: 50,000 images x 20 configurations x 1,000 logits (1 billion "
+                             "floats, ~4 GB under the temporary folder), parts of 2,000 images; goal <= 4 GB RSS")
     parser.add_argument("--keep", help="write the store here and keep it (default: a temporary folder)")
     parser.add_argument("--skip-pandas", action="store_true")
     parser.add_argument("--generate", help=argparse.SUPPRESS)
     parser.add_argument("--tables", help=argparse.SUPPRESS)
     parser.add_argument("--pandas", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.full_logits:
+        args.rows, args.devices, args.configs, args.logits, args.chunk = 1_000_000, 1, 20, 1000, 2000
+        args.skip_pandas = True
     if args.generate:
-        return generate(Path(args.generate), args.rows, args.devices, args.configs, args.logits)
+        return generate(Path(args.generate), args.rows, args.devices, args.configs, args.logits, chunk=args.chunk)
     if args.tables:
         return run_tables(Path(args.tables))
     if args.pandas:
@@ -204,7 +224,8 @@ def main() -> None:
         root = Path(args.keep) if args.keep else Path(tmp) / "store"
         start = time.perf_counter()
         made = _child("generate", root, ["--rows", str(args.rows), "--devices", str(args.devices),
-                                         "--configs", str(args.configs), "--logits", str(args.logits)])
+                                         "--configs", str(args.configs), "--logits", str(args.logits),
+                                         "--chunk", str(args.chunk)])
         print(f"store: {made['rows']:,} prediction rows ({made['units']} units x {made['images']:,} images), "
               f"logits {'null' if not args.logits else f'{args.logits} floats'}; written in "
               f"{time.perf_counter() - start:.1f} s (peak RSS {made['peak_rss_mb']} MB)")
@@ -214,9 +235,11 @@ def main() -> None:
         for name, seconds in ours["times_s"].items():
             print(f"  {name:<{width}}  {seconds:7.3f} s  {ours['cpu_s'][name]:7.3f} s")
         total, rss = ours["total_s"], ours["peak_rss_mb"]
-        print(f"every table: {total:.2f} s wall, {ours['total_cpu_s']:.2f} s CPU (all threads) "
-              f"(target <= 10 s wall: {'OK' if total <= 10 else 'MISSED'}), "
-              f"peak RSS {rss} MB (target <= 2048 MB: {'OK' if rss <= 2048 else 'MISSED'}); "
+        # full logits (the ImageNet-scale issue): only a memory goal, 4 GB; else 10 s and 2 GB
+        wall_goal = f"(target <= 10 s wall: {'OK' if total <= 10 else 'MISSED'}), " if not args.logits else ""
+        rss_goal = 4096 if args.logits else 2048
+        print(f"every table: {total:.2f} s wall, {ours['total_cpu_s']:.2f} s CPU (all threads) {wall_goal}"
+              f"peak RSS {rss} MB (target <= {rss_goal} MB: {'OK' if rss <= rss_goal else 'MISSED'}); "
               f"load average during the run {ours['load_avg'][0]:.1f} on {os.cpu_count()} cores")
         if not args.skip_pandas:
             theirs = _child("pandas", root, [])

@@ -21,6 +21,7 @@ with the study's protocol. Pure: no framework is imported, nothing is executed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 import uuid
@@ -32,7 +33,7 @@ from typing import Any
 from deltann import SCHEMA_VERSION, __version__, convert, zoo
 from deltann.compile import settings as compile_settings
 from deltann.convert.base import FRAMEWORK_DIST, chain_framework, chain_quantize, parse_chain
-from deltann.dataset import Inputs
+from deltann.dataset import Inputs, InputSet
 from deltann.fleet.devices import DeviceKind
 from deltann.fleet.identity import Lab, Platform
 from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST, TVM_FRONTEND
@@ -75,6 +76,15 @@ class Unit:
     lab: str = ""
     cpu: str = ""
     platform: str = ""  # Platform.key: only boards of this platform run the unit
+    #: the images of the unit's input batch it classifies, ``[lo, hi)`` (hi None: all of
+    #: them); a configuration over more than ``[dataset] shard`` images is ``shards`` units
+    lo: int = 0
+    hi: int | None = None
+    shard: int = 0
+    shards: int = 1
+    #: key of what the unit builds (a compiled TVM module): the configuration's, shared by
+    #: its shards so a board compiles it once; "" = the unit's own key (one shard)
+    build: str = ""
 
     @property
     def framework(self) -> str:
@@ -124,7 +134,7 @@ def pool(device: str, platform: str) -> str:
     return f"{device}|{platform}" if platform else device
 
 
-def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind],
+def expand(study: Study, inputs: dict[str, Inputs] | dict[str, InputSet], kinds: dict[str, DeviceKind],
            platforms: dict[str, list[Platform]] | None = None, lab: Lab | None = None) -> list[Unit]:
     """Every unit of the study, in a stable order. ``inputs`` maps model name to its
     preprocessed inputs; ``kinds`` is the device catalogue; ``platforms`` the distinct
@@ -146,57 +156,89 @@ def expand(study: Study, inputs: dict[str, Inputs], kinds: dict[str, DeviceKind]
             if "tvm" in study.runtimes and framework in TVM_FRONTEND:
                 for setting in compile_settings.expand(study.settings, study.ablation):
                     ways.append(("tvm", setting, compile_settings.passes_of(setting), TVM_FRONTEND[framework]))
-            for runtime, setting, passes, frontend in ways:
-                for kind_name, plat in ((k, p) for k in study.devices
-                                        for p in ((platforms or {}).get(k) or [None])):
-                    kind = kinds[kind_name]
-                    compiled = runtime == "tvm"
-                    target = json.loads(plat.target) if plat is not None and plat.target else kind.target
-                    host = (json.loads(plat.host) if plat.host else None) if plat is not None else kind.host
-                    identity = {
-                        "schema": SCHEMA_VERSION,
-                        "deltann": __version__,
-                        "model": model,
-                        "weights": spec.weights_id(),
-                        "source": [source, dist_version(FRAMEWORK_DIST[source])],
-                        "chain": _chain_identity(chain),
-                        "runtime": [runtime, dist_version(RUNTIME_DIST[runtime])],
-                        "setting": setting,
-                        "passes": list(passes),
-                        "frontend": frontend,
-                        "target": target if compiled else None,
-                        "host": host if compiled else None,
-                        "device": kind_name,
-                        "lab": lab.key if lab is not None else None,
-                        "platform": [plat.cpu, plat.isa] if plat is not None else None,
-                        "preprocess": asdict(spec.preprocess_for(source)),
-                        "inputs": batch.hashes,
-                    }
-                    if compiled and compile_settings.is_tuned(setting):
-                        identity["tuning"] = study.tuning.budget()  # the budget changes the result
-                    if user_model is not None:  # what its table declares (zoo models: the code's)
-                        identity["declared"] = user_model.declared()
-                    units.append(
-                        Unit(
-                            key=content_key(identity),
-                            model=model,
-                            variant=chain,
-                            runtime=runtime,
-                            setting=setting,
-                            passes=passes,
-                            frontend=frontend,
-                            device=kind_name,
-                            target=json.dumps(target, sort_keys=True) if compiled else "",
-                            host=json.dumps(host, sort_keys=True) if compiled and host is not None else "",
-                            recipe=batch.recipe,
-                            inputs=batch_key,
-                            user_model=carried,
-                            lab=lab.name if lab is not None else "",
-                            cpu=plat.cpu if plat is not None else "",
-                            platform=plat.key if plat is not None else "",
-                        )
+            n = len(batch.hashes)
+            spans = shard_spans(n, study.dataset.shard)
+            for (runtime, setting, passes, frontend), (shard, (lo, hi)), (kind_name, plat) in itertools.product(
+                    ways, enumerate(spans), [(k, p) for k in study.devices
+                                             for p in ((platforms or {}).get(k) or [None])]):
+                kind = kinds[kind_name]
+                compiled = runtime == "tvm"
+                target = json.loads(plat.target) if plat is not None and plat.target else kind.target
+                host = (json.loads(plat.host) if plat.host else None) if plat is not None else kind.host
+                identity = {
+                    "schema": SCHEMA_VERSION,
+                    "deltann": __version__,
+                    "model": model,
+                    "weights": spec.weights_id(),
+                    "source": [source, dist_version(FRAMEWORK_DIST[source])],
+                    "chain": _chain_identity(chain),
+                    "runtime": [runtime, dist_version(RUNTIME_DIST[runtime])],
+                    "setting": setting,
+                    "passes": list(passes),
+                    "frontend": frontend,
+                    "target": target if compiled else None,
+                    "host": host if compiled else None,
+                    "device": kind_name,
+                    "lab": lab.key if lab is not None else None,
+                    "platform": [plat.cpu, plat.isa] if plat is not None else None,
+                    "preprocess": asdict(spec.preprocess_for(source)),
+                    "inputs": batch.hashes[lo:hi] if len(spans) > 1 else batch.hashes,
+                }
+                if compiled and compile_settings.is_tuned(setting):
+                    identity["tuning"] = study.tuning.budget()  # the budget changes the result
+                if user_model is not None:  # what its table declares (zoo models: the code's)
+                    identity["declared"] = user_model.declared()
+                build = ""
+                if len(spans) > 1:  # two shards of the same images are still two units
+                    build = content_key({k: v for k, v in identity.items() if k != "inputs"})
+                    identity["shard"] = [lo, hi]
+                units.append(
+                    Unit(
+                        key=content_key(identity),
+                        model=model,
+                        variant=chain,
+                        runtime=runtime,
+                        setting=setting,
+                        passes=passes,
+                        frontend=frontend,
+                        device=kind_name,
+                        target=json.dumps(target, sort_keys=True) if compiled else "",
+                        host=json.dumps(host, sort_keys=True) if compiled and host is not None else "",
+                        recipe=batch.recipe,
+                        inputs=batch_key,
+                        user_model=carried,
+                        lab=lab.name if lab is not None else "",
+                        cpu=plat.cpu if plat is not None else "",
+                        platform=plat.key if plat is not None else "",
+                        lo=lo,
+                        hi=hi,
+                        shard=shard,
+                        shards=len(spans),
+                        build=build,
                     )
+                )
     return units
+
+
+def shard_spans(n: int, size: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` of each shard of ``n`` images: about ``size`` each, all of one size
+    give or take an image (never a last shard of a handful). Depends only on the data set
+    and the study, never on the boards, so keys and resume hold across runs."""
+    if n <= size:
+        return [(0, n)]
+    count = max(1, round(n / size))
+    edges = [round(i * n / count) for i in range(count + 1)]
+    return list(zip(edges, edges[1:], strict=False))
+
+
+def timed_units(units: list[Unit], ok: set[str]) -> list[Unit]:
+    """The units a timing session times: one per configuration (its first shard, whose
+    key its timings rows carry), for the configurations whose every shard is ok."""
+    shards: dict[tuple[str, str, str], list[Unit]] = {}
+    for u in units:
+        shards.setdefault((u.config, u.device, u.platform), []).append(u)
+    return [min(members, key=lambda u: u.shard) for members in shards.values()
+            if all(u.key in ok for u in members) and len(members) == members[0].shards]
 
 
 @dataclass(frozen=True)

@@ -701,7 +701,10 @@ class Store:
             if bad:
                 frame = frame.filter(~pl.col("tuning_key").is_in(sorted(bad)))
         if complete_only and table in UNIT_TABLES and table != "builds":
-            frame = frame.join(self.scan("builds").select("unit_key"), on="unit_key", how="semi")
+            owners = self.scan("builds")
+            if table == "predictions":  # a unit that failed midway keeps what it wrote, out of sight
+                owners = owners.filter(pl.col("status") == "ok")
+            frame = frame.join(owners.select("unit_key"), on="unit_key", how="semi")
         if self.sites and "device" in SCHEMAS[table].names and table != "layers":
             site = self.site_expr()
             if site is not None:
@@ -747,6 +750,18 @@ class Store:
                 .agg(pl.col("hostname").unique().sort().alias("hosts"), pl.col("cpu").drop_nulls().unique().sort()
                      .alias("cpus"), pl.col("device").unique().sort().alias("devices"), pl.len().alias("units"))
                 .sort("lab").collect())
+
+    def shard_keys(self, row: dict[str, Any]) -> list[str]:
+        """Unit keys of the run of a configuration that ``row`` (an ok ``builds`` row) is
+        part of: every ok shard of it (same model, device, configuration, lab and CPU); a
+        configuration over fewer images than a shard is one unit, ``row``'s own."""
+        import polars as pl
+
+        same = [pl.col(c) == row.get(c) if row.get(c) is not None else pl.col(c).is_null()
+                for c in ("model", "device", "config", "lab", "cpu")]
+        keys = (self.scan("builds").filter(pl.all_horizontal(same) & (pl.col("status") == "ok"))
+                .select("unit_key").collect()["unit_key"].to_list())
+        return sorted(set(keys) | {row["unit_key"]})
 
     def completed_keys(self) -> set[str]:
         self.check_version()

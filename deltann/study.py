@@ -44,6 +44,9 @@ class _Strict(BaseModel):
 class Dataset(_Strict):
     source: str = Field("samples", description="'samples' or a folder of images (relative to the study file)")
     limit: int | None = Field(None, ge=1, le=1_000_000)
+    shard: int = Field(1000, ge=1, le=1_000_000,
+                       description="images per unit of work: a configuration over more images is split into "
+                       "shards that boards of its kind run in parallel")
 
 
 class Timing(_Strict):

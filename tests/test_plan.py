@@ -110,3 +110,42 @@ def test_keys_change_with_a_settings_pass_list(monkeypatch) -> None:  # noqa: AN
     before = _keys(_study())
     changed = {c for c in keys if before[c] != keys[c]}
     assert changed == {c for c in keys if c.endswith("[tvm:basic]")} and changed
+
+
+def test_shards_split_the_images_and_each_key_follows_its_own_images() -> None:
+    """10 images in shards of 4: a configuration is 2 units over [0, 5) and [5, 10); an
+    image that changes moves the key of its own shard only (the rest resume)."""
+    from deltann.plan import shard_spans
+
+    assert shard_spans(10, 4) == [(0, 5), (5, 10)] and shard_spans(3, 1000) == [(0, 3)]
+    assert shard_spans(50_000, 1000)[-1] == (49_000, 50_000) and len(shard_spans(50_000, 1000)) == 50
+    recipe = zoo.get("tiny_cnn").preprocess
+    images = dataset.load_samples(10)
+    study = _study(dataset={"shard": 4})
+    units = expand(study, {"tiny_cnn": dataset.preprocess(images, recipe)}, KINDS)
+    assert len(units) == 6 * 2 and len({u.key for u in units}) == 12
+    spans = {(u.config, u.lo, u.hi, u.shard, u.shards) for u in units}
+    assert {(lo, hi, s, n) for _, lo, hi, s, n in spans} == {(0, 5, 0, 2), (5, 10, 1, 2)}
+    rgb = images[7].rgb.copy()
+    rgb[rgb.shape[0] // 2, rgb.shape[1] // 2, 0] ^= 0xFF  # the centre: inside the crop
+    bumped = expand(study, {"tiny_cnn": dataset.preprocess(images[:7] + [replace(images[7], rgb=rgb)] + images[8:],
+                                                             recipe)}, KINDS)
+    before = {(u.config, u.shard): u.key for u in units}
+    after = {(u.config, u.shard): u.key for u in bumped}
+    assert all(after[k] == before[k] for k in before if k[1] == 0)
+    assert all(after[k] != before[k] for k in before if k[1] == 1)
+    # one shard (the images fit in one): the key a study without shards always had
+    whole = expand(_study(), _inputs(), KINDS)
+    assert {u.key for u in whole} == {u.key for u in expand(_study(dataset={"shard": 3}), _inputs(), KINDS)}
+    assert all(u.lo == 0 and u.hi == 3 and u.shards == 1 for u in whole)
+
+
+def test_a_configuration_is_timed_once_for_all_its_shards() -> None:
+    from deltann.plan import timed_units
+
+    units = expand(_study(dataset={"shard": 4}), {"tiny_cnn": dataset.preprocess(
+        dataset.load_samples(10), zoo.get("tiny_cnn").preprocess)}, KINDS)
+    ok = {u.key for u in units if u.config != "torch [torch]" or u.shard == 0}  # one shard of one config failed
+    chosen = timed_units(units, ok)
+    assert len(chosen) == 5 and all(u.shard == 0 for u in chosen)
+    assert "torch [torch]" not in {u.config for u in chosen}

@@ -153,6 +153,61 @@ def pair_rows(sides: dict[str, Side], metrics: tuple[str, ...]) -> Iterator[dict
         yield {"a": b, "b": a} | row
 
 
+#: Bytes the aligned arrays of one read of a group may take when it compares full logits
+#: (the other columns are a few bytes an image): a group larger than this is read a range
+#: of images at a time (:func:`image_ranges`), so a store larger than RAM is analysed in
+#: bounded memory.
+PARTITION_BYTES = 384 << 20
+#: Bytes one image's logits take per side while read (Arrow list, flattened copy, array).
+LOGIT_BYTES = 1000 * 4 * 3
+
+
+def image_ranges(store: object, by: list[str], side: str | None,
+                 sides: int | None = None) -> list[tuple[int, int] | None]:
+    """``[lo, hi)`` ranges of ``image_index`` to read every group of ``by`` in, so that
+    the logits of all its sides (the group's rows, without ``side``) fit
+    :data:`PARTITION_BYTES` (``sides``: read that many sides instead); ``[None]`` when
+    one read fits. Predictions parts hold consecutive images (a chunk of a shard), so
+    Parquet skips the parts outside a range."""
+    if sides is None:
+        builds = store.scan("builds").filter(pl.col("status") == "ok")  # type: ignore[attr-defined]
+        per = builds.group_by(by).agg(pl.col(side).n_unique().alias("n") if side else pl.len().alias("n"))
+        sides = int(per.select(pl.col("n").max()).collect().item() or 1)
+    most = max(1, sides)
+    span = (store.scan("predictions", complete_only=False)  # type: ignore[attr-defined]
+            .select(pl.col("image_index").min().alias("lo"), pl.col("image_index").max().alias("hi")).collect())
+    lo, hi = span.row(0)
+    if lo is None:
+        return [None]
+    step = max(256, PARTITION_BYTES // (most * LOGIT_BYTES))
+    if hi - lo + 1 <= step:
+        return [None]
+    return [(a, min(a + step, hi + 1)) for a in range(lo, hi + 1, step)]
+
+
+def combine(rows: list[dict[str, object]]) -> dict[str, object]:
+    """One pair's metrics over several image ranges (each a :func:`pair_rows` row of it)."""
+    if len(rows) == 1:
+        return rows[0]
+    n = sum(int(r["n_images"]) for r in rows)  # type: ignore[call-overload]
+    out: dict[str, object] = {"a": rows[0]["a"], "b": rows[0]["b"], "n_images": n}
+    if "disagree" in rows[0]:
+        d = sum(int(r["disagree"]) for r in rows)  # type: ignore[call-overload]
+        out |= {"disagree": d, "disagree_pct": d / n * 100}
+    if "top5_jaccard" in rows[0]:
+        out["top5_jaccard"] = sum(float(r["top5_jaccard"]) * int(r["n_images"]) for r in rows) / n  # type: ignore
+    if "max_abs_dlogit" in rows[0]:
+        if any(r["max_abs_dlogit"] is None for r in rows):
+            out |= {"max_abs_dlogit": None, "mean_max_abs_dlogit": None}
+        else:
+            out |= {"max_abs_dlogit": max(float(r["max_abs_dlogit"]) for r in rows),  # type: ignore[arg-type]
+                    "mean_max_abs_dlogit": sum(float(r["mean_max_abs_dlogit"]) * int(r["n_images"])  # type: ignore
+                                               for r in rows) / n}
+    if "same_inputs" in rows[0]:
+        out["same_inputs"] = all(bool(r["same_inputs"]) for r in rows)
+    return out
+
+
 def scan_groups(store: object, by: list[str], columns: list[str | pl.Expr], filter_expr: pl.Expr | None = None,
                 side: str | None = None) -> Iterator[tuple[tuple[str, ...], pl.DataFrame | list]]:
     """One group of ``predictions`` at a time, read lazily: the group keys and their
@@ -162,7 +217,9 @@ def scan_groups(store: object, by: list[str], columns: list[str | pl.Expr], filt
     not the table's. With ``side``, each group comes as ``[(side value, rows), …]``, one
     scan per side (no partitioning of a big frame)."""
     cols = [*by, side] if side else list(by)
-    units = store.scan("builds").select(*cols, "unit_key").collect()  # type: ignore[attr-defined]
+    # ok units only: one that failed midway (a shard) keeps the rows it wrote, unused
+    units = (store.scan("builds").filter(pl.col("status") == "ok")  # type: ignore[attr-defined]
+             .select(*cols, "unit_key").collect())
     for key in units.select(by).unique().sort(by).iter_rows():
         where = dict(zip(by, key, strict=True))
         mine = units.filter(pl.all_horizontal([pl.col(c) == v for c, v in where.items()]))

@@ -174,9 +174,24 @@ def _flips(sides: dict[str, pl.DataFrame], a: str, b: str) -> pl.DataFrame:
 
 def _worst_image(store: Store, model: str, device: str, a: str, b: str, chunk: int = 4096) -> str:
     """The image with the largest |logit_A − logit_B| (logits compared as arrays, a chunk
-    of images at a time)."""
+    of images at a time; a large store read a range of images at a time)."""
+    from deltann.analysis.aligned import image_ranges
+
+    best, worst = "", -1.0
+    for span in image_ranges(store, ["model", "device"], "config", sides=2):
+        where = pl.lit(True) if span is None else pl.col("image_index").is_between(span[0], span[1] - 1)
+        image, value = _worst_in(store, model, device, a, b, where, chunk)
+        if value > worst:
+            best, worst = image, value
+    return best
+
+
+def _worst_in(store: Store, model: str, device: str, a: str, b: str, where: pl.Expr,
+              chunk: int) -> tuple[str, float]:
+    """:func:`_worst_image` over the images ``where`` selects: (image, its max |dlogit|)."""
     rows = (store.scan("predictions")
-            .filter((pl.col("model") == model) & (pl.col("device") == device) & pl.col("config").is_in([a, b]))
+            .filter((pl.col("model") == model) & (pl.col("device") == device) & pl.col("config").is_in([a, b])
+                    & where)
             .select("config", "image_id", "logits").collect())
     side_a = rows.filter(pl.col("config") == a).unique("image_id", keep="first", maintain_order=True)
     side_b = rows.filter(pl.col("config") == b).unique("image_id", keep="first", maintain_order=True)
@@ -184,7 +199,7 @@ def _worst_image(store: Store, model: str, device: str, a: str, b: str, chunk: i
             .filter(pl.col("logits").is_not_null() & pl.col("logits_b").is_not_null()
                     & (pl.col("logits").list.len() == pl.col("logits_b").list.len())))
     if both.is_empty():
-        return ""
+        return "", -1.0
     best, worst = "", -1.0
     for width, group in both.group_by(pl.col("logits").list.len().alias("_w")):
         (w,) = width
@@ -196,7 +211,7 @@ def _worst_image(store: Store, model: str, device: str, a: str, b: str, chunk: i
             k = int(np.argmax(per_image))
             if per_image[k] > worst:
                 best, worst = str(part["image_id"][k]), float(per_image[k])
-    return best
+    return best, worst
 
 
 def _label_findings(store: Store, pairs: pl.DataFrame, info: dict[tuple[str, str, str], ConfigInfo],

@@ -36,10 +36,19 @@ def _pair_table(store: Store, group: list[str], side: str, metrics: tuple[str, .
     names = ["n_images", *(c for m in metrics for c in _METRIC_COLUMNS[m])]
     schema = {g: pl.String() for g in group} | {a_col: pl.String(), b_col: pl.String()} | {
         n: _PAIR_SCHEMA[n] for n in names}
+    # Full logits: a large group is read a range of images at a time (bounded memory) and
+    # each pair's metrics combined over the ranges.
+    ranges = aligned.image_ranges(store, group, side) if "logits" in metrics else [None]
+    found: dict[tuple[object, ...], list[dict[str, object]]] = {}
+    for span in ranges:
+        where = None if span is None else pl.col("image_index").is_between(span[0], span[1] - 1)
+        for key, parts in aligned.scan_groups(store, group, ["image_id", *metrics], filter_expr=where, side=side):
+            for row in aligned.pair_rows(aligned.align_parts(parts, metrics), metrics):
+                found.setdefault((*key, row["a"], row["b"]), []).append(row)
     rows = []
-    for key, parts in aligned.scan_groups(store, group, ["image_id", *metrics], side=side):
-        for row in aligned.pair_rows(aligned.align_parts(parts, metrics), metrics):
-            rows.append([*key, row["a"], row["b"], *(row[n] for n in names)])
+    for (*key, a, b), parts in found.items():
+        row = aligned.combine(parts)
+        rows.append([*key, a, b, *(row[n] for n in names)])
     return pl.DataFrame(rows, schema=schema, orient="row").sort(*group, a_col, b_col)
 
 
@@ -176,8 +185,10 @@ def label_stability(store: Store, run_by: tuple[str, ...] = ("study", "board")) 
     once (distinct ``run_by`` values, e.g. two boards of one kind, or two studies merged
     into one store). ``flips``: images whose top-1 is not the same in every run.
 
-    Runs are counted on the small ``builds`` table; only configurations run more than once
-    are read image by image (a single run cannot flip, and its images are its rows)."""
+    Runs are counted on the small ``builds`` table; only configurations with more than one
+    there are read image by image (a single run cannot flip, and its images are its rows),
+    and their ``runs`` is the most runs any one image had: the shards of one run spread
+    over two boards are one run, not two."""
     keys = ["model", "device", "config"]
     runs = (
         store.scan("builds").select(*keys, *run_by).unique()
@@ -188,16 +199,18 @@ def label_stability(store: Store, run_by: tuple[str, ...] = ("study", "board")) 
     repeated = counts.filter(pl.col("runs") > 1)
     per_image = (
         store.scan("predictions")
-        .select(*keys, "image_id", "top1")
+        .select(*keys, "image_id", "top1", *run_by)
         .join(repeated.lazy().select(keys), on=keys, how="semi")
         .group_by(*keys, "image_id")
-        .agg(pl.col("top1").n_unique().alias("labels"))
+        .agg(pl.col("top1").n_unique().alias("labels"), pl.struct(*run_by).n_unique().alias("image_runs"))
         .group_by(keys)
-        .agg(pl.len().alias("images"), (pl.col("labels") > 1).sum().alias("flips"))
+        .agg(pl.len().alias("images"), (pl.col("labels") > 1).sum().alias("flips"),
+             pl.col("image_runs").max().cast(pl.UInt32))
         .collect()
     )
     return (
         counts.join(per_image, on=keys, how="left")
+        .with_columns(pl.coalesce("image_runs", "runs").alias("runs"))
         .select(
             *keys, "runs",
             pl.coalesce("images", "rows").cast(pl.UInt32).alias("images"),

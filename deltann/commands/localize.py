@@ -80,12 +80,12 @@ def build_row(builds: pl.DataFrame, name: str, model: str | None) -> dict[str, A
     return rows.sort("finished_at").row(-1, named=True)
 
 
-def _choose_images(store: Store, ka: str, kb: str, images: str) -> tuple[list[str], dict[str, str]]:
+def _choose_images(store: Store, ka: list[str], kb: list[str], images: str) -> tuple[list[str], dict[str, str]]:
     """Image ids for ``flipped`` (top-1 differs), ``all``, or the first N; and their
-    stored input hashes."""
-    preds = (store.scan("predictions").filter(pl.col("unit_key").is_in([ka, kb]))
+    stored input hashes. ``ka``, ``kb``: each side's unit keys (its shards)."""
+    preds = (store.scan("predictions").filter(pl.col("unit_key").is_in(ka + kb))
              .select("unit_key", "image_index", "image_id", "input_hash", "top1").collect())
-    pa_, pb = preds.filter(pl.col("unit_key") == ka), preds.filter(pl.col("unit_key") == kb)
+    pa_, pb = preds.filter(pl.col("unit_key").is_in(ka)), preds.filter(pl.col("unit_key").is_in(kb))
     both = pa_.join(pb, on="image_id", suffix="_b").sort("image_index")
     if both.is_empty():
         raise StoreError("the two configurations share no image in the predictions table")
@@ -165,7 +165,7 @@ def localize_pair(results: Path | str, a: str, b: str, *, images: str = "flipped
     row_b = build_row(builds, b, model or row_a["model"])
     if row_a["model"] != row_b["model"]:
         raise StoreError(f"{a!r} is model {row_a['model']} but {b!r} is {row_b['model']}")
-    ids, hashes = _choose_images(store, row_a["unit_key"], row_b["unit_key"], images)
+    ids, hashes = _choose_images(store, store.shard_keys(row_a), store.shard_keys(row_b), images)
     x = replay_inputs(manifest.get("study", {}), row_a["model"], row_a["variant"], ids, hashes,
                       Path(data_root) if data_root else Path.cwd())
     artifacts = ArtifactCache(results / "artifacts")

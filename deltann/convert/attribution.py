@@ -204,7 +204,7 @@ def attribute(results: Path | str, row_a: dict[str, Any], row_b: dict[str, Any],
             try:
                 if x is None:
                     user.register_from_study(store.read_manifest().get("study", {}))
-                    hashes = _hashes(store, row_a["unit_key"], ids)
+                    hashes = _hashes(store, store.shard_keys(row_a), ids)
                     x = dataset.replay(store.read_manifest().get("study", {}), model, row_a["variant"], ids, hashes,
                                        Path(data_root) if data_root else Path.cwd())
                 logits = _run_prefix(results, model, chain, runtime, x)
@@ -234,9 +234,9 @@ def _dist(name: str) -> str:
     return dist_version(name)
 
 
-def _hashes(store: Any, unit_key: str, ids: list[str]) -> dict[str, str]:
+def _hashes(store: Any, unit_keys: list[str], ids: list[str]) -> dict[str, str]:
     import polars as pl
 
-    rows = (store.scan("predictions").filter((pl.col("unit_key") == unit_key) & pl.col("image_id").is_in(ids))
+    rows = (store.scan("predictions").filter(pl.col("unit_key").is_in(unit_keys) & pl.col("image_id").is_in(ids))
             .select("image_id", "input_hash").collect())
     return dict(rows.iter_rows())

@@ -6,7 +6,7 @@ Docker-compatible API, and leaves the job replayable by hand (``python -m
 deltann.fleet.container WORKDIR`` inside the image). The folder holds::
 
     job.json               study, board, hostname and the units (plain JSON, no pickle)
-    inputs-<name>.npz      each input batch's tensors; its ids/hashes/labels in job.json
+    inputs-<i>.npy         the images each input batch's units use; ids/hashes/labels in job.json
     artifacts.json         the artifacts the board's actor converted for the units (see below)
     out/000000.arrow ...   every table run_unit yields, as an Arrow IPC file, in order
     out/done               written last by the container
@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from deltann.dataset import Inputs
+from deltann.dataset import Inputs, InputSet
 from deltann.fleet.devices import DeviceKind
 from deltann.plan import TimingJob, Unit
 
@@ -72,19 +72,41 @@ def inside_image(kind: DeviceKind) -> bool:
 
 
 # --- the job folder ------------------------------------------------------------
-def write_job(work: Path, units: list[Unit], inputs: dict[str, Inputs], *, study: str, board: str,
-              hostname: str, timing: TimingJob | None = None) -> None:
-    """Everything the container needs, as JSON and npz; with ``timing``, the job is that
-    timing session (its units are ``units``)."""
+def write_job(work: Path, units: list[Unit], inputs: dict[str, Inputs] | dict[str, InputSet], *, study: str,
+              board: str, hostname: str, timing: TimingJob | None = None) -> None:
+    """Everything the container needs, as JSON and ``.npy`` files; with ``timing``, the job
+    is that timing session (its units are ``units``). Only the images the job uses are
+    written (the units' shards, or the session's timed images), made a chunk at a time
+    straight into the file: the board's memory does not grow with the data set."""
+    from numpy.lib.format import open_memmap
+
+    from deltann.dataset import CHUNK
+
     work.mkdir(parents=True, exist_ok=True)
     (work / "out").mkdir(exist_ok=True)
     wanted = sorted({u.inputs or u.model for u in units})
     batches = {}
     for i, name in enumerate(wanted):
         batch = inputs[name]
-        np.savez(work / f"inputs-{i}.npz", tensors=batch.tensors)
-        batches[name] = {"file": f"inputs-{i}.npz", "ids": batch.ids, "hashes": batch.hashes,
-                         "labels": batch.labels, "recipe": batch.recipe}
+        if timing is not None:
+            indices = sorted(set(timing.images))
+        else:
+            indices = sorted({j for u in units if (u.inputs or u.model) == name
+                              for j in range(u.lo, len(batch.ids) if u.hi is None else u.hi)})
+        probe = batch.take(indices[:1])
+        tensors = open_memmap(work / f"inputs-{i}.npy", mode="w+", dtype=np.float32,
+                              shape=(len(indices), *probe.tensors.shape[1:]))
+        ids, hashes, labels = [], [], []
+        for a in range(0, len(indices), CHUNK):
+            part = batch.take(indices[a : a + CHUNK])
+            tensors[a : a + len(part.ids)] = part.tensors
+            ids += part.ids
+            hashes += part.hashes
+            labels += part.labels
+        tensors.flush()
+        del tensors
+        batches[name] = {"file": f"inputs-{i}.npy", "ids": ids, "hashes": hashes, "labels": labels,
+                         "recipe": batch.recipe, "indices": indices}
     job = {"study": study, "board": board, "hostname": hostname, "inputs": batches,
            "units": [asdict(u) for u in units]}
     if timing is not None:
@@ -95,14 +117,15 @@ def write_job(work: Path, units: list[Unit], inputs: dict[str, Inputs], *, study
 
 
 def read_job(work: Path) -> tuple[dict[str, Any], list[Unit], dict[str, Inputs]]:
+    """The job folder as :func:`write_job` left it; the tensors are memory-mapped (read as
+    each chunk of images is used)."""
     job = json.loads((work / "job.json").read_text())
     units = [Unit(**{k: tuple(v) if isinstance(v, list) else v for k, v in u.items()}) for u in job["units"]]
     inputs = {}
     for name, b in job["inputs"].items():
-        with np.load(work / b["file"], allow_pickle=False) as npz:
-            tensors = npz["tensors"]
+        tensors = np.load(work / b["file"], mmap_mode="r", allow_pickle=False)
         inputs[name] = Inputs(ids=b["ids"], tensors=tensors, hashes=b["hashes"], labels=b["labels"],
-                              recipe=b["recipe"])
+                              recipe=b["recipe"], indices=b.get("indices"))
     return job, units, inputs
 
 
@@ -488,7 +511,8 @@ def usable_image(client: Any, kind: DeviceKind) -> str:
     return f"{kind.image}@{image.id}"
 
 
-def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inputs], cache_dir: Path, *,
+def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inputs] | dict[str, InputSet],
+                     cache_dir: Path, *,
                      study: str, board: str, hostname: str) -> Iterator[pa.Table]:
     """Run ``units`` in ``kind.image`` and stream their tables (the Board actor's path
     where ``container = true``), in the board's warm container. Variants are converted here
@@ -601,7 +625,8 @@ def serve(session: Path, cache: Path, idle_s: float = IDLE_S) -> int:
         time.sleep(0.02)
 
 
-def time_in_container(kind: DeviceKind, job: TimingJob, inputs: dict[str, Inputs], cache_dir: Path, *,
+def time_in_container(kind: DeviceKind, job: TimingJob, inputs: dict[str, Inputs] | dict[str, InputSet],
+                      cache_dir: Path, *,
                       study: str, board: str, hostname: str) -> Iterator[pa.Table]:
     """Run timing session ``job`` in the board's warm container of ``kind.image`` and
     stream its tables. An image or engine that is not there, or a container that dies,

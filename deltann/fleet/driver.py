@@ -24,6 +24,7 @@ from deltann import dataset, plan, zoo
 from deltann.errors import DeltannError
 from deltann.fleet import identity
 from deltann.fleet.devices import DeviceKind, load_catalogue
+from deltann.fleet.execute import TENSORS
 from deltann.fleet.retry import to_retry
 from deltann.store import SESSION_TABLES, Store
 from deltann.study import Study, load_study
@@ -56,25 +57,29 @@ class RunSummary:
                 f"{len(self.pending)} pending{timing}; results in {self.out}")
 
 
-def prepare_inputs(study: Study, root: Path, skipped: list[dataset.Skipped] | None = None) -> dict[str, dataset.Inputs]:
-    """Decode the dataset once and preprocess it with each model's recipe (and each
-    source framework's own recipe where its model needs one; see plan.inputs_key).
-    With ``skipped``, unreadable images are listed there instead of refused."""
+def prepare_inputs(study: Study, root: Path, skipped: list[dataset.Skipped] | None = None,
+                   cache: Path | None = None, crops: Path | None = None) -> dict[str, dataset.InputSet]:
+    """The manifest of the dataset under each model's recipe (and each source framework's
+    own recipe where its model needs one; see plan.inputs_key): ids, labels and the hash
+    of every tensor, made a chunk at a time and not kept (:func:`dataset.input_sets`);
+    the boards make the tensors where they use them. ``cache``: where the tensor hashes
+    of images seen before are kept; ``crops``: the tensor cache of a board that is this
+    machine (embedded), filled on the way. With ``skipped``, unreadable images are listed
+    there instead of refused."""
     from deltann.convert.base import parse_chain
+    from deltann.zoo.base import Preprocess
 
-    images = dataset.loader_for(study.dataset.source, root, skipped)(study.dataset.limit)
-    by_recipe: dict[str, dataset.Inputs] = {}
-    out = {}
+    wanted: dict[str, Preprocess] = {}
     sources = sorted({parse_chain(chain)[0].framework for chain in study.variants})
     for model in study.models:
         spec = zoo.get(model)
-        for key, recipe in [(model, spec.preprocess)] + [
-            (plan.inputs_key(model, s), spec.preprocess_for(s)) for s in sources if s in spec.loaders
-        ]:
-            if recipe.key() not in by_recipe:
-                by_recipe[recipe.key()] = dataset.preprocess(images, recipe)
-            out[key] = by_recipe[recipe.key()]
-    return out
+        wanted[model] = spec.preprocess
+        for s in sources:
+            if s in spec.loaders:
+                wanted[plan.inputs_key(model, s)] = spec.preprocess_for(s)
+    sets = dataset.input_sets(study.dataset.source, root, list(wanted.values()), study.dataset.limit, skipped, cache,
+                              dataset.TensorCache(crops) if crops is not None else None)
+    return {key: sets[recipe.key()] for key, recipe in wanted.items()}
 
 
 def _ensure_ray(address: str | None, kinds: dict[str, DeviceKind], wanted: list[str]) -> None:
@@ -168,6 +173,7 @@ class Lane:
     jobs: list[plan.TimingJob] = field(default_factory=list)  # timing sessions meant for this board
     job: plan.TimingJob | None = None  # the timing session in flight
     job_ended: bool = False  # its ``sessions`` row has arrived
+    done_images: int = 0  # prediction rows of the units in ``batch`` that have arrived (progress)
     stage: str = ""
     since: float = 0.0
     restarts: int = 0
@@ -191,6 +197,9 @@ class Group:
     board: str = ""  # replicate: the board that runs and times them
     ran_on: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # board -> units it ran now
     scheduled: bool = False
+    #: unit keys of the sessions in the store that timed this group's configurations with
+    #: the study's protocol: units made again (a lost part) are not timed again if one holds them
+    timed_before: list[frozenset[str]] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -203,6 +212,8 @@ class Dispatcher:
                  on_done: Callable[[dict[str, Any]], None], method: str = "run") -> None:
         self.study, self.store, self.inputs_ref, self.cache_dir = study, store, inputs_ref, cache_dir
         self.on_done = on_done
+        #: called with (lane, images) as each predictions table arrives (the progress display)
+        self.on_rows: Callable[[Lane, int], None] | None = None
         self.method = method  # the Board method each batch streams from (bench/fleet.py: "replay")
         self.lanes: list[Lane] = []
         self.queues: dict[str, list[plan.Unit]] = defaultdict(list)
@@ -262,10 +273,12 @@ class Dispatcher:
     def _schedule_timing(self, group: Group) -> None:
         """A session for the group's ok units, on the board that ran most of them (its
         compiled modules are in that board's cache), else on any board of the kind."""
-        if group.scheduled or not group.ok:
+        units = plan.timed_units(group.units, group.ok)  # configurations whose every shard is ok
+        if group.scheduled or not units:
             return
         group.scheduled = True
-        units = [u for u in group.units if u.key in group.ok]
+        if any({u.key for u in units} <= keys for keys in group.timed_before):
+            return  # the same configurations, timed under this protocol: only predictions were made again
         job = plan.timing_job(self.study, units, group.n_images, board=group.board)
         kind = plan.pool(units[0].device, units[0].platform)
         lanes = [x for x in self.lanes if x.pool == kind and not x.dead]
@@ -421,12 +434,15 @@ class Dispatcher:
             return
         self.store.write(table)
         name = meta.get(b"deltann.table")
-        if name == b"builds":
+        if name == b"predictions" and self.on_rows is not None:
+            self.on_rows(lane, table.num_rows)
+        elif name == b"builds":
             lane.batch = [u for u in lane.batch if u.key != key]
-            lane.current = None
+            lane.current, lane.done_images = None, 0
             row = table.to_pylist()[0]
             if row["status"] == "ok":
                 self.seconds[row["config"]].append(float(row["total_s"]))
+            row["_lane"] = lane
             self.on_done(row)
             self._unit_finished(key, row["status"] == "ok", lane.node_id)
         elif name == b"sessions":
@@ -503,7 +519,7 @@ class Dispatcher:
         ``crash`` row; the rest go to a fresh actor on the same board."""
         unfinished, current, stage = lane.batch, lane.current, lane.stage or "convert"
         job = lane.job if not lane.job_ended else None
-        lane.flights, lane.batch, lane.current, lane.job = [], [], None, None
+        lane.flights, lane.batch, lane.current, lane.job, lane.done_images = [], [], None, None, 0
         if not node_alive(lane.node_id):
             lane.dead = True
             self._retire(lane, f"node lost ({type(exc).__name__})")
@@ -547,7 +563,7 @@ class Dispatcher:
         current, stage = lane.current, lane.stage or "convert"
         unfinished = [u for u in lane.batch if u.key != current.key]
         ray.kill(lane.actor, no_restart=True)
-        lane.flights, lane.batch, lane.current = [], [], None
+        lane.flights, lane.batch, lane.current, lane.done_images = [], [], None, 0
         self._fail(lane, current, stage, "timeout", "Timeout",
                    f"still in stage {stage!r} after {seconds:.1f} s (unit_timeout_s = {self.study.unit_timeout_s})")
         self._start_actor(lane)
@@ -564,7 +580,7 @@ class Dispatcher:
                             outcome=outcome, error_type=error_type, message=message,
                             seconds=time.monotonic() - lane.since)
         self.store.write(table)
-        self.on_done(table.to_pylist()[0])
+        self.on_done(table.to_pylist()[0] | {"_lane": lane})
         self._unit_finished(unit.key, False, lane.node_id)
 
 
@@ -697,7 +713,9 @@ def run_study(
     who = identity.lab(lab)
     summary = RunSummary(out=out)
 
-    inputs = prepare_inputs(study, study_path.parent, summary.skipped_images)
+    # Embedded, the board is this machine: the images made here fill its tensor cache.
+    inputs = prepare_inputs(study, study_path.parent, summary.skipped_images, out / "artifacts",
+                            out / "artifacts" / TENSORS if address is None else None)
     for s in summary.skipped_images:  # one line each, and recorded in the manifest
         log.warning("dataset file %s skipped: %s", s.file, s.reason)
     summary.seconds["inputs"] = time.perf_counter() - t0
@@ -778,18 +796,22 @@ def check_out_folder(out: Path) -> None:
                          "another one")
 
 
+#: Images above which a study that times every image (no ``[timing] images``) is told so.
+TIME_ALL_IMAGES = 1000
 #: Free space below which a run refuses to start (a run that fills the disk midway stops
 #: with a one-line error and keeps what is complete).
 MIN_FREE_BYTES = 1 << 20
 
 
-def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.Inputs], kinds: dict[str, DeviceKind],
+def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.InputSet], kinds: dict[str, DeviceKind],
          store: Store, summary: RunSummary, console: Any, *, who: identity.Lab,
          boards: dict[str, list[dict[str, Any]]], address: str | None, retry_failed: bool, t: float) -> dict[str, Any]:
     """The body of :func:`run_study` once the run is on record; returns the run's entry."""
     import ray
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from deltann.fleet.progress import Display
 
     out = summary.out
     status = unit_status(store)
@@ -825,13 +847,19 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.Inputs]
         first = members[0]
         count = n_images[first.inputs or first.model]
         wanted = len(study.timing.timed_indices(count))
-        if not waiting and (not ok or any(ok <= keys and n == wanted for keys, n in timed)):
+        reps = {u.key for u in plan.timed_units(members, ok)}  # one unit per configuration (its first shard)
+        if not waiting and (not reps or any(reps <= keys and n == wanted for keys, n in timed)):
             return None
-        return Group(members, waiting, ok, count, board=board)
+        return Group(members, waiting, ok, count, board=board,
+                     timed_before=[keys for keys, n in timed if n == wanted])
 
     groups = {} if study.replicate else {
         key: g for key, members in plan.timing_groups(units).items() if (g := group_for(members)) is not None}
     summary.seconds["plan"] = time.perf_counter() - t
+    most = max(n_images.values(), default=0)
+    if groups and study.timing.images is None and most > TIME_ALL_IMAGES:
+        console.print(f"[yellow]timing every one of {most:,} images[/] in each timing session (blocks x configurations "
+                      "x images calls); set [timing] images = 100 to time an evenly spaced sample")
     if not todo and not groups and not study.replicate:
         console.print(f"[green]nothing to do[/]: all {len(units)} units of {study.name!r} are already in {out}, "
                       "and timed")
@@ -853,12 +881,17 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.Inputs]
 
     def on_done(row: dict[str, Any]) -> None:
         summary.ran += 1
+        lane = row.pop("_lane", None)
         if row["status"] != "ok":
             summary.failed += 1
             console.print(f"[red]failed[/] {escape(row['config'])} on {row['device']}: {row['stage']}: "
                           f"{row['outcome']}: {row['error_type']}: {escape(row['message'][:200])}")
-        if bar_ref:
-            bar_ref["bar"].update(bar_ref["task"], advance=1, description=escape(f"{study.name}: {row['config']}"))
+        if "display" in bar_ref:
+            row = row | {"config": escape(row["config"])}
+            if lane is not None:
+                bar_ref["display"].unit(row, lane.node_id, lane.pool, lane.kind.name)
+            else:
+                bar_ref["display"].unit(row)
 
     # Setting ``tuned`` (deltann.fleet.tuning): MetaSchedule over each kind's boards first;
     # tuned units then carry their records (also those only timed again), and one whose
@@ -935,10 +968,28 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.Inputs]
     summary.seconds["start"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[info]}")]
+
+    def left(pool: str) -> int:
+        """Images the units of ``pool`` not yet complete still have (queued and in flight)."""
+        pending = dispatcher.queues.get(pool, []) + [u for x in dispatcher.lanes if x.pool == pool
+                                                     for u in x.batch + x.pinned]
+        done_now = sum(x.done_images for x in dispatcher.lanes if x.pool == pool)
+        return max(0, sum(unit_images(u) for u in pending) - done_now)
+
+    def unit_images(u: plan.Unit) -> int:
+        return (n_images[u.inputs or u.model] if u.hi is None else u.hi) - u.lo
+
+    def on_rows(lane: Lane, n: int) -> None:
+        lane.done_images += n
+        if "display" in bar_ref:
+            bar_ref["display"].rows(lane.node_id, lane.pool, lane.kind.name, n)
+
+    dispatcher.on_rows = on_rows
     try:
         with Progress(*columns, console=console, transient=False) as bar:
-            bar_ref |= {"bar": bar, "task": bar.add_task(f"{study.name}: {total} units", total=total)}
+            bar_ref["display"] = Display(bar, f"{study.name}: {total} units", total, left)
             dispatcher.run()
     finally:
         for lane in dispatcher.lanes:

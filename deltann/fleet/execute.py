@@ -25,7 +25,7 @@ import pyarrow as pa
 from deltann import zoo
 from deltann.convert.base import parse_chain
 from deltann.convert.chain import Artifact, ArtifactCache
-from deltann.dataset import Inputs
+from deltann.dataset import Inputs, InputSet, TensorCache
 from deltann.plan import Unit
 from deltann.runtimes.base import Runner, thread_count
 from deltann.fleet.markers import progress, unit_columns
@@ -58,6 +58,8 @@ def make_runner(unit: Unit, payload: Any, layout: str = "NCHW", meta: dict[str, 
 
 #: Folder of the board's artifact cache that keeps its compiled TVM modules.
 COMPILED = "compiled"
+#: Folder of the board's artifact cache that keeps its preprocessed images (TensorCache).
+TENSORS = "tensors"
 
 
 def compiled_dir(artifacts: ArtifactCache) -> Path:
@@ -97,7 +99,7 @@ def load_stages(unit: Unit, artifacts: ArtifactCache, stage: list[str]) -> Gener
         builder = TvmBuild(unit.frontend, artifact.payload,
                            input_shape(zoo.get(unit.model).input_shape, artifact.layout), unit.passes,
                            unit.target, unit.host, tuning=unit.tuning, cache_dir=compiled_dir(artifacts),
-                           cache_key=unit.key)
+                           cache_key=unit.build or unit.key)
         with build_memory_cap():
             payload = builder()
         times["import_s"], times["compile_s"] = builder.import_s, builder.compile_s
@@ -137,7 +139,7 @@ class UnitFailure(Exception):
 
 
 def run_unit(
-    unit: Unit, batch: Inputs, artifacts: ArtifactCache, *, study: str, board: str, hostname: str
+    unit: Unit, batch: Inputs | InputSet, artifacts: ArtifactCache, *, study: str, board: str, hostname: str
 ) -> Iterator[pa.Table]:
     """Yield the unit's ``predictions`` (in chunks of :data:`PREDICTION_CHUNK` images), then
     its ``builds`` row (always last: it marks the unit complete), with a
@@ -158,6 +160,7 @@ def run_unit(
     hops: list[dict[str, Any]] = []
     layout = ""
     runner: Runner | None = None
+    written = 0  # prediction rows yielded
     start_all = time.perf_counter()
     try:
         loaded = yield from _with_progress(unit.key, load_stages(unit, artifacts, stage))
@@ -166,49 +169,13 @@ def run_unit(
 
         stage[0] = "execute"
         yield progress(unit.key, stage[0])
-        rows: dict[str, list[Any]] = {k: [] for k in ("image_index", "image_id", "input_hash", "label", "top1",
-                                                       "top5", "top5_prob", "logits", "latency_ns")}
-        for i, image_id in enumerate(batch.ids):
-            x = batch.tensors[i : i + 1]
-            t0 = time.perf_counter_ns()
-            out = runner.infer(x)
-            latency = time.perf_counter_ns() - t0  # one call, untimed warm-up: not a timing (see session)
-            stage[0] = "verify"
-            if out.ndim > 2 and out.shape[-1] == out.size == labels.num_classes:
-                # TVM's TFLite frontend keeps FULLY_CONNECTED's keep_num_dims shape
-                # (1, 1, 1, n) where LiteRT gives (1, n), with the same values (measured on
-                # EfficientNet-Lite0, max |dlogit| 1e-5): only singleton axes are dropped.
-                out = out.reshape(1, labels.num_classes)
-            if out.ndim != 2 or out.shape != (1, labels.num_classes):
-                declared = (f" ({spec.description} declares labels = {labels.num_classes}; fix labels)"
-                            if zoo.is_user(unit.model) else "")
-                raise UnitFailure("verify", "mismatch",
-                                  f"output shape {tuple(out.shape)}, expected (1, {labels.num_classes}){declared}")
-            if not np.isfinite(out).all():  # a NaN logit makes top-1 meaningless (argsort puts NaN first)
-                raise UnitFailure("verify", "nan", f"output for image {image_id!r} has "
-                                  f"{int(np.isnan(out).sum())} NaN and {int(np.isinf(out).sum())} infinite values "
-                                  f"of {out.size}")
-            logits = labels.to_imagenet(out.astype(np.float32))[0]
-            probs = softmax(logits.astype(np.float64))
-            top5 = np.argsort(-logits, kind="stable")[:5]
-            rows["image_index"].append(i)
-            rows["image_id"].append(image_id)
-            rows["input_hash"].append(batch.hashes[i])
-            rows["label"].append(batch.labels[i])
-            rows["top1"].append(int(top5[0]))
-            rows["top5"].append(top5.astype(np.int32).tolist())
-            rows["top5_prob"].append(probs[top5].astype(np.float32).tolist())
-            rows["logits"].append(logits)
-            rows["latency_ns"].append(latency)
-            stage[0] = "execute"
-        n = len(batch.ids)
-        for seq, lo in enumerate(range(0, n, PREDICTION_CHUNK)):
-            hi = min(n, lo + PREDICTION_CHUNK)
-            columns = {k: [v] * (hi - lo) for k, v in ident.items()} | {k: v[lo:hi] for k, v in rows.items()}
-            columns["logits"] = pa.FixedSizeListArray.from_arrays(
-                pa.array(np.concatenate(rows["logits"][lo:hi])), 1000
-            ).cast(pa.list_(pa.float32()))
-            yield tag(pa.table(columns, schema=SCHEMAS["predictions"]), "predictions", unit.key, seq)
+        # The shard's images are made a chunk at a time (the next while this one runs) and
+        # each chunk's predictions go out at once: a board holds two chunks, whatever the
+        # number of images.
+        cache = TensorCache(artifacts.root / TENSORS)
+        for seq, chunk in enumerate(batch.chunks(unit.lo, unit.hi, PREDICTION_CHUNK, cache)):
+            yield _predict_chunk(unit, runner, chunk, labels, spec, ident, seq, stage)
+            written += len(chunk)
     except UnitFailure as exc:
         failure = {"stage": exc.stage, "outcome": exc.outcome, "message": str(exc),
                    "error_type": "NonFiniteOutput" if exc.outcome == "nan" else "OutputMismatch"}
@@ -233,10 +200,56 @@ def run_unit(
         "layout": layout,
         **times,
         "total_s": time.perf_counter() - start_all,
-        "rows": 0 if failure else len(batch.ids),
+        # the rows written (a unit failing midway wrote some: they stay, marked by this row)
+        "rows": written,
         "finished_at": dt.datetime.now(dt.UTC),
     }
     yield tag(pa.Table.from_pylist([row], schema=SCHEMAS["builds"]), "builds", unit.key, 0)
+
+
+def _predict_chunk(unit: Unit, runner: Runner, chunk: Inputs, labels: Any, spec: Any, ident: dict[str, Any],
+                   seq: int, stage: list[str]) -> pa.Table:
+    """The ``predictions`` table of one chunk of images (one inference each)."""
+    rows: dict[str, list[Any]] = {k: [] for k in ("image_index", "image_id", "input_hash", "label", "top1",
+                                                   "top5", "top5_prob", "logits", "latency_ns")}
+    for i, image_id in enumerate(chunk.ids):
+        x = chunk.tensors[i : i + 1]
+        t0 = time.perf_counter_ns()
+        out = runner.infer(x)
+        latency = time.perf_counter_ns() - t0  # one call, untimed warm-up: not a timing (see session)
+        stage[0] = "verify"
+        if out.ndim > 2 and out.shape[-1] == out.size == labels.num_classes:
+            # TVM's TFLite frontend keeps FULLY_CONNECTED's keep_num_dims shape
+            # (1, 1, 1, n) where LiteRT gives (1, n), with the same values (measured on
+            # EfficientNet-Lite0, max |dlogit| 1e-5): only singleton axes are dropped.
+            out = out.reshape(1, labels.num_classes)
+        if out.ndim != 2 or out.shape != (1, labels.num_classes):
+            declared = (f" ({spec.description} declares labels = {labels.num_classes}; fix labels)"
+                        if zoo.is_user(unit.model) else "")
+            raise UnitFailure("verify", "mismatch",
+                              f"output shape {tuple(out.shape)}, expected (1, {labels.num_classes}){declared}")
+        if not np.isfinite(out).all():  # a NaN logit makes top-1 meaningless (argsort puts NaN first)
+            raise UnitFailure("verify", "nan", f"output for image {image_id!r} has "
+                              f"{int(np.isnan(out).sum())} NaN and {int(np.isinf(out).sum())} infinite values "
+                              f"of {out.size}")
+        logits = labels.to_imagenet(out.astype(np.float32))[0]
+        probs = softmax(logits.astype(np.float64))
+        top5 = np.argsort(-logits, kind="stable")[:5]
+        rows["image_index"].append(chunk.index(i))
+        rows["image_id"].append(image_id)
+        rows["input_hash"].append(chunk.hashes[i])
+        rows["label"].append(chunk.labels[i])
+        rows["top1"].append(int(top5[0]))
+        rows["top5"].append(top5.astype(np.int32).tolist())
+        rows["top5_prob"].append(probs[top5].astype(np.float32).tolist())
+        rows["logits"].append(logits)
+        rows["latency_ns"].append(latency)
+        stage[0] = "execute"
+    n = len(chunk.ids)
+    columns = {k: [v] * n for k, v in ident.items()} | {k: v for k, v in rows.items()}
+    columns["logits"] = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.concatenate(rows["logits"])), 1000).cast(pa.list_(pa.float32()))
+    return tag(pa.table(columns, schema=SCHEMAS["predictions"]), "predictions", unit.key, seq)
 
 
 def failure_outcome(exc: BaseException, message: str) -> str:

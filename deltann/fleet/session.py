@@ -16,13 +16,14 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from deltann.convert.chain import ArtifactCache
-from deltann.dataset import Inputs
+from deltann.dataset import Inputs, InputSet
 from deltann.fleet.execute import load_runner, runtime_threads
 from deltann.fleet.markers import progress, unit_columns
 from deltann.plan import TimingJob, Unit
@@ -42,7 +43,7 @@ def _loader(unit: Unit, artifacts: ArtifactCache) -> Any:
     return load
 
 
-def time_session(job: TimingJob, inputs: dict[str, Inputs], artifacts: ArtifactCache, *, study: str,
+def time_session(job: TimingJob, inputs: dict[str, Inputs] | dict[str, InputSet], artifacts: ArtifactCache, *, study: str,
                  board: str, hostname: str) -> Iterator[pa.Table]:
     """Yield a progress marker per block, then the ``timings`` tables (one per unit) and
     the ``sessions`` row of ``job``."""
@@ -54,15 +55,18 @@ def time_session(job: TimingJob, inputs: dict[str, Inputs], artifacts: ArtifactC
     start = time.perf_counter()
     idx = list(job.images)
     slots, ids = [], {}
-    for unit in job.units:
-        if unit.user_model:
-            user.register_json(unit.user_model)
-        batch = inputs[unit.inputs or unit.model]
-        slots.append(Slot(unit.key, _loader(unit, artifacts), batch.tensors[idx]))
-        ids[unit.key] = [batch.ids[i] for i in idx]
     failure: dict[str, str] = {}
     result = None
+    made: dict[str, Inputs] = {}  # the timed images' tensors, made here once per input batch
     try:
+        for unit in job.units:
+            if unit.user_model:
+                user.register_json(unit.user_model)
+            name = unit.inputs or unit.model
+            if name not in made:
+                made[name] = timed_inputs(inputs[name], idx, artifacts.root)
+            slots.append(Slot(unit.key, _loader(unit, artifacts), made[name].tensors))
+            ids[unit.key] = made[name].ids
         session = Session(slots, protocol)
         for block in session.run():
             yield progress(job.key, f"{STAGE} {block + 1}/{protocol.blocks}")
@@ -89,6 +93,47 @@ def time_session(job: TimingJob, inputs: dict[str, Inputs], artifacts: ArtifactC
                                   + "; ".join(f"{configs[k]}: {e}" for k, e in result.errors.items())}
     yield session_row(job, study=study, board=board, hostname=hostname, failure=failure, result=result,
                       seconds=time.perf_counter() - start, rows=rows)
+
+
+#: Timed images' tensors above this many bytes are made into a file the session reads
+#: (memory-mapped) instead of being held: a session over 50,000 images needs 30 GB of
+#: tensors at 224 x 224. Made before the first block, never while a block is timed.
+IN_MEMORY_BYTES = 512 << 20
+
+
+def timed_inputs(batch: Inputs | InputSet, idx: list[int], cache: Path) -> Inputs:
+    """The tensors of images ``idx`` of ``batch``: in memory when small, else written a
+    chunk at a time to ``cache/timed-<pid>-<n>.npy`` and memory-mapped."""
+    from numpy.lib.format import open_memmap
+
+    from deltann.dataset import CHUNK
+
+    from deltann.dataset import TensorCache
+    from deltann.fleet.execute import TENSORS
+
+    crops = TensorCache(cache / TENSORS)  # the units' runs made them: read, not decoded again
+    if len(idx) <= CHUNK:
+        return batch.take(idx, crops)
+    first = batch.take(idx[:1], crops)
+    if first.tensors[0].nbytes * len(idx) <= IN_MEMORY_BYTES:
+        return batch.take(idx, crops)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"timed-{os.getpid()}-{time.time_ns()}.npy"
+    out = open_memmap(path, mode="w+", dtype=np.float32, shape=(len(idx), *first.tensors.shape[1:]))
+    ids: list[str] = []
+    hashes: list[str] = []
+    labels: list[int | None] = []
+    for a in range(0, len(idx), CHUNK):
+        part = batch.take(idx[a : a + CHUNK], crops)
+        out[a : a + len(part)] = part.tensors
+        ids += part.ids
+        hashes += part.hashes
+        labels += part.labels
+    out.flush()
+    del out
+    tensors = np.load(path, mmap_mode="r")
+    path.unlink()  # the mapping keeps the data until the session drops it
+    return Inputs(ids, tensors, hashes, labels, first.recipe, list(idx))
 
 
 def session_row(job: TimingJob, *, study: str, board: str, hostname: str, failure: dict[str, str],

@@ -59,13 +59,14 @@ class Bundle:
                    if self.trust else ""))
 
 
-def _images(store: Store, ka: str, kb: str, image: str | None) -> pl.DataFrame:
+def _images(store: Store, ka: list[str], kb: list[str], image: str | None) -> pl.DataFrame:
     """The images to pack: ``image``, else every image whose top-1 differs, else the one
-    with the largest logit difference. Columns: image_id, input hashes, top-1, logits."""
+    with the largest logit difference. Columns: image_id, input hashes, top-1, logits.
+    ``ka``, ``kb``: each side's unit keys (its shards)."""
     cols = ["unit_key", "image_index", "image_id", "input_hash", "top1", "logits"]
-    preds = store.scan("predictions").filter(pl.col("unit_key").is_in([ka, kb])).select(cols).collect()
-    side_a = preds.filter(pl.col("unit_key") == ka).unique("image_id", keep="first")
-    side_b = preds.filter(pl.col("unit_key") == kb).unique("image_id", keep="first")
+    preds = store.scan("predictions").filter(pl.col("unit_key").is_in(ka + kb)).select(cols).collect()
+    side_a = preds.filter(pl.col("unit_key").is_in(ka)).unique("image_id", keep="first")
+    side_b = preds.filter(pl.col("unit_key").is_in(kb)).unique("image_id", keep="first")
     both = side_a.join(side_b, on="image_id", suffix="_b").sort("image_index")
     if both.is_empty():
         raise StoreError("the two configurations share no image in the predictions table")
@@ -324,7 +325,7 @@ def write_bundle(results: Path | str, a: str, b: str, *, image: str | None = Non
     row_b = build_row(builds, b, model or row_a["model"])
     if row_a["model"] != row_b["model"]:
         raise StoreError(f"{a!r} is model {row_a['model']} but {b!r} is {row_b['model']}")
-    chosen = _images(store, row_a["unit_key"], row_b["unit_key"], image)
+    chosen = _images(store, store.shard_keys(row_a), store.shard_keys(row_b), image)
     ids = chosen["image_id"].to_list()
     where = ("", "") if row_a["device"] == row_b["device"] else (f"@{row_a['device']}", f"@{row_b['device']}")
     name = f"{row_a['model']}__{_slug(row_a['config'] + where[0])}__vs__{_slug(row_b['config'] + where[1])}"

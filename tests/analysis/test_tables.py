@@ -272,3 +272,65 @@ def test_jaccard_by_hand() -> None:
     b = np.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1], [1, 2, 3, 4, 6], [1, 2, -1, -1, -1]]).T
     # same order 1; same set reordered 1; one class swapped 4/6; two-class lists equal 2/2
     assert jaccard(a, b) == pytest.approx([1.0, 1.0, 4 / 6, 1.0])
+
+
+def test_full_logit_tables_read_by_image_ranges_equal_one_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group larger than the partition budget is read a range of images at a time; every
+    pair's metrics combined over the ranges are those of one read of the whole group."""
+    from deltann.analysis import aligned, findings
+    from deltann.analysis.labels import pairwise_agreement
+    from tests.analysis.conftest import Hand
+
+    rng = np.random.default_rng(3)
+    hand = Hand(tmp_path / "store")
+    n = 700
+    base = rng.normal(size=(n, 1000)).astype(np.float32)
+    for c, (variant, runtime, setting) in enumerate([("torch", "torch", "native"), ("torch->onnx", "onnxruntime",
+                                                      "native"), ("torch->onnx", "tvm", "basic")]):
+        logits = base + rng.normal(scale=0.01 * c, size=base.shape).astype(np.float32)
+        top5 = np.argsort(-logits, axis=1)[:, :5]
+        # units of 300 images (shards): image ranges cut across them
+        for lo in range(0, n, 300):
+            hi = min(n, lo + 300)
+            ident = hand.unit(variant, runtime, setting, key=f"{variant}-{setting}-{lo}")
+            store = hand.store
+            rows = [{name: None for name in SCHEMAS["predictions"].names} | ident | {
+                "image_index": i, "image_id": f"img{i:04d}", "input_hash": f"h{i}", "top1": int(top5[i, 0]),
+                "top5": top5[i].tolist(), "top5_prob": [0.2] * 5, "logits": logits[i].tolist(), "latency_ns": 1}
+                for i in range(lo, hi)]
+            store.write(tag(pa.Table.from_pylist(rows, schema=SCHEMAS["predictions"]), "predictions",
+                            ident["unit_key"], 0))
+            build = {name: None for name in SCHEMAS["builds"].names} | ident | {"status": "ok", "passes": []}
+            store.write(tag(pa.Table.from_pylist([build], schema=SCHEMAS["builds"]), "builds", ident["unit_key"], 0))
+    whole = pairwise_agreement(hand.store)
+    worst = findings._worst_image(hand.store, "m", "local", "torch [torch]", "torch->onnx [tvm:basic]")
+    assert aligned.image_ranges(hand.store, ["model", "device"], "config") == [None]
+    monkeypatch.setattr(aligned, "PARTITION_BYTES", 3 * aligned.LOGIT_BYTES * 256)  # 256 images a read
+    assert len(aligned.image_ranges(hand.store, ["model", "device"], "config")) == 3
+    parts = pairwise_agreement(hand.store)
+    assert parts.height == 6 and whole["n_images"].to_list() == [n] * 6
+    for col in ("n_images", "disagree", "same_inputs", "max_abs_dlogit"):
+        assert parts[col].to_list() == whole[col].to_list(), col
+    for col in ("disagree_pct", "top5_jaccard", "mean_max_abs_dlogit"):
+        assert np.allclose(parts[col].to_numpy(), whole[col].to_numpy(), rtol=1e-6), col
+    assert whole["disagree"].max() > 0 and whole["top5_jaccard"].min() < 1  # the metrics have something to combine
+    assert findings._worst_image(hand.store, "m", "local", "torch [torch]", "torch->onnx [tvm:basic]") == worst
+
+
+def test_shards_of_one_run_on_two_boards_are_one_run(hand) -> None:  # noqa: ANN001
+    """Two shards of one configuration, each on its own board, are not a repeated run;
+    the same images on two boards (replicate) are."""
+    for lo, board in ((0, "b1"), (3, "b2")):
+        ident = hand.unit("torch", "torch", "native", board=board, key=f"shard-{lo}")
+        rows = [{name: None for name in SCHEMAS["predictions"].names} | ident | {
+            "image_index": i, "image_id": f"img{i}", "input_hash": f"h{i}", "top1": i, "top5": [i, 1, 2, 3, 4],
+            "top5_prob": [0.2] * 5, "logits": [0.0, 1.0], "latency_ns": 1} for i in range(lo, lo + 3)]
+        hand.store.write(tag(pa.Table.from_pylist(rows, schema=SCHEMAS["predictions"]), "predictions",
+                             ident["unit_key"], 0))
+        build = {name: None for name in SCHEMAS["builds"].names} | ident | {"status": "ok", "passes": []}
+        hand.store.write(tag(pa.Table.from_pylist([build], schema=SCHEMAS["builds"]), "builds", ident["unit_key"], 0))
+    row = analysis.label_stability(hand.store).row(0, named=True)
+    assert (row["runs"], row["images"], row["flips"]) == (1, 6, 0)
+    hand.write(hand.unit("torch", "torch", "native", board="b3", key="again"), top1=[0, 1, 9])  # img2 flips
+    row = analysis.label_stability(hand.store).row(0, named=True)
+    assert (row["runs"], row["images"], row["flips"]) == (2, 6, 1)

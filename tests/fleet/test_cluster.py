@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -171,6 +172,24 @@ def _done_on(out: Path, board: str | None = None) -> int:
     return frame.height if board is None else frame.filter(pl.col("board") == board).height
 
 
+def run_and_kill(fleet: Fleet, victim: Any, path: Path, out: Path, *, wait_s: float = 180,
+                 timeout: float = 240) -> tuple[pl.DataFrame, str]:
+    """Run ``path`` and remove ``victim`` once a unit finished on it; the victim's builds
+    rows at that moment and the driver's output (the run must end well)."""
+    proc = fleet.driver(path, out)
+    try:
+        _wait_for(lambda: _done_on(out, victim.node_id) >= 1, wait_s, "a unit finished on the victim")
+        before = builds(out).filter(pl.col("board") == victim.node_id)
+        fleet.cluster.remove_node(victim)
+        fleet.resources.pop(victim.node_id)
+        output, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    return before, output
+
+
 def test_node_killed_mid_study_its_units_move_and_nothing_is_duplicated(fleet: Fleet, tmp_path: Path) -> None:
     victim = fleet.add("x86-server")
     fleet.cluster.wait_for_nodes()
@@ -180,17 +199,7 @@ def test_node_killed_mid_study_its_units_move_and_nothing_is_duplicated(fleet: F
     path.write_text(path.read_text().replace('settings = ["basic", "extended"]',
                                              'settings = ["unscheduled", "basic", "default", "extended"]'))
     out = tmp_path / "out"
-    proc = fleet.driver(path, out)
-    try:
-        _wait_for(lambda: _done_on(out, victim.node_id) >= 1, 180, "a unit finished on the victim")
-        before = builds(out).filter(pl.col("board") == victim.node_id)
-        fleet.cluster.remove_node(victim)
-        fleet.resources.pop(victim.node_id)
-        output, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output
+    before, output = run_and_kill(fleet, victim, path, out)
     b = builds(out)
     assert b.height == 10 and b["unit_key"].n_unique() == 10, output  # the full set, none twice
     assert set(b["status"]) == {"ok"}
@@ -252,3 +261,71 @@ def test_units_of_a_kind_with_no_board_left_are_pending_then_finish(fleet: Fleet
     output = fleet.run(path, out)
     b = builds(out)
     assert b.height == 6 and b["unit_key"].n_unique() == 6 and f"{6 - done} units run" in output, output
+
+
+def jpeg_folder(folder: Path, n: int) -> Path:
+    """``n`` small JPEGs: seeded random crops of a real photo (chelsea)."""
+    from PIL import Image as PILImage
+
+    from deltann import dataset
+
+    rgb = dataset.load_samples(1)[0].rgb
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        top, left = int(rng.integers(0, rgb.shape[0] - 96)), int(rng.integers(0, rgb.shape[1] - 96))
+        PILImage.fromarray(rgb[top : top + 96, left : left + 96]).save(folder / f"{i:05d}.jpg", quality=85)
+    return folder
+
+
+def shard_study(folder: Path, name: str, images: Path, shard: int) -> Path:
+    """tiny_cnn in torch over ``images``, in shards of ``shard`` images, on the x86-server boards."""
+    path = folder / f"{name}.toml"
+    path.write_text(
+        f'name = "{name}"\nmodels = ["tiny_cnn"]\nvariants = ["torch"]\nruntimes = ["native"]\n'
+        f'devices = ["x86-server"]\n[dataset]\nsource = "{images}"\nshard = {shard}\n'
+        "[timing]\nimages = 4\nblocks = 1\nwarmup = 0\nrepeat = 1\npause_ms = 0\n")
+    return path
+
+
+def test_a_4000_image_study_is_split_over_both_boards_by_image_shards(fleet: Fleet, tmp_path: Path) -> None:
+    """One configuration over 4,000 images: 80 shards of 50 (a shard of this tiny model
+    takes ~0.3 s, so it takes many to even out the boards' noise), run by both boards of
+    the kind, each with 40-60 % of the images; every image classified once; one timing
+    session for the configuration (not one per shard)."""
+    images = jpeg_folder(tmp_path / "images", 4000)
+    out = tmp_path / "out"
+    output = fleet.run(shard_study(tmp_path, "split", images, 50), out, timeout=600)
+    b = builds(out)
+    assert b.height == 80 and set(b["status"]) == {"ok"} and b["unit_key"].n_unique() == 80, output
+    preds = Store(out).scan("predictions").select("board", "image_index", "image_id", "unit_key").collect()
+    assert preds.height == 4000 and preds["image_index"].n_unique() == 4000
+    assert sorted(preds["image_id"].unique()) == sorted(p.name for p in images.iterdir())
+    share = preds.group_by("board").len()
+    assert share.height == 2 and set(share["board"]) <= fleet.boards("x86-server"), share
+    print("shares of 4,000 images:", ", ".join(f"board {b[:8]} {n} ({n / 40:.1f} %)" for b, n in share.iter_rows()))
+    for n in share["len"]:
+        assert 0.4 <= n / 4000 <= 0.6, share
+    sessions = Store(out).scan("sessions").collect()
+    assert sessions.height == 1 and sessions["status"][0] == "ok" and sessions["images"][0] == 4
+    assert "1 timing sessions" in output
+    assert "nothing to do" in fleet.run(shard_study(tmp_path, "split", images, 50), out)  # resumed: all there
+
+
+@pytest.mark.slow  # node loss mid-study is in the default suite above; this is its sharded twin
+def test_a_killed_boards_shards_are_redone_elsewhere_and_nothing_is_duplicated(fleet: Fleet, tmp_path: Path) -> None:
+    victim = fleet.add("x86-server")
+    fleet.cluster.wait_for_nodes()
+    images = jpeg_folder(tmp_path / "images", 4000)
+    out = tmp_path / "out"
+    before, output = run_and_kill(fleet, victim, shard_study(tmp_path, "shard-lost", images, 125), out, wait_s=300,
+                                  timeout=400)
+    b = builds(out)
+    assert b.height == 32 and b["unit_key"].n_unique() == 32 and set(b["status"]) == {"ok"}, output
+    assert set(before["unit_key"]) <= set(b.filter(pl.col("board") == victim.node_id)["unit_key"])
+    preds = Store(out).scan("predictions").select("image_index", "unit_key").collect()
+    assert preds.height == 4000 and preds["image_index"].is_unique().all()
+    assert "retired: node lost" in output and "0 pending" in output, output
+    print(f"killed board: {before.height} shards done before it was removed, kept; "
+          f"{b.filter(pl.col('board') != victim.node_id).height} of 32 on the other boards; "
+          f"{preds.height} predictions, each image once")

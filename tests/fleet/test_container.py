@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -247,3 +248,23 @@ def test_the_boards_container_stays_warm_between_jobs_and_ends_without_its_actor
     server.container.reload()
     assert server.container.status == "exited"
     server.container.remove()
+
+
+def test_a_job_folder_holds_only_its_shards_images(tmp_path: Path) -> None:
+    """A job of the second shard (images 3-5 of 6) writes those three tensors, made on the
+    board from the manifest, and the container reads them by their data set index."""
+    study = parse_study({"name": "boxed", "models": ["tiny_cnn"], "variants": ["torch"], "runtimes": ["native"],
+                         "devices": [X86.name], "dataset": {"limit": 6, "shard": 3}},
+                        tmp_path / "s.toml", {X86.name: X86})
+    inputs = prepare_inputs(study, tmp_path)
+    units = plan.expand(study, inputs, {X86.name: X86})
+    second = [u for u in units if u.shard == 1]
+    assert len(units) == 2 and (second[0].lo, second[0].hi) == (3, 6)
+    write_job(tmp_path / "work", second, inputs, study="boxed", board="b1", hostname="h")
+    _, back, batches = read_job(tmp_path / "work")
+    batch = batches["tiny_cnn"]
+    assert back == second and batch.indices == [3, 4, 5] and batch.tensors.shape[0] == 3
+    whole = inputs["tiny_cnn"].take(range(6))
+    (chunk,) = list(batch.chunks(3, 6))
+    assert chunk.ids == whole.ids[3:] and chunk.hashes == whole.hashes[3:]
+    assert np.array_equal(chunk.tensors, whole.tensors[3:])

@@ -109,3 +109,28 @@ def test_quiet_run_still_prints_its_one_line_summary(tiny_results: Path, tmp_pat
     captured = capsys.readouterr()
     assert captured.out == f"0 units run (0 failed), 6 already in the store, 0 pending; results in {out}\n"
     assert captured.err == ""  # no progress bar, no 'nothing to do' banner
+
+
+def test_shards_resume_one_by_one_and_are_timed_once(study_file, tmp_path: Path, ray_session: None) -> None:
+    """Ten photos in shards of five: each configuration is two units; a shard whose part
+    is deleted is made again alone, and the configurations are not timed again."""
+    study = study_file('name = "shards"\nmodels = ["tiny_cnn"]\nvariants = ["torch", "torch->onnx"]\n'
+                       'runtimes = ["native"]\n[dataset]\nshard = 5\n[timing]\nimages = 3\nblocks = 2\n'
+                       'pause_ms = 0\n')
+    out = tmp_path / "out"
+    first = run_study(study, out, progress=False)
+    store = Store(out)
+    builds = store.scan("builds").collect()
+    assert (first.planned, first.ran, first.failed) == (4, 4, 0) and builds["rows"].to_list() == [5] * 4
+    preds = store.scan("predictions").collect()
+    assert preds.height == 20 and preds.select("config", "image_index").is_unique().all()
+    assert sorted(preds["image_index"].unique()) == list(range(10))
+    timings = store.scan("timings").collect()
+    assert len(first.sessions) == 1 and timings["unit_key"].n_unique() == 2  # one unit per configuration
+    assert sorted(timings["image_index"].unique()) == [0, 4, 9]  # spread over the whole set, not one shard
+    # one shard's predictions part is lost: only that shard is made again, nothing is timed again
+    gone = next(p for p in store.files("predictions") if p.name.startswith(f"part-{builds['unit_key'][3]}"))
+    gone.unlink()
+    again = run_study(study, out, progress=False)
+    assert (again.ran, again.skipped, again.sessions) == (1, 3, [])
+    assert Store(out).scan("predictions").collect().height == 20
