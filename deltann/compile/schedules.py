@@ -66,14 +66,16 @@ def lanes_for(target: Any) -> tuple[int, ...]:
     """float32 lanes of one vector register of ``target``, then smaller fallbacks. One
     register, not more: the register tile below keeps up to 8 accumulators live, which
     must fit 16 (SSE/AVX2) or 32 (AVX-512) registers. Generic ``llvm`` (no ``mcpu``)
-    compiles for SSE2: 4 lanes (measured 15% faster there than 16)."""
+    compiles for SSE2: 4 lanes (measured 15% faster there than 16). The last fallback is 2
+    lanes, so that an axis no full register divides (a 10-class head) still gets vector
+    code rather than scalar loops."""
     from tvm.target import codegen
 
     try:
         if codegen.target_has_features("avx512f", target):
-            return (16, 8, 4)
+            return (16, 8, 4, 2)
         if codegen.target_has_features("avx2", target):
-            return (8, 4)
+            return (8, 4, 2)
     except Exception:  # noqa: BLE001 - not an x86 LLVM target
         pass
     return LANES
@@ -431,6 +433,8 @@ def _schedule_transpose(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> N
     loops = sch.get_loops(block)
     lanes = _lane(_const(sch.get(loops[-1]).extent) or 0, lanes_tried)
     rows = _const(sch.get(loops[-2]).extent) if len(loops) >= 2 else None
+    if lanes == 1 and _vectorize_read_axis(sch, block, lanes_tried):
+        return
     if lanes == 1 or rows is None or rows < lanes:
         _schedule_injective(sch, block, lanes_tried)
         return
@@ -443,6 +447,37 @@ def _schedule_transpose(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> N
     else:
         sch.parallel(ao)
     sch.vectorize(bi)
+
+
+def _vectorize_read_axis(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> bool:
+    """A transpose whose written innermost axis is too short for a vector (the 3 channels of
+    an NCHW image turned NHWC, the first kernel of every NCHW model in ``extended``): the
+    vector runs along the axis the source is contiguous in instead (image columns),
+    with the short axis unrolled around it; each lane reads a whole vector and writes
+    with the short axis' stride. The loops outside are fused and parallel. Returns False
+    (nothing changed) when that axis holds no whole vector."""
+    sblock = sch.get(block)
+    loops = sch.get_loops(block)
+    ivars = [it.var for it in sblock.iter_vars]
+    read_last = sblock.reads[0].region[-1].min
+    axis = next((k for k, v in enumerate(ivars) if read_last.same_as(v)), None)
+    if axis is None or axis == len(loops) - 1:
+        return False
+    extent = _const(sch.get(loops[axis]).extent)
+    short = _const(sch.get(loops[-1]).extent)
+    lanes = _lane(extent or 0, lanes_tried)
+    if lanes == 1 or extent is None or short is None or short >= UNROLL_MAX:
+        return False
+    outer = [lp for k, lp in enumerate(loops[:-1]) if k != axis]
+    ao, ai = sch.split(loops[axis], [None, lanes])
+    sch.reorder(*outer, ao, loops[-1], ai)
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    else:
+        sch.parallel(ao)
+    sch.unroll(loops[-1])
+    sch.vectorize(ai)
+    return True
 
 
 def _prepackable(func: Any) -> int | None:
@@ -631,18 +666,50 @@ def unscheduled_kernels(mod: Any) -> list[str]:
     (none parallel, vectorised, unrolled or bound to GPU threads). A kernel with no loop
     at all (a scalar) is not counted. What a test, or a look at a build, uses to tell a
     scheduled build from an unscheduled one: ``tirx.is_scheduled`` only says a rule ran."""
-    import tvm_ffi
     from tvm import tirx
 
     out = []
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        kinds: list[int] = []
-        tvm_ffi.structural_walk(func.body, [(tirx.For, lambda node: kinds.append(int(node.kind)))], order="post")
+        kinds = _loop_kinds(func)
         if kinds and all(k == tirx.ForKind.SERIAL for k in kinds):
             out.append(gv.name_hint)
     return sorted(out)
+
+
+def _loop_kinds(func: Any) -> list[int]:
+    import tvm_ffi
+    from tvm import tirx
+
+    kinds: list[int] = []
+    tvm_ffi.structural_walk(func.body, [(tirx.For, lambda node: kinds.append(int(node.kind)))], order="post")
+    return kinds
+
+
+def unvectorized_kernels(mod: Any) -> list[str]:
+    """Names of the kernels of ``mod`` with loops but no vectorised loop: on a CPU target,
+    the kernels whose schedule does not use the CPU's vector width (a naive fallback is one
+    of them). Kernels with no loop (scalars) are not counted."""
+    from tvm import tirx
+
+    out = []
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            kinds = _loop_kinds(func)
+            if kinds and int(tirx.ForKind.VECTORIZED) not in kinds:
+                out.append(gv.name_hint)
+    return sorted(out)
+
+
+def kernels_without_schedule(mod: Any, target: Any) -> list[str]:
+    """The kernels of a lowered build that fell back to no real schedule for ``target``: on
+    ``llvm``, those without a vectorised loop (:func:`unvectorized_kernels`); on other
+    targets, those left as naive loops (:func:`unscheduled_kernels`: no thread binding).
+    What the ``builds`` table's ``unscheduled`` column counts and bench/compile.py prints."""
+    if target.kind.name == "llvm":
+        return unvectorized_kernels(mod)
+    return unscheduled_kernels(mod)
 
 
 def clip_to_min_max() -> Any:
@@ -653,6 +720,14 @@ def clip_to_min_max() -> Any:
     return rewrites.clip_to_min_max()
 
 
+def fold_explicit_padding() -> Any:
+    """``FoldExplicitPadding`` (:mod:`deltann.compile.rewrites`): zero pads before a
+    convolution become its own padding (no pad kernel, no transpose pair around it in NHWC)."""
+    from deltann.compile import rewrites
+
+    return rewrites.fold_explicit_padding()
+
+
 #: deltann's own passes, by the name a setting lists them under.
 #: The passes that schedule (a build listing one should leave no naive kernel).
 SCHEDULING = frozenset({"DefaultSchedule", "DefaultCpuSchedule"})
@@ -661,4 +736,5 @@ SCHEDULING = frozenset({"DefaultSchedule", "DefaultCpuSchedule"})
 #: every setting give it (``deltann localize`` rebuilds such rows from their own list).
 PASSES: dict[str, Callable[[], Any]] = {
     "DefaultSchedule": default_schedule, "DefaultCpuSchedule": default_schedule, "ClipToMinMax": clip_to_min_max,
+    "FoldExplicitPadding": fold_explicit_padding,
 }
