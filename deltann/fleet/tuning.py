@@ -302,3 +302,109 @@ def _tune_group(study: Study, unit: Unit, boards: list[dict[str, Any]], kind: De
     if not records:
         raise TuningFailed(f"tuning {unit.variant} for {resolved} measured no valid candidate in {extra} trials")
     return records
+
+
+# --- records kept between labs (deltann tuning export/import) ------------------------
+
+#: Schema metadata that marks a file as a deltann tuning export (and its format version).
+EXPORT_MARK = b"deltann.tuning_export"
+EXPORT_VERSION = b"1"
+
+
+def export_records(store: Store, out: Any, *, devices: list[str] | None = None, models: list[str] | None = None,
+                   best_only: bool = True) -> int:
+    """Write the store's tuning records (``table=tuning``) to ``out``, one Parquet file with
+    the table's own schema, so another results folder can import them
+    (:func:`import_records`) and its studies skip the tuning they cover. ``devices`` /
+    ``models`` narrow it to those kinds and models; ``best_only`` keeps the fastest record
+    of each kernel per tuning database (what a build applies), else every stored record
+    (also what a resumed search starts from). Returns the number of records written; a
+    store without tuning records is a :class:`~deltann.errors.StoreError`."""
+    from pathlib import Path
+
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from deltann.errors import StoreError
+
+    if not store.files("tuning"):
+        raise StoreError(f"{store.root}: no tuning records (table=tuning); run a study with setting 'tuned' first")
+    frame = store.scan("tuning", complete_only=False)
+    if devices:
+        frame = frame.filter(pl.col("device").is_in(devices))
+    if models:
+        frame = frame.filter(pl.col("model").is_in(models))
+    rows = frame.collect()
+    if rows.is_empty():
+        raise StoreError(f"{store.root}: no tuning records for device(s) {devices or 'any'} and model(s) "
+                         f"{models or 'any'}; see `deltann tuning export --help`")
+    if best_only:
+        rows = (rows.with_columns(pl.col("trials_total").max().over("tuning_key"))  # the budget the database reached
+                .sort("run_ms").unique(subset=["tuning_key", "workload_hash"], keep="first", maintain_order=True))
+    rows = rows.sort(["tuning_key", "task", "run_ms"])
+    table = rows.to_arrow().select(SCHEMAS["tuning"].names).cast(SCHEMAS["tuning"])
+    table = table.replace_schema_metadata({EXPORT_MARK: EXPORT_VERSION})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(out)
+    return table.num_rows
+
+
+def read_export(path: Any) -> pa.Table:
+    """A file :func:`export_records` wrote, checked: a clear one-line error names the file
+    when it is missing or is not such an export."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from deltann.errors import StoreError
+
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file; give the file `deltann tuning export` wrote")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise StoreError(f"{path}: not a Parquet file ({type(exc).__name__}); give the file `deltann tuning "
+                         "export` wrote") from None
+    if (table.schema.metadata or {}).get(EXPORT_MARK) != EXPORT_VERSION:
+        raise StoreError(f"{path}: not a deltann tuning export (version {EXPORT_VERSION.decode()}); make it with "
+                         "`deltann tuning export RESULTS OUT`")
+    missing = [n for n in SCHEMAS["tuning"].names if n not in table.column_names]
+    if missing:
+        raise StoreError(f"{path}: tuning export lacks column(s) {', '.join(missing)}; export it again with this "
+                         "deltann")
+    return table.select(SCHEMAS["tuning"].names).cast(SCHEMAS["tuning"])
+
+
+def import_records(path: Any, store: Store) -> tuple[int, int]:
+    """Add the records of an export (:func:`export_records`) to ``store``'s tuning table,
+    each with the identity it was tuned for (tuning key: model variant, TVM version,
+    passes, the target as resolved on the board), so a study there whose units share a
+    key, with a budget the records cover, uses them without tuning (:func:`_tune_group`),
+    and one with a larger budget resumes from them. Records already there are skipped;
+    nothing is replaced. Returns (records added, records skipped)."""
+    import polars as pl
+
+    from deltann import plan
+
+    table = read_export(path)
+    incoming = pl.from_arrow(table)
+    assert isinstance(incoming, pl.DataFrame)
+    known: set[tuple[str, str, str]] = set()
+    if store.files("tuning"):
+        have = store.scan("tuning", complete_only=False).select("tuning_key", "workload_hash", "record_json").collect()
+        known = set(have.iter_rows())
+    fresh = incoming.filter(~pl.struct("tuning_key", "workload_hash", "record_json").map_elements(
+        lambda r: (r["tuning_key"], r["workload_hash"], r["record_json"]) in known, return_dtype=pl.Boolean))
+    added = 0
+    for (key, model, device, round_id), group in fresh.group_by(["tuning_key", "model", "device", "round"],
+                                                                maintain_order=True):
+        # a round of its own: the import never writes over a part the store already has
+        new_round = plan.content_key({"imported": round_id, "records": sorted(group["record_json"].to_list())})
+        rows = group.with_columns(pl.lit(new_round).alias("round")).to_arrow().cast(SCHEMAS["tuning"])
+        store.write(tag(rows, "tuning", new_round, 0))
+        added += group.height
+    return added, incoming.height - added
