@@ -216,38 +216,57 @@ def tvm_runner(frontend: str, payload: Any, shape: tuple[int, ...], passes: tupl
 
 def tune(frontend: str, payload: Any, shape: tuple[int, ...], passes: tuple[str, ...], target: tuple[str, str],
          args: argparse.Namespace, name: str) -> tuple[str, str]:
-    """MetaSchedule records for the tuned setting (resumed from ``--records``) as the JSON a
-    tuned unit carries, and the row's label: the setting with its budget."""
+    """MetaSchedule records for the tuned setting as the JSON a tuned unit carries, and the
+    row's label: the setting with its budget. With ``--minutes`` the budget is wall time
+    (deltann.compile.tuning.tune_budgeted: heaviest measured kernels first, a kernel stops
+    when it stops improving), else ``--trials`` (tuning.tune). Records resume from
+    ``--records`` (written back, merged) and every ``--merge`` file (other searches of the
+    same model: tuning.merge_records keeps the best of all)."""
     import json
 
     from deltann.compile import tuning
     from deltann.compile.frontends import import_relax
     from deltann.compile.pipeline import make_target
 
+    minutes = getattr(args, "minutes", None)
     records: list[tuning.Record] = []
-    done = 0
+    done, spent_s = 0, 0.0
     saved_path = args.records.with_suffix(f".{name}.{frontend}.json") if args.records else None
     if saved_path is not None and saved_path.exists():
         saved = json.loads(saved_path.read_text())
         records, done = tuning.records_from_json(json.dumps(saved["records"])), int(saved["trials"])
+        spent_s = float(saved.get("seconds", 0.0))
+    for other in getattr(args, "merge", None) or []:
+        merged = json.loads(Path(other).read_text())
+        records = tuning.merge_records(records, tuning.records_from_json(json.dumps(merged.get("records", merged))))
     tvm_target = make_target(*target)
     tasks = tuning.select(tuning.extract(import_relax(frontend, payload, frontend_input(frontend, shape)[0]), passes,
                                            tvm_target), args.tasks)
     t0 = time.perf_counter()
-    if args.trials > done:
+    note = ""
+    if minutes is not None and minutes * 60 > spent_s:
+        new, report = tuning.tune_budgeted(tasks, tvm_target, minutes * 60 - spent_s, previous=records)
+        records = tuning.merge_records(records, new)
+        done += report.trials
+        spent_s += report.seconds
+        converged = sum(t.converged for t in report.tasks)
+        note = (f", stopped by {report.stopped} ({converged}/{len(report.tasks)} kernels converged), tuned kernels "
+                f"{report.estimate_ms(start=True):.2f} -> {report.estimate_ms():.2f} ms")
+    elif minutes is None and args.trials > done:
         new = tuning.tune(tasks, tvm_target, args.trials - done, trials_per_task=args.trials_per_task,
                           previous=records)
-        keep = {r.workload_hash for r in new}
-        records = new + [r for r in records if r.workload_hash not in keep]
+        records = tuning.merge_records(records, new)
         done = args.trials
-        if saved_path is not None:
-            saved_path.write_text(json.dumps({"trials": done,
-                                              "records": json.loads(tuning.records_to_json(records))}))
+        spent_s += time.perf_counter() - t0
+    if saved_path is not None:
+        saved_path.write_text(json.dumps({"trials": done, "seconds": spent_s,
+                                          "records": json.loads(tuning.records_to_json(records))}))
     tune_s = time.perf_counter() - t0
     tuned = {r.workload_hash for r in records}
-    print(f"  tuned: {len(tasks)} {args.tasks} kernels, {len(tuned)} with a record, budget {done} trials, "
-          f"{tune_s:.0f} s of tuning in this run", flush=True)
-    return tuning.records_to_json(tuning.best_only(records)), f"tuned({done})"
+    print(f"  tuned {name} ({frontend}): {len(tasks)} {args.tasks} kernels, {len(tuned)} with a record, {done} trials "
+          f"in {spent_s / 60:.1f} min in all, {tune_s:.0f} s in this run{note}", flush=True)
+    label = f"tuned({minutes:g}m)" if minutes is not None else f"tuned({done})"
+    return tuning.records_to_json(tuning.best_only(records)), label
 
 
 FRONTENDS = ("onnx", "torch.export", "tflite")
@@ -268,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(the TFLite form is made anyway), yes = always (makes it), no = never")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "deltann" / "bench-compile",
                         help="where the TFLite forms are kept between runs")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="tuned: tuning budget in minutes of wall time per model and frontend (instead of "
+                        "--trials): heaviest measured kernels first, each until it stops improving")
+    parser.add_argument("--merge", type=Path, action="append", default=None,
+                        help="tuned: records of another search (a --records file) to merge in; repeatable")
     parser.add_argument("--trials", type=int, default=64, help="tuned: measured candidates in all")
     parser.add_argument("--trials-per-task", type=int, default=None, help="tuned: at most this many per kernel")
     parser.add_argument("--tasks", default="heavy", choices=("heavy", "all"), help="tuned: which kernels to tune")

@@ -228,6 +228,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("lab", pa.string()),
         pa.field("round", pa.string()),  # one tuning call of one board
         pa.field("trials_total", pa.int64()),  # the study budget this round completed (resumes compare to it)
+        # the time budget (s of board time, all boards) this round completed; null: a trial budget
+        pa.field("budget_s", pa.float64()),
         pa.field("task", pa.string()),
         pa.field("workload_hash", pa.string()),
         pa.field("workload_json", pa.string()),  # Workload.as_json()
