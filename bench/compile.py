@@ -1,30 +1,40 @@
-"""TVM settings against onnxruntime, side by side in one run.
+"""TVM settings against the native runtimes, through each TVM frontend, side by side in one run.
 
 For each model: export torch -> ONNX once, run it on onnxruntime (the reference for
-both latency and outputs), build the same ONNX with TVM Relax under each setting, and
-print latency ratios TVM/onnxruntime and the largest logit difference.
+outputs, and for latency with LiteRT), make its TFLite form when asked (deltann's
+``onnx->tf->tflite`` hops: onnx2tf, TF's converter; LiteRT with XNNPACK runs it as the
+second reference), import the model into TVM through each ``--frontends`` entry (ONNX,
+torch.export of the torch module itself, TFLite), build it under each setting and print,
+per model x frontend x setting: TVM ms, onnxruntime ms, LiteRT ms (where the model has a
+TFLite form), the ratio to the faster native runtime (``/best``, with the spread of its
+per-block ratios) and to onnxruntime (``/ort``), the kernels without a vector schedule
+(``nosched``, deltann.compile.schedules.kernels_without_schedule, as the builds table's
+``unscheduled`` column), and the largest logit difference to onnxruntime. A last line per
+model and setting gives the spread of TVM ms over the frontends (slowest / fastest).
 
 The TVM side is the product's own path, exactly as a board of the device kind
 (``--kind``, default ``local``) runs it: the kind's target from cluster/devices.toml
 resolved on this machine (deltann.compile.pipeline.make_target, host included), built by
 deltann.runtimes.tvm_rt.TvmBuild, run by TvmRunner, timed by the boards' interleaved
 session (deltann.runtimes.interleave: alternating blocks, settle pause, untimed call)
-with the boards' thread policy. onnxruntime is the independent reference. The ratio is
-the ratio of the two medians over every block; the spread of the per-block ratios is
-printed beside it.
+with the boards' thread policy. The ratio is the ratio of the medians over every block.
 
-    .venv/bin/python bench/compile.py                       # all four models
+    .venv/bin/python bench/compile.py                       # all four models, ONNX frontend
+    .venv/bin/python bench/compile.py --frontends onnx,torch.export,tflite --settings extended
     .venv/bin/python bench/compile.py --models mobilenet_v2 --repeat 100
-    .venv/bin/python bench/compile.py --settings default,extended
-    .venv/bin/python bench/compile.py --models mobilenet_v2 --settings basic,default,extended,tuned \
-        --trials 512 --records /tmp/mnv2.json   # MetaSchedule: tune, then time beside the others
+    .venv/bin/python bench/compile.py --models mobilenet_v2 --settings extended,tuned \
+        --minutes 30 --records /tmp/mnv2.json     # MetaSchedule, 30 minutes, then timed beside extended
+    .venv/bin/python bench/compile.py --models mobilenet_v2 --settings tuned --trials 512 \
+        --records /tmp/mnv2.json --merge /tmp/other.mobilenet_v2.onnx.json   # trials; merge another search
     .venv/bin/python bench/compile.py --kind x86-server   # another kind's target (it must run here)
 
-``tuned`` tunes the model's heavy kernels (``--tasks``) with ``--trials`` measured
-candidates in this process (deltann.compile.tuning, as a board does), then builds and
-times it like the other settings; the row says the budget and the tuning time. With
-``--records FILE`` the records are kept there (MetaSchedule JSON) and a later run resumes
-from them: a larger ``--trials`` tunes only the difference.
+``tuned`` tunes the model's heavy kernels (``--tasks``) in this process
+(deltann.compile.tuning, as a board does), within ``--minutes`` of wall time (heaviest
+measured kernels first, each until it stops improving) or with ``--trials`` measured
+candidates, then builds and times it like the other settings; the row says the budget.
+With ``--records FILE`` the records are kept (FILE.<model>.<frontend>.json) and a later
+run resumes from them: a larger budget tunes only the difference. The TFLite forms are
+kept under ``--cache`` (onnx2tf takes minutes per model here).
 
 torchvision weights cannot be downloaded here: MobileNetV2, ResNet101 and InceptionV3
 are built with seeded random weights (fine for latency; re-initialised so that their
