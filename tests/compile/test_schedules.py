@@ -267,3 +267,33 @@ def test_injective_kernels_keep_their_values(shape: tuple[int, ...], axes: tuple
     out = tvm.runtime.tensor(np.zeros([shape[i] for i in axes], np.float32))
     lib[lib.entry_name](tvm.runtime.tensor(x), out)
     np.testing.assert_array_equal(out.numpy(), x.transpose(axes))
+
+
+@pytest.mark.parametrize(("width", "tile"), [(17, 17), (16, 8), (29, 1)])
+def test_a_short_prime_row_is_tiled_whole(width: int, tile: int) -> None:
+    """An NHWC convolution whose output width no register tile divides gets the whole row as
+    its tile when the row fits the register file (AVX-512: 17 columns, InceptionV3's 17x17
+    blocks), else channel tiles only (29); a width with a divisor keeps its tile (16: 8).
+    Values unchanged."""
+    import tvm
+    from tvm import te, topi
+    from tvm.driver import build as tvm_build
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    a = te.placeholder((1, width, width, 32), "float32", name="a")
+    w = te.placeholder((1, 3, 32, 32), "float32", name="w")
+    func = te.create_prim_func([a, w, topi.nn.conv2d_nhwc(a, w, 1, (0, 1), 1)])
+    sch = schedules.schedule_func(func, schedules.lanes_for(target))
+    assert sch is not None
+    unrolled = [int(sch.get(lp).extent) for b in sch.get_child_blocks(sch.get_sblock("root"))
+                for lp in sch.get_loops(b) if sch.get(lp).kind == tvm.tirx.ForKind.UNROLLED]
+    assert (tile in unrolled) if tile > 1 else (width not in unrolled)
+    lib = tvm_build(sch.mod, target=tvm.target.Target("llvm"))
+    rng = np.random.default_rng(0)
+    x, k = rng.standard_normal((1, width, width, 32)).astype(np.float32), rng.standard_normal((1, 3, 32, 32)).astype(
+        np.float32)
+    out = tvm.runtime.tensor(np.zeros((1, width, width, 32), np.float32))
+    lib[lib.entry_name](tvm.runtime.tensor(x), tvm.runtime.tensor(k), out)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
+    ref = sum(padded[:, :, j:j + width, :] @ k[0, j] for j in range(3))
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
