@@ -115,15 +115,17 @@ def _variance_preserving(model: Any) -> None:
                 last_bn.weight.mul_(0.2)
 
 
-def export_onnx(model: Any, shape: tuple[int, ...], out_dir: Path) -> Path:
+def export_onnx(model: Any, shape: tuple[int, ...], out_dir: Path, dynamic: bool = False) -> Path:
     """torch -> ONNX as deltann's ``torch->onnx`` hop does it (TorchScript exporter, opset
-    17, constant folding)."""
+    17, constant folding); ``dynamic``: with a dynamic batch, as many users' files are."""
     import torch
 
     path = out_dir / "model.onnx"
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
     with torch.no_grad():
         torch.onnx.export(model, (torch.zeros(shape),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"], do_constant_folding=True)
+                          input_names=["input"], output_names=["logits"], do_constant_folding=True,
+                          dynamic_axes=axes)
     return path
 
 
@@ -295,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--litert", choices=("auto", "yes", "no"), default="auto",
                         help="LiteRT (XNNPACK) as a second reference: auto = when the tflite frontend is asked for "
                         "(the TFLite form is made anyway), yes = always (makes it), no = never")
+    parser.add_argument("--onnx-dynamic", action="store_true",
+                        help="export the ONNX with a dynamic batch, as many users' files are (TVM builds it at "
+                        "the artifact's static shape)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "deltann" / "bench-compile",
                         help="where the TFLite forms are kept between runs")
     parser.add_argument("--minutes", type=float, default=None,
@@ -340,7 +345,7 @@ def run(args: argparse.Namespace, target: tuple[str, str]) -> list[dict[str, Any
         model, shape, weights = load(name)
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(model, shape, Path(tmp))
+            path = export_onnx(model, shape, Path(tmp), getattr(args, "onnx_dynamic", False))
             ort, ref = ort_runner(path, x)
             natives: dict[str, Any] = {"ort": ort}
             lite_path = None
