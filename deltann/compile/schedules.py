@@ -467,7 +467,7 @@ def _vectorize_read_axis(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> 
     vector runs along the axis the source is contiguous in instead (image columns),
     with the short axis unrolled around it; each lane reads a whole vector and writes
     with the short axis' stride. The loops outside are fused and parallel. Returns False
-    (nothing changed) when that axis holds no whole vector."""
+    (nothing changed) when that axis is shorter than a register."""
     sblock = sch.get(block)
     loops = sch.get_loops(block)
     ivars = [it.var for it in sblock.iter_vars]
@@ -477,18 +477,32 @@ def _vectorize_read_axis(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> 
         return False
     extent = _const(sch.get(loops[axis]).extent)
     short = _const(sch.get(loops[-1]).extent)
-    lanes = _lane(extent or 0, lanes_tried)
-    if lanes == 1 or extent is None or short is None or short >= UNROLL_MAX:
+    if extent is None or short is None or short >= UNROLL_MAX or extent < lanes_tried[0]:
         return False
+    lanes = _lane(extent, lanes_tried)
     outer = [lp for k, lp in enumerate(loops[:-1]) if k != axis]
-    ao, ai = sch.split(loops[axis], [None, lanes])
-    sch.reorder(*outer, ao, loops[-1], ai)
+    sch.reorder(*outer, loops[axis], loops[-1])
     if outer:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
-    else:
-        sch.parallel(ao)
-    sch.unroll(loops[-1])
-    sch.vectorize(ai)
+    parts = [loops[axis]]
+    if lanes == 1:
+        # No lane divides the axis (InceptionV3's 299 columns): whole registers over the
+        # longest multiple of one, the few columns left in a loop of their own (a guarded
+        # last vector measured 7x slower: the guard scalarises every lane).
+        lanes = lanes_tried[0]
+        parts = sch.loop_partition(loops[axis], [extent - extent % lanes, None])
+    for k, part in enumerate(parts):
+        block_loops = sch.get_loops(sch.get_child_blocks(part)[0]) if k else None
+        if k:  # the tail: the short axis unrolled
+            sch.unroll(block_loops[-1])
+            continue
+        inner_short = sch.get_loops(sch.get_child_blocks(part)[0])[-1]
+        ao, ai = sch.split(part, [None, lanes])
+        sch.reorder(ao, inner_short, ai)
+        sch.unroll(inner_short)
+        sch.vectorize(ai)
+    if not outer:
+        sch.parallel(sch.get_loops(sch.get_child_blocks(parts[0])[0])[0])
     return True
 
 
