@@ -162,7 +162,12 @@ def _schedule_injective(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> N
     loops = sch.get_loops(block)
     if not loops:
         return
-    inner = _const(sch.get(loops[-1]).extent)
+    # trailing unit axes (a bias reshaped to [1, c, 1, 1]) do not break a row: the row is
+    # the last axis longer than one
+    last = len(loops) - 1
+    while last > 0 and _const(sch.get(loops[last]).extent) == 1:
+        last -= 1
+    inner = _const(sch.get(loops[last]).extent)
     if inner is None:
         return
     lanes = _lane(inner, lanes_tried)
