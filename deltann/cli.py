@@ -11,7 +11,7 @@ from deltann import __version__
 from deltann.errors import DeltannError, storage_error
 
 SUBCOMMANDS = ("run", "report", "compare", "localize", "repro", "passes", "bisect", "devices", "images", "merge",
-               "verify")
+               "verify", "tuning")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,6 +133,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("import_s", pa.float64()),
             pa.field("compile_s", pa.float64()),
             pa.field("load_s", pa.float64()),
+            # TVM builds: kernels without a real schedule for the target (CPU: no vectorised
+            # loop; compile.schedules.kernels_without_schedule); null for native runtimes
+            pa.field("unscheduled", pa.int32()),
             pa.field("total_s", pa.float64()),
             pa.field("rows", pa.int64()),  # prediction rows the unit wrote (a part gone is a unit incomplete)
             pa.field("finished_at", pa.timestamp("us", tz="UTC")),
@@ -225,6 +228,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("lab", pa.string()),
         pa.field("round", pa.string()),  # one tuning call of one board
         pa.field("trials_total", pa.int64()),  # the study budget this round completed (resumes compare to it)
+        # the time budget (s of board time, all boards) this round completed; null: a trial budget
+        pa.field("budget_s", pa.float64()),
         pa.field("task", pa.string()),
         pa.field("workload_hash", pa.string()),
         pa.field("workload_json", pa.string()),  # Workload.as_json()

@@ -86,6 +86,10 @@ class Tuning(_Strict):
     trials: int = Field(64, ge=1, le=1_000_000, description="measured candidates in all, over the kind's boards")
     trials_per_task: int | None = Field(None, ge=1, le=100_000, description="at most this many per kernel")
     tasks: Literal["heavy", "all"] = Field("heavy", description="'heavy': conv2d/matmul kernels only; 'all'")
+    minutes: float | None = Field(None, gt=0, le=7 * 24 * 60,
+                                  description="budget in minutes of board time per model variant and kind, instead "
+                                  "of trials: spread over the kind's boards (two boards: half the wall time), "
+                                  "heaviest measured kernels first, each until it stops improving")
     timeout_s: float | None = Field(None, gt=0, le=7 * 86_400,
                                     description="tuning of one variant still running after this many seconds fails "
                                     "its tuned units as 'tune' rows (not part of any key)")
@@ -207,6 +211,11 @@ class Study(_Strict):
         if "tuning" in self.model_fields_set and not any(compile_settings.is_tuned(s) for s in self.settings):
             raise ValueError("tuning: given, but no setting is tuned; add 'tuned' to 'settings' or drop [tuning]")
         per_task = self.tuning.trials_per_task
+        if self.tuning.minutes is not None:
+            given = sorted({"trials", "trials_per_task"} & self.tuning.model_fields_set)
+            if given:
+                raise ValueError(f"tuning.minutes: a time budget; drop tuning.{given[0]} (a trial budget) or "
+                                 "'minutes'")
         if per_task is not None and per_task > self.tuning.trials:
             raise ValueError(f"tuning.trials_per_task: {per_task} is more than tuning.trials "
                              f"({self.tuning.trials}); raise 'trials' or lower 'trials_per_task'")

@@ -10,11 +10,53 @@ from typing import Any
 log = logging.getLogger("deltann.compile")
 
 
-def _fold_onnx(path: Path) -> Any:
+def _image_input(model: Any) -> Any:
+    """The graph input that is not an initializer (an image model has one), or None."""
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    return inputs[0] if len(inputs) == 1 else None
+
+
+def fix_input_shape(model: Any, input_shape: tuple[int, ...], path: Path) -> bool:
+    """Give the ONNX model's one image input the static ``input_shape`` (in place).
+    Returns whether a dimension was symbolic (``batch``, ``N``, ``height``). Why: ONNX
+    files are often exported with a dynamic batch (and sometimes dynamic height/width).
+    Imported as is, every Relax shape stays symbolic: clips and reshapes cannot be raised
+    or folded, ``ConvertLayout`` leaves a transpose pair around every clip and the tuning-
+    free schedule cannot split loops of unknown extent (EfficientNet-Lite0 with a dynamic
+    batch: 12 of 49 kernels left as naive loops, 3-6x onnxruntime). A board runs one image
+    at a time, at the artifact's own shape: that is the shape deltann builds for, as the
+    torch.export and TFLite imports already do. A static dimension that disagrees is an
+    error naming the file."""
+    graph_input = _image_input(model)
+    if graph_input is None:
+        return False
+    dims = graph_input.type.tensor_type.shape.dim
+    if len(dims) != len(input_shape):
+        raise ValueError(f"{path}: input {graph_input.name!r} has {len(dims)} dimensions, the model's input shape "
+                         f"{tuple(input_shape)} has {len(input_shape)}; set input_size/layout to match the file")
+    symbolic = False
+    for k, (dim, size) in enumerate(zip(dims, input_shape, strict=True)):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            if dim.dim_value != size:
+                raise ValueError(f"{path}: input {graph_input.name!r} dimension {k} is {dim.dim_value}, not {size} "
+                                 f"(expected shape {tuple(input_shape)}); set input_size/layout to match the file")
+            continue
+        symbolic = True
+        dim.Clear()
+        dim.dim_value = int(size)
+    if symbolic:  # stale symbolic shapes of intermediate values: inferred again from the input
+        del model.graph.value_info[:]
+    return symbolic
+
+
+def _fold_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> Any:
     """Constant-fold an ONNX file with onnxruntime's basic (semantics-preserving) graph
-    optimisations. Relax's ONNX frontend refuses shape-computed ``Pad`` inputs ("Dynamic
-    pads are not supported yet"), which exporters emit for TF-style 'same' padding;
-    folding turns them into constants. Returns the folded ``onnx.ModelProto``."""
+    optimisations, its image input first made static (:func:`fix_input_shape`) so that
+    shape computations fold too. Relax's ONNX frontend refuses shape-computed ``Pad``
+    inputs ("Dynamic pads are not supported yet"), which exporters emit for TF-style
+    'same' padding; folding turns them into constants, and merges a zero ``Pad`` into the
+    ``Conv`` after it. Returns the folded ``onnx.ModelProto``."""
     import tempfile
 
     import onnx
@@ -23,18 +65,27 @@ def _fold_onnx(path: Path) -> Any:
     # Folded in a private folder, never beside the source: a user model's .onnx lives in
     # the user's folder, which deltann must not write to (folding takes well under a second).
     with tempfile.TemporaryDirectory(prefix="deltann-fold-") as tmp:
+        source = Path(path)
+        if input_shape is not None:
+            model = onnx.load(str(path))
+            if fix_input_shape(model, tuple(input_shape), Path(path)):
+                source = Path(tmp) / "static.onnx"
+                onnx.save(model, str(source))
+                log.info("%s: dynamic input dimensions fixed to %s for the build", path, tuple(input_shape))
         folded = Path(tmp) / "folded.onnx"
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(folded)
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
         return onnx.load(str(folded))
 
 
-def from_onnx(path: Path) -> Any:
+def from_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> Any:
+    """Relax module of an ONNX file; with ``input_shape``, built for that static shape
+    (see :func:`fix_input_shape`)."""
     import tvm.relax.frontend.onnx as relax_onnx
 
-    return relax_onnx.from_onnx(_fold_onnx(path), keep_params_in_input=False)
+    return relax_onnx.from_onnx(_fold_onnx(path, input_shape), keep_params_in_input=False)
 
 
 def from_torch(module: Any, input_shape: tuple[int, ...]) -> Any:
@@ -62,7 +113,7 @@ def import_relax(frontend: str, payload: Any, input_shape: tuple[int, ...]) -> A
     """Relax IRModule of ``payload`` through ``frontend`` (``onnx``, ``torch.export`` or
     ``tflite``). ``input_shape`` is the artifact's own (layout-specific) input shape."""
     if frontend == "onnx":
-        return from_onnx(Path(payload))
+        return from_onnx(Path(payload), input_shape)
     if frontend == "torch.export":
         return from_torch(payload, input_shape)
     if frontend == "tflite":

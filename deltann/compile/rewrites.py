@@ -163,3 +163,152 @@ def clip_to_min_max() -> Any:
         return out
 
     return _pass
+
+
+def _zero_pad_widths(func: Any) -> list[int] | None:
+    """``[lo0, hi0, lo1, hi1, ...]`` when ``func`` is exactly the kernel
+    ``emit_te(topi.nn.pad, x, before, after, 0.0)`` gives (the ONNX frontend's Pad), else
+    None. The widths are read off the kernel's load indices and shapes, then the kernel is
+    checked to be structurally equal to the one the frontend makes for those widths."""
+    import tvm_ffi
+    from tvm import tirx
+
+    if not isinstance(func, tirx.PrimFunc) or len(func.params) != 2:
+        return None
+    types = [getattr(p, "ty", None) for p in func.params]
+    if not all(isinstance(t, tirx.buffer.BufferType) for t in types):
+        return None
+    src, out = types
+    in_shape, out_shape = [_int(d) for d in src.shape], [_int(d) for d in out.shape]
+    if None in in_shape or None in out_shape or len(in_shape) != len(out_shape) or src.dtype != out.dtype:
+        return None
+    loads: list[Any] = []
+    _collect_loads(func.body, loads)
+    if len(loads) != 1 or len(loads[0].indices) != len(in_shape):
+        return None
+    before = []
+    for index in loads[0].indices:
+        if isinstance(index, tirx.Var):
+            before.append(0)
+        elif isinstance(index, tirx.Sub) and isinstance(index.a, tirx.Var) and _int(index.b) is not None:
+            before.append(_int(index.b))
+        else:
+            return None
+    after = [o - i - b for o, i, b in zip(out_shape, in_shape, before, strict=True)]
+    if any(v < 0 for v in before + after):
+        return None
+    expected = _topi_pad(src, before, after)
+    if expected is None or not tvm_ffi.structural_equal(func.without_attr("global_symbol"), expected,
+                                                        map_free_vars=True):
+        return None
+    return [v for pair in zip(before, after, strict=True) for v in pair]
+
+
+def _topi_pad(src: Any, before: list[int], after: list[int]) -> Any:
+    """The kernel the ONNX frontend emits for a zero Pad of a tensor typed ``src``, made
+    the way it makes it (``BlockBuilder.emit_te``), without its symbol."""
+    from tvm import relax, tirx, topi
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([int(d) for d in src.shape], str(src.dtype)))
+    with bb.function("main", [x]):
+        out = bb.emit_te(topi.nn.pad, x, before, after, 0.0)
+        bb.emit_func_output(out)
+    kernels = [f for _, f in bb.get().functions_items() if isinstance(f, tirx.PrimFunc)]
+    return kernels[0].without_attr("global_symbol") if len(kernels) == 1 else None
+
+
+def _collect_loads(body: Any, loads: list[Any]) -> None:
+    """Every tensor load in ``body`` appended to ``loads``."""
+    import tvm_ffi
+    from tvm.ir.expr import TensorLoad
+
+    tvm_ffi.structural_walk(body, [(TensorLoad, loads.append)], order="post")
+
+
+def _conv_padding(pad: Any, conv: Any) -> list[int] | None:
+    """The conv2d padding (top, left, bottom, right) that ``pad`` feeding ``conv`` adds, or
+    None when ``pad`` is not a zero, constant-mode pad of the convolution's two spatial
+    axes only (batch and channel axes unpadded)."""
+    layout = str(conv.attrs.data_layout)
+    if len(layout) != 4 or "H" not in layout or "W" not in layout:
+        return None
+    if str(pad.attrs.pad_mode) != "constant" or float(pad.attrs.pad_value) != 0.0:
+        return None
+    width = [int(v) for v in pad.attrs.pad_width]
+    if len(width) != 8 or any(v < 0 for v in width):
+        return None
+    for axis, name in enumerate(layout):
+        if name not in "HW" and (width[2 * axis] or width[2 * axis + 1]):
+            return None
+    h, w = layout.index("H"), layout.index("W")
+    return [width[2 * h], width[2 * w], width[2 * h + 1], width[2 * w + 1]]
+
+
+def fold_explicit_padding() -> Any:
+    """``FoldExplicitPadding`` (Relay's pass of that name, which Relax lacks): a zero
+    ``nn.pad`` of the spatial axes whose result feeds a ``conv2d`` becomes that
+    convolution's own padding. Why: frontends emit TF-style 'same' padding (EfficientNet-
+    Lite's stride-2 convolutions; TFLite's asymmetric SAME) as a separate pad before the
+    convolution. That pad is one more kernel and one more copy of the activation, and in an
+    NHWC build it is worse: ``ConvertLayout`` has no layout rule for ``nn.pad``, so every
+    such pad sat between a transpose back to NCHW and one to NHWC again (EfficientNet-Lite0
+    through torch.export: 13 transpose-pad-transpose kernels that the ONNX import, whose
+    pads onnxruntime's folding had already merged, did not have). The convolution reads the
+    same zeros through its own padding; the result is bit-identical. A pad with other users
+    stays for them (dead ones are removed)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    pad_op = tvm.ir.Op.get("relax.nn.pad")
+    conv_op = tvm.ir.Op.get("relax.nn.conv2d")
+    call_tir_op = tvm.ir.Op.get("relax.call_tir")
+
+    @mutator
+    class _Folder(PyExprMutator):
+        def __init__(self, mod: Any) -> None:
+            super().__init__(mod)
+            self.mod_ = mod
+            self.widths: dict[Any, list[int] | None] = {}
+
+        def _tir_pad(self, call: Any) -> Any:
+            """The ONNX frontend's Pad (a ``call_tir`` of topi's pad kernel) raised to
+            ``relax.nn.pad``, or None."""
+            if not (call.op.same_as(call_tir_op) and len(call.args) == 2 and isinstance(call.args[0], relax.GlobalVar)
+                    and isinstance(call.args[1], relax.Tuple) and len(call.args[1].fields) == 1):
+                return None
+            gv = call.args[0]
+            if gv not in self.widths:
+                self.widths[gv] = _zero_pad_widths(self.mod_[gv])
+            width = self.widths[gv]
+            return None if width is None else relax.op.nn.pad(call.args[1].fields[0], width)
+
+        def visit_call_(self, call: Any) -> Any:
+            call = self.visit_expr_post_order(call)
+            if not call.op.same_as(conv_op) or not isinstance(call.args[0], relax.Var):
+                return call
+            pad = self.lookup_binding(call.args[0])
+            if isinstance(pad, relax.Call) and pad.op.same_as(call_tir_op):
+                pad = self._tir_pad(pad)
+            if not (isinstance(pad, relax.Call) and pad.op.same_as(pad_op)):
+                return call
+            extra = _conv_padding(pad, call)
+            if extra is None:
+                return call
+            a = call.attrs
+            padding = [int(p) + e for p, e in zip(a.padding, extra, strict=True)]
+            return relax.op.nn.conv2d(pad.args[0], call.args[1], strides=a.strides, padding=padding,
+                                      dilation=a.dilation, groups=int(a.groups), data_layout=a.data_layout,
+                                      kernel_layout=a.kernel_layout, out_layout=a.out_layout,
+                                      out_dtype=a.out_dtype)
+
+    @tvm.transform.module_pass(opt_level=0, name="FoldExplicitPadding")
+    def _pass(mod: Any, _ctx: Any) -> Any:
+        folder = _Folder(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                folder.builder_.update_func(gv, folder.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(folder.builder_.finalize())
+
+    return _pass

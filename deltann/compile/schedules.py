@@ -33,9 +33,9 @@ the scattered write-back and the NCHW elementwise kernels between them. Any kern
 rule cannot schedule is left as it was (logged at debug level), so the pass never fails
 a build that would build without it; :func:`unscheduled_kernels` lists such kernels.
 
-Known gap: prime output widths (InceptionV3's 149, 73, 71, 17 columns) get no column
-tile, only channel tiles (71x71 3x3 conv: ~60 GFLOP/s against ~180 elsewhere, one
-thread). Splitting such widths with TIR's ``loop_partition`` into a multiple of 8 and a
+Known gap: prime output widths longer than a register file holds (InceptionV3's 149, 73
+and 71 columns) get no column tile, only channel tiles (71x71 3x3 conv: ~60 GFLOP/s
+against ~180 elsewhere, one thread); a short one (17) is tiled whole (:data:`ROW_WIDE`). Splitting such widths with TIR's ``loop_partition`` into a multiple of 8 and a
 remainder was tried and measured 6-10x slower: the partition's wrapper blocks keep the
 accumulator buffer from being compacted to one tile.
 
@@ -66,14 +66,16 @@ def lanes_for(target: Any) -> tuple[int, ...]:
     """float32 lanes of one vector register of ``target``, then smaller fallbacks. One
     register, not more: the register tile below keeps up to 8 accumulators live, which
     must fit 16 (SSE/AVX2) or 32 (AVX-512) registers. Generic ``llvm`` (no ``mcpu``)
-    compiles for SSE2: 4 lanes (measured 15% faster there than 16)."""
+    compiles for SSE2: 4 lanes (measured 15% faster there than 16). The last fallback is 2
+    lanes, so that an axis no full register divides (a 10-class head) still gets vector
+    code rather than scalar loops."""
     from tvm.target import codegen
 
     try:
         if codegen.target_has_features("avx512f", target):
-            return (16, 8, 4)
+            return (16, 8, 4, 2)
         if codegen.target_has_features("avx2", target):
-            return (8, 4)
+            return (8, 4, 2)
     except Exception:  # noqa: BLE001 - not an x86 LLVM target
         pass
     return LANES
@@ -160,7 +162,12 @@ def _schedule_injective(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> N
     loops = sch.get_loops(block)
     if not loops:
         return
-    inner = _const(sch.get(loops[-1]).extent)
+    # trailing unit axes (a bias reshaped to [1, c, 1, 1]) do not break a row: the row is
+    # the last axis longer than one
+    last = len(loops) - 1
+    while last > 0 and _const(sch.get(loops[last]).extent) == 1:
+        last -= 1
+    inner = _const(sch.get(loops[last]).extent)
     if inner is None:
         return
     lanes = _lane(inner, lanes_tried)
@@ -205,6 +212,14 @@ ACCUMULATORS_WIDE = 16
 ACCUMULATORS = 8
 
 
+#: A row of output columns that no tile divides (a prime width) is tiled whole when it is at
+#: most this long: 24 accumulators of AVX-512's 32 vector registers, 12 of AVX2's 16.
+#: Measured on InceptionV3's 17x17 convolutions (one thread, AVX-512): a 1x7 conv 192->192
+#: 3.7 -> 1.4 ms, a 1x1 conv 768->192 1.7 -> 0.8 ms against channel tiles only.
+ROW_WIDE = 24
+ROW = 12
+
+
 def _tile(extent: int | None, tiles: tuple[int, ...], budget: int) -> int:
     """The largest of ``tiles`` within ``budget`` that divides ``extent`` (a guarded,
     non-dividing tile measured 2-3x slower: the guard stays in the unrolled inner loop)."""
@@ -239,7 +254,11 @@ def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tup
     tiles: list[Any] = []  # unrolled register-tile loops, outermost first
     if vi is not None and reduce:
         budget = ACCUMULATORS_WIDE if lanes >= 16 else ACCUMULATORS
-        wtile = _tile(_const(sch.get(spatial[-2]).extent), TILES, budget) if len(spatial) >= 2 else 1
+        wext = _const(sch.get(spatial[-2]).extent) if len(spatial) >= 2 else None
+        wtile = _tile(wext, TILES, budget) if wext is not None else 1
+        row_max = ROW_WIDE if lanes >= 16 else ROW
+        if wtile == 1 and wext is not None and 1 < wext <= row_max:
+            wtile = wext  # a short row no tile divides (InceptionV3's 17 columns): the whole row
         ctile = _tile(_const(sch.get(spatial[-1]).extent), CTILES, budget // wtile)
         if ctile > 1:  # a few channel vectors share each input value
             co, ci = sch.split(spatial[-1], [None, ctile])
@@ -431,6 +450,8 @@ def _schedule_transpose(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> N
     loops = sch.get_loops(block)
     lanes = _lane(_const(sch.get(loops[-1]).extent) or 0, lanes_tried)
     rows = _const(sch.get(loops[-2]).extent) if len(loops) >= 2 else None
+    if lanes == 1 and _vectorize_read_axis(sch, block, lanes_tried):
+        return
     if lanes == 1 or rows is None or rows < lanes:
         _schedule_injective(sch, block, lanes_tried)
         return
@@ -443,6 +464,51 @@ def _schedule_transpose(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> N
     else:
         sch.parallel(ao)
     sch.vectorize(bi)
+
+
+def _vectorize_read_axis(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> bool:
+    """A transpose whose written innermost axis is too short for a vector (the 3 channels of
+    an NCHW image turned NHWC, the first kernel of every NCHW model in ``extended``): the
+    vector runs along the axis the source is contiguous in instead (image columns),
+    with the short axis unrolled around it; each lane reads a whole vector and writes
+    with the short axis' stride. The loops outside are fused and parallel. Returns False
+    (nothing changed) when that axis is shorter than a register."""
+    sblock = sch.get(block)
+    loops = sch.get_loops(block)
+    ivars = [it.var for it in sblock.iter_vars]
+    read_last = sblock.reads[0].region[-1].min
+    axis = next((k for k, v in enumerate(ivars) if read_last.same_as(v)), None)
+    if axis is None or axis == len(loops) - 1:
+        return False
+    extent = _const(sch.get(loops[axis]).extent)
+    short = _const(sch.get(loops[-1]).extent)
+    if extent is None or short is None or short >= UNROLL_MAX or extent < lanes_tried[0]:
+        return False
+    lanes = _lane(extent, lanes_tried)
+    outer = [lp for k, lp in enumerate(loops[:-1]) if k != axis]
+    sch.reorder(*outer, loops[axis], loops[-1])
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    parts = [loops[axis]]
+    if lanes == 1:
+        # No lane divides the axis (InceptionV3's 299 columns): whole registers over the
+        # longest multiple of one, the few columns left in a loop of their own (a guarded
+        # last vector measured 7x slower: the guard scalarises every lane).
+        lanes = lanes_tried[0]
+        parts = sch.loop_partition(loops[axis], [extent - extent % lanes, None])
+    for k, part in enumerate(parts):
+        block_loops = sch.get_loops(sch.get_child_blocks(part)[0]) if k else None
+        if k:  # the tail: the short axis unrolled
+            sch.unroll(block_loops[-1])
+            continue
+        inner_short = sch.get_loops(sch.get_child_blocks(part)[0])[-1]
+        ao, ai = sch.split(part, [None, lanes])
+        sch.reorder(ao, inner_short, ai)
+        sch.unroll(inner_short)
+        sch.vectorize(ai)
+    if not outer:
+        sch.parallel(sch.get_loops(sch.get_child_blocks(parts[0])[0])[0])
+    return True
 
 
 def _prepackable(func: Any) -> int | None:
@@ -631,18 +697,50 @@ def unscheduled_kernels(mod: Any) -> list[str]:
     (none parallel, vectorised, unrolled or bound to GPU threads). A kernel with no loop
     at all (a scalar) is not counted. What a test, or a look at a build, uses to tell a
     scheduled build from an unscheduled one: ``tirx.is_scheduled`` only says a rule ran."""
-    import tvm_ffi
     from tvm import tirx
 
     out = []
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        kinds: list[int] = []
-        tvm_ffi.structural_walk(func.body, [(tirx.For, lambda node: kinds.append(int(node.kind)))], order="post")
+        kinds = _loop_kinds(func)
         if kinds and all(k == tirx.ForKind.SERIAL for k in kinds):
             out.append(gv.name_hint)
     return sorted(out)
+
+
+def _loop_kinds(func: Any) -> list[int]:
+    import tvm_ffi
+    from tvm import tirx
+
+    kinds: list[int] = []
+    tvm_ffi.structural_walk(func.body, [(tirx.For, lambda node: kinds.append(int(node.kind)))], order="post")
+    return kinds
+
+
+def unvectorized_kernels(mod: Any) -> list[str]:
+    """Names of the kernels of ``mod`` with loops but no vectorised loop: on a CPU target,
+    the kernels whose schedule does not use the CPU's vector width (a naive fallback is one
+    of them). Kernels with no loop (scalars) are not counted."""
+    from tvm import tirx
+
+    out = []
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            kinds = _loop_kinds(func)
+            if kinds and int(tirx.ForKind.VECTORIZED) not in kinds:
+                out.append(gv.name_hint)
+    return sorted(out)
+
+
+def kernels_without_schedule(mod: Any, target: Any) -> list[str]:
+    """The kernels of a lowered build that fell back to no real schedule for ``target``: on
+    ``llvm``, those without a vectorised loop (:func:`unvectorized_kernels`); on other
+    targets, those left as naive loops (:func:`unscheduled_kernels`: no thread binding).
+    What the ``builds`` table's ``unscheduled`` column counts and bench/compile.py prints."""
+    if target.kind.name == "llvm":
+        return unvectorized_kernels(mod)
+    return unscheduled_kernels(mod)
 
 
 def clip_to_min_max() -> Any:
@@ -653,6 +751,14 @@ def clip_to_min_max() -> Any:
     return rewrites.clip_to_min_max()
 
 
+def fold_explicit_padding() -> Any:
+    """``FoldExplicitPadding`` (:mod:`deltann.compile.rewrites`): zero pads before a
+    convolution become its own padding (no pad kernel, no transpose pair around it in NHWC)."""
+    from deltann.compile import rewrites
+
+    return rewrites.fold_explicit_padding()
+
+
 #: deltann's own passes, by the name a setting lists them under.
 #: The passes that schedule (a build listing one should leave no naive kernel).
 SCHEDULING = frozenset({"DefaultSchedule", "DefaultCpuSchedule"})
@@ -661,4 +767,5 @@ SCHEDULING = frozenset({"DefaultSchedule", "DefaultCpuSchedule"})
 #: every setting give it (``deltann localize`` rebuilds such rows from their own list).
 PASSES: dict[str, Callable[[], Any]] = {
     "DefaultSchedule": default_schedule, "DefaultCpuSchedule": default_schedule, "ClipToMinMax": clip_to_min_max,
+    "FoldExplicitPadding": fold_explicit_padding,
 }

@@ -407,6 +407,172 @@ def tune(tasks: list[Task], target: Any, trials: int, *, trials_per_task: int | 
     return [r for r in database_to_records(db, names) if r.workload_hash in wanted]
 
 
+@dataclass
+class TaskProgress:
+    """How a budgeted search went for one kernel (:func:`tune_budgeted`)."""
+
+    name: str
+    weight: int
+    start_ms: float  # the best before the search: deltann's own schedule, or a previous record
+    best_ms: float
+    trials: int = 0
+    rounds: int = 0
+    stale: int = 0  # rounds in a row that gained less than min_gain
+    converged: bool = False
+
+    @property
+    def share_ms(self) -> float:
+        """The kernel's part of the model's time now: its best time x its calls."""
+        return self.best_ms * self.weight
+
+
+@dataclass
+class BudgetReport:
+    """What :func:`tune_budgeted` did: per kernel progress, trials and seconds spent, and
+    why it stopped (``converged``: every kernel stopped improving; ``budget``: time ran
+    out first)."""
+
+    tasks: list[TaskProgress]
+    trials: int
+    seconds: float
+    stopped: str
+
+    def estimate_ms(self, start: bool = False) -> float:
+        """The tuned kernels' summed time per call of the model (their best, or at the start)."""
+        return sum((t.start_ms if start else t.best_ms) * t.weight for t in self.tasks)
+
+
+#: Trials of one round of a budgeted search (one kernel, one MetaSchedule call): enough for
+#: its evolutionary search to produce a generation, small enough to re-rank often.
+ROUND_TRIALS = 32
+
+#: A kernel stops after PATIENCE rounds in a row that each made it less than MIN_GAIN faster.
+PATIENCE = 2
+MIN_GAIN = 0.01
+
+
+def _best_ms(db: Any, ctx: Any) -> float | None:
+    """The fastest measured record of ``ctx``'s kernel in ``db`` (ms), or None."""
+    if not db.has_workload(ctx.mod):
+        return None
+    top = db.get_top_k(db.commit_workload(ctx.mod), 1)
+    secs = [float(v) for v in (top[0].run_secs or [])] if top else []
+    return 1e3 * sum(secs) / len(secs) if secs else None
+
+
+def tune_budgeted(tasks: list[Task], target: Any, seconds: float, *, previous: Iterable[Record] = (),
+                  threads: int | None = None, seed: int = 0, round_trials: int = ROUND_TRIALS,
+                  patience: int = PATIENCE, min_gain: float = MIN_GAIN,
+                  max_trials: int | None = None) -> tuple[list[Record], BudgetReport]:
+    """Tune ``tasks`` for ``target`` within ``seconds`` of wall time, spending trials where
+    the measured time is. Why not MetaSchedule's own loop: it takes a trial count, not a
+    time; it shares trials by gradient from the first round on, estimated, and keeps
+    searching a kernel that stopped improving. Here:
+
+    1. deltann's own schedule of every kernel is measured first (it competes as a record,
+       as in :func:`tune`), so each kernel's share of the model's time is known from the
+       start: its best measured time x its calls, previous records included;
+    2. rounds of ``round_trials`` go to the kernel with the largest share now (re-ranked
+       after every round: a kernel that got faster gives way);
+    3. a kernel stops when ``patience`` rounds in a row each gained less than
+       ``min_gain`` (a fraction of its time); the search stops when every kernel has
+       stopped, when the time left is less than the slowest round so far, or after
+       ``max_trials`` in all.
+
+    Each kernel keeps its cost model across its rounds, and every round starts from the
+    database's best records, so a round resumes the search rather than starting over.
+    Returns the best records of every task (``previous`` ones where still the best) and
+    a :class:`BudgetReport`."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from deltann.runtimes.base import thread_count
+
+    start = time.perf_counter()
+    threads = threads or thread_count()
+    target = tuning_target(target, threads)
+    if not tasks or seconds <= 0:
+        return [], BudgetReport([], 0, 0.0, "budget")
+    _cpu_intrinsics_only(target)
+    previous = list(previous)
+    db = records_to_database(previous)
+    population = min(512, max(32, 16 * round_trials))
+    contexts, names = [], {}
+    for i, task in enumerate(tasks):
+        contexts.append(ms.TuneContext(
+            mod=tvm.ir.load_json(task.mod_json), target=target, space_generator="post-order-apply",
+            search_strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=population, init_min_unmeasured=min(50, population // 2), genetic_num_iters=2),
+            task_name=task.name, rand_state=seed + i, num_threads=threads, logger=_QUIET,
+        ).clone())
+        names[workload_hash(contexts[-1].mod)] = task.name
+    builder, runner = _in_process()
+    have_default = {workload_hash(ctx.mod) for ctx in contexts if _best_ms(db, ctx) is not None
+                    and any(not _sampled(r) for r in previous if r.workload_hash == workload_hash(ctx.mod))}
+    _add_default_schedule(db, [c for c in contexts if workload_hash(c.mod) not in have_default], target, builder,
+                          runner)
+    progress = []
+    for task, ctx in zip(tasks, contexts, strict=True):
+        best = _best_ms(db, ctx)
+        progress.append(TaskProgress(task.name, task.weight, best if best is not None else float("inf"),
+                                     best if best is not None else float("inf")))
+    models = [ms.cost_model.CostModel.create("xgb", num_tuning_cores=threads) for _ in contexts]
+    trials, slowest, stopped = 0, 0.0, "converged"
+    with tempfile.TemporaryDirectory(prefix="deltann-tune-") as work_dir:
+        while True:
+            active = [k for k, p in enumerate(progress) if not p.converged]
+            if not active:
+                break
+            left = seconds - (time.perf_counter() - start)
+            if left <= 0 or left < slowest or (max_trials is not None and trials >= max_trials):
+                stopped = "budget"
+                break
+            # heaviest first; a kernel never measured (its default did not build) goes first
+            k = max(active, key=lambda j: (progress[j].share_ms, -j))
+            p, ctx = progress[k], contexts[k]
+            n = round_trials if max_trials is None else min(round_trials, max_trials - trials)
+            t0 = time.perf_counter()
+            ms.tune_tasks(tasks=[ctx.clone()], task_weights=[1.0], work_dir=work_dir, max_trials_global=n,
+                          num_trials_per_iter=n, builder=builder, runner=runner, database=db,
+                          measure_callbacks=[ms.measure_callback.AddToDatabase(),
+                                             ms.measure_callback.UpdateCostModel()],
+                          cost_model=models[k], task_scheduler="round-robin")
+            slowest = max(slowest, time.perf_counter() - t0)
+            trials += n
+            best = _best_ms(db, ctx)
+            gain = 0.0 if best is None or p.best_ms in (0.0, float("inf")) else (p.best_ms - best) / p.best_ms
+            if best is not None and best < p.best_ms:
+                p.best_ms = best
+            p.trials += n
+            p.rounds += 1
+            p.stale = p.stale + 1 if gain < min_gain else 0
+            p.converged = p.stale >= patience
+            log.info("round %d: %s %.3f ms (%+.1f%%), %d trials, %.0f s left", p.rounds, p.name, p.best_ms,
+                     -100 * gain, p.trials, seconds - (time.perf_counter() - start))
+    report = BudgetReport(progress, trials, time.perf_counter() - start, stopped)
+    log.info("budgeted tuning: %d tasks, %d trials in %.0f s (%s); tuned kernels %.2f -> %.2f ms", len(tasks),
+             trials, report.seconds, stopped, report.estimate_ms(start=True), report.estimate_ms())
+    wanted = set(names)
+    return [r for r in database_to_records(db, names) if r.workload_hash in wanted], report
+
+
+def merge_records(*searches: Iterable[Record], top_k: int = TOP_K) -> list[Record]:
+    """The records of several searches of the same kernels (runs resumed, other seeds,
+    other boards, another lab's export) as one set: each record once, the ``top_k``
+    fastest of each kernel. What was done by hand to reach 0.98x onnxruntime on
+    MobileNetV2 (issue 19): no search alone found every kernel's best."""
+    seen: dict[tuple[str, str], Record] = {}
+    for records in searches:
+        for rec in records:
+            key = (rec.workload_hash, rec.record_json)
+            if key not in seen or rec.run_ms < seen[key].run_ms:
+                seen[key] = rec
+    by_kernel: dict[str, list[Record]] = {}
+    for rec in seen.values():
+        by_kernel.setdefault(rec.workload_hash, []).append(rec)
+    return [r for recs in by_kernel.values() for r in sorted(recs, key=lambda r: r.run_ms)[:top_k]]
+
+
 def records_to_json(records: Iterable[Record]) -> str:
     """A database as one JSON document (what a tuned unit carries to its board)."""
     return json.dumps([asdict(r) for r in records])

@@ -75,6 +75,7 @@ class Loaded:
     artifact: Artifact
     built_target: str = ""  # TVM target as the board resolved it, host included
     times: dict[str, float] = field(default_factory=dict)
+    unscheduled: int | None = None  # TVM: kernels without a real schedule (builds column)
 
 
 def load_stages(unit: Unit, artifacts: ArtifactCache, stage: list[str]) -> Generator[str, None, Loaded]:
@@ -88,7 +89,7 @@ def load_stages(unit: Unit, artifacts: ArtifactCache, stage: list[str]) -> Gener
     start = time.perf_counter()
     artifact = artifacts.get(unit.model, unit.variant)
     times["convert_s"] = time.perf_counter() - start
-    payload, built_target = artifact.payload, ""
+    payload, built_target, unscheduled = artifact.payload, "", None
     if unit.runtime == "tvm":
         stage[0] = "build"
         yield stage[0]
@@ -103,13 +104,13 @@ def load_stages(unit: Unit, artifacts: ArtifactCache, stage: list[str]) -> Gener
         with build_memory_cap():
             payload = builder()
         times["import_s"], times["compile_s"] = builder.import_s, builder.compile_s
-        built_target = builder.resolved_target
+        built_target, unscheduled = builder.resolved_target, builder.unscheduled
     stage[0] = "load"
     yield stage[0]
     runner = make_runner(unit, payload, artifact.layout, artifact.meta)
     runner.activate()
     times["load_s"] = runner.activate_s
-    return Loaded(runner, artifact, built_target, times)
+    return Loaded(runner, artifact, built_target, times, unscheduled)
 
 
 def load_runner(unit: Unit, artifacts: ArtifactCache) -> Loaded:
@@ -159,13 +160,14 @@ def run_unit(
     stage = ["convert"]
     hops: list[dict[str, Any]] = []
     layout = ""
+    unscheduled: int | None = None
     runner: Runner | None = None
     written = 0  # prediction rows yielded
     start_all = time.perf_counter()
     try:
         loaded = yield from _with_progress(unit.key, load_stages(unit, artifacts, stage))
         runner, times, built_target = loaded.runner, loaded.times, loaded.built_target
-        hops, layout = loaded.artifact.hops, loaded.artifact.layout
+        hops, layout, unscheduled = loaded.artifact.hops, loaded.artifact.layout, loaded.unscheduled
 
         stage[0] = "execute"
         yield progress(unit.key, stage[0])
@@ -199,6 +201,7 @@ def run_unit(
         "hops": json.dumps(hops),
         "layout": layout,
         **times,
+        "unscheduled": unscheduled,
         "total_s": time.perf_counter() - start_all,
         # the rows written (a unit failing midway wrote some: they stay, marked by this row)
         "rows": written,

@@ -78,9 +78,10 @@ def extract_remote(unit: Unit, cache_dir: str) -> dict[str, Any]:
 
 @ray.remote(num_cpus=0, max_retries=0)
 def tune_remote(tasks: list[dict[str, Any]], target_json: str, trials: int, trials_per_task: int | None,
-                previous: str) -> dict[str, Any]:
+                previous: str, seconds: float | None = None) -> dict[str, Any]:
     """On a board: tune ``tasks`` (compile.tuning.Task fields) for the resolved target with
-    ``trials`` candidates, starting from ``previous`` records (JSON); JSON records back."""
+    ``trials`` candidates, or within ``seconds`` (compile.tuning.tune_budgeted) when given,
+    starting from ``previous`` records (JSON); JSON records back."""
     import socket
 
     import tvm
@@ -88,10 +89,18 @@ def tune_remote(tasks: list[dict[str, Any]], target_json: str, trials: int, tria
     spec = json.loads(target_json)
     target = tvm.target.Target(spec["target"], host=spec["host"]) if spec["host"] else tvm.target.Target(spec["target"])
     start = time.perf_counter()
-    records = ms_tuning.tune([ms_tuning.Task(**t) for t in tasks], target, trials, trials_per_task=trials_per_task,
-                             previous=ms_tuning.records_from_json(previous))
+    task_list = [ms_tuning.Task(**t) for t in tasks]
+    if seconds is not None:
+        records, report = ms_tuning.tune_budgeted(task_list, target, seconds,
+                                                  previous=ms_tuning.records_from_json(previous))
+        trials, stopped = report.trials, report.stopped
+    else:
+        records = ms_tuning.tune(task_list, target, trials, trials_per_task=trials_per_task,
+                                 previous=ms_tuning.records_from_json(previous))
+        stopped = "trials"
     return {"records": ms_tuning.records_to_json(records), "node_id": ray.get_runtime_context().get_node_id(),
-            "hostname": socket.gethostname(), "seconds": time.perf_counter() - start}
+            "hostname": socket.gethostname(), "seconds": time.perf_counter() - start, "trials": trials,
+            "stopped": stopped}
 
 
 def tuning_key(unit: Unit, resolved_target: str) -> str:
@@ -120,6 +129,16 @@ def stored_records(store: Store, key: str) -> tuple[list[ms_tuning.Record], int]
     if frame.is_empty():
         return [], 0
     return _records(frame), int(frame["trials_total"].max())
+
+
+def stored_budget_s(store: Store, key: str) -> float:
+    """The largest time budget (s) a completed round under ``key`` reached (0: none)."""
+    import polars as pl
+
+    frame = store.scan("tuning", complete_only=False).filter(pl.col("tuning_key") == key).collect()
+    if frame.is_empty() or "budget_s" not in frame.columns:
+        return 0.0
+    return float(frame["budget_s"].fill_null(0.0).max() or 0.0)
 
 
 def _records(frame: Any) -> list[ms_tuning.Record]:
@@ -154,11 +173,11 @@ def records_for_build(store: Store, row: dict[str, Any]) -> str:
 
 
 def _rows(records: list[ms_tuning.Record], *, key: str, unit: Unit, study: str, target: str, board: str,
-          hostname: str, round_id: str, trials_total: int) -> pa.Table:
+          hostname: str, round_id: str, trials_total: int, budget_s: float | None = None) -> pa.Table:
     now = dt.datetime.now(dt.UTC)
     rows = [{"tuning_key": key, "study": study, "model": unit.model, "variant": unit.variant, "device": unit.device,
              "target": target, "board": board, "hostname": hostname, "lab": unit.lab, "round": round_id,
-             "trials_total": trials_total, "task": r.task, "workload_hash": r.workload_hash,
+             "trials_total": trials_total, "budget_s": budget_s, "task": r.task, "workload_hash": r.workload_hash,
              "workload_json": r.workload_json, "record_json": r.record_json, "run_ms": r.run_ms,
              "finished_at": now} for r in records]
     return tag(pa.Table.from_pylist(rows, schema=SCHEMAS["tuning"]), "tuning", round_id, 0)
@@ -253,23 +272,31 @@ def _tune_group(study: Study, unit: Unit, boards: list[dict[str, Any]], kind: De
     key = tuning_key(unit, resolved)
     existing, done = stored_records(store, key)
     wanted = study.tuning.trials
-    if done >= wanted:
+    minutes = study.tuning.minutes
+    wanted_s = minutes * 60 if minutes is not None else None
+    done_s = stored_budget_s(store, key) if wanted_s is not None else 0.0
+    if (wanted_s is None and done >= wanted) or (wanted_s is not None and done_s >= wanted_s):
         outcome.reused += 1
-        log.info("tuning %s: %d records in the store cover %d trials; not tuning", unit.config, len(existing), wanted)
+        budget = f"{wanted} trials" if wanted_s is None else f"{minutes:g} minutes"
+        log.info("tuning %s: %d records in the store cover %s; not tuning", unit.config, len(existing), budget)
         return existing
     tasks = ms_tuning.select([ms_tuning.Task(**t) for t in extracted["tasks"]], study.tuning.tasks)
     if not tasks:
         raise TuningFailed(f"no {study.tuning.tasks} kernel to tune in {unit.variant}; use tuning.tasks = 'all'")
     extra = wanted - done
     shares = [s for s in ms_tuning.split(tasks, len(boards)) if s]
+    # A time budget is board time in all: each board gets its part and they run at once, so
+    # the wall time is the budget over the number of boards (the shares are balanced by work).
+    share_s = None if wanted_s is None else (wanted_s - done_s) / len(shares)
     calls = []
     for board, share in zip(boards, shares, strict=False):
         names = {t.name for t in share}
         previous = ms_tuning.records_to_json(r for r in existing if r.task in names)
         budget = ms_tuning.share_budget(extra, len(share), len(tasks))
         calls.append((board, share, tune_remote.options(**_placement(kind, board)).remote(
-            [t.__dict__ for t in share], resolved, budget, study.tuning.trials_per_task, previous)))
-        outcome.trials_run += budget
+            [t.__dict__ for t in share], resolved, budget, study.tuning.trials_per_task, previous, share_s)))
+        if share_s is None:
+            outcome.trials_run += budget
     errors: list[BaseException] = []
     results = []
     for board, share, ref in calls:
@@ -284,21 +311,134 @@ def _tune_group(study: Study, unit: Unit, boards: list[dict[str, Any]], kind: De
         # of them again only if nothing new came back, so that the round is on record).
         returned = ms_tuning.records_from_json(result["records"])
         got = [r for r in returned if (r.workload_hash, r.record_json) not in known] or returned
+        if share_s is not None:
+            outcome.trials_run += int(result.get("trials", 0))
         for t in share:
             outcome.tasks_by_board[result["node_id"]].append(t.name)
         if got:
             # A round completes the budget only if every board's share did (else a rerun tunes again).
-            round_id = plan.content_key({"key": key, "trials": wanted, "board": result["node_id"],
-                                         "tasks": sorted(t.name for t in share)})
+            round_id = plan.content_key({"key": key, "trials": wanted, "minutes": minutes,
+                                         "board": result["node_id"], "tasks": sorted(t.name for t in share)})
+            if wanted_s is None:
+                trials_total, budget_s = (done if errors else wanted), None
+            else:  # what was tuned so far, and the time budget completed (resumes compare to it)
+                trials_total, budget_s = done + int(result.get("trials", 0)), (done_s if errors else wanted_s)
             store.write(_rows(got, key=key, unit=unit, study=study.name, target=resolved, board=result["node_id"],
-                              hostname=result["hostname"], round_id=round_id,
-                              trials_total=done if errors else wanted))
+                              hostname=result["hostname"], round_id=round_id, trials_total=trials_total,
+                              budget_s=budget_s))
         new.extend(got)
-        log.info("board %s tuned %d tasks of %s in %.0f s", result["node_id"][:12], len(share), unit.config,
-                 result["seconds"])
+        log.info("board %s tuned %d tasks of %s in %.0f s (%s)", result["node_id"][:12], len(share), unit.config,
+                 result["seconds"], result.get("stopped", "trials"))
     if errors:
         raise errors[0]
     records = existing + new
     if not records:
-        raise TuningFailed(f"tuning {unit.variant} for {resolved} measured no valid candidate in {extra} trials")
+        budget = f"{extra} trials" if wanted_s is None else f"{minutes:g} minutes"
+        raise TuningFailed(f"tuning {unit.variant} for {resolved} measured no valid candidate in {budget}")
     return records
+
+
+# --- records kept between labs (deltann tuning export/import) ------------------------
+
+#: Schema metadata that marks a file as a deltann tuning export (and its format version).
+EXPORT_MARK = b"deltann.tuning_export"
+EXPORT_VERSION = b"1"
+
+
+def export_records(store: Store, out: Any, *, devices: list[str] | None = None, models: list[str] | None = None,
+                   best_only: bool = True) -> int:
+    """Write the store's tuning records (``table=tuning``) to ``out``, one Parquet file with
+    the table's own schema, so another results folder can import them
+    (:func:`import_records`) and its studies skip the tuning they cover. ``devices`` /
+    ``models`` narrow it to those kinds and models; ``best_only`` keeps the fastest record
+    of each kernel per tuning database (what a build applies), else every stored record
+    (also what a resumed search starts from). Returns the number of records written; a
+    store without tuning records is a :class:`~deltann.errors.StoreError`."""
+    from pathlib import Path
+
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from deltann.errors import StoreError
+
+    if not store.files("tuning"):
+        raise StoreError(f"{store.root}: no tuning records (table=tuning); run a study with setting 'tuned' first")
+    frame = store.scan("tuning", complete_only=False)
+    if devices:
+        frame = frame.filter(pl.col("device").is_in(devices))
+    if models:
+        frame = frame.filter(pl.col("model").is_in(models))
+    rows = frame.collect()
+    if rows.is_empty():
+        raise StoreError(f"{store.root}: no tuning records for device(s) {devices or 'any'} and model(s) "
+                         f"{models or 'any'}; see `deltann tuning export --help`")
+    if best_only:
+        rows = (rows.with_columns(pl.col("trials_total").max().over("tuning_key"))  # the budget the database reached
+                .sort("run_ms").unique(subset=["tuning_key", "workload_hash"], keep="first", maintain_order=True))
+    rows = rows.sort(["tuning_key", "task", "run_ms"])
+    table = rows.to_arrow().select(SCHEMAS["tuning"].names).cast(SCHEMAS["tuning"])
+    table = table.replace_schema_metadata({EXPORT_MARK: EXPORT_VERSION})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(out)
+    return table.num_rows
+
+
+def read_export(path: Any) -> pa.Table:
+    """A file :func:`export_records` wrote, checked: a clear one-line error names the file
+    when it is missing or is not such an export."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from deltann.errors import StoreError
+
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file; give the file `deltann tuning export` wrote")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise StoreError(f"{path}: not a Parquet file ({type(exc).__name__}); give the file `deltann tuning "
+                         "export` wrote") from None
+    if (table.schema.metadata or {}).get(EXPORT_MARK) != EXPORT_VERSION:
+        raise StoreError(f"{path}: not a deltann tuning export (version {EXPORT_VERSION.decode()}); make it with "
+                         "`deltann tuning export RESULTS OUT`")
+    missing = [n for n in SCHEMAS["tuning"].names if n not in table.column_names]
+    if missing:
+        raise StoreError(f"{path}: tuning export lacks column(s) {', '.join(missing)}; export it again with this "
+                         "deltann")
+    return table.select(SCHEMAS["tuning"].names).cast(SCHEMAS["tuning"])
+
+
+def import_records(path: Any, store: Store) -> tuple[int, int]:
+    """Add the records of an export (:func:`export_records`) to ``store``'s tuning table,
+    each with the identity it was tuned for (tuning key: model variant, TVM version,
+    passes, the target as resolved on the board), so a study there whose units share a
+    key, with a budget the records cover, uses them without tuning (:func:`_tune_group`),
+    and one with a larger budget resumes from them. Records already there are skipped;
+    nothing is replaced. Returns (records added, records skipped)."""
+    import polars as pl
+
+    from deltann import plan
+
+    table = read_export(path)
+    incoming = pl.from_arrow(table)
+    assert isinstance(incoming, pl.DataFrame)
+    known: set[tuple[str, str, str]] = set()
+    if store.files("tuning"):
+        have = store.scan("tuning", complete_only=False).select("tuning_key", "workload_hash", "record_json").collect()
+        known = set(have.iter_rows())
+    fresh = incoming.filter(~pl.struct("tuning_key", "workload_hash", "record_json").map_elements(
+        lambda r: (r["tuning_key"], r["workload_hash"], r["record_json"]) in known, return_dtype=pl.Boolean))
+    added = 0
+    for (key, model, device, round_id), group in fresh.group_by(["tuning_key", "model", "device", "round"],
+                                                                maintain_order=True):
+        # a round of its own: the import never writes over a part the store already has
+        new_round = plan.content_key({"imported": round_id, "records": sorted(group["record_json"].to_list())})
+        rows = group.with_columns(pl.lit(new_round).alias("round")).to_arrow().cast(SCHEMAS["tuning"])
+        store.write(tag(rows, "tuning", new_round, 0))
+        added += group.height
+    return added, incoming.height - added

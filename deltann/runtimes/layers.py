@@ -417,10 +417,12 @@ def capture_tvm(path: Path, x: np.ndarray, passes: tuple[str, ...] = (), target_
 
     from deltann.compile.frontends import _fold_onnx
 
-    exposed = expose_onnx_layers(_fold_onnx(Path(path)))
+    xin = _to_layout(x, layout)
+    # at one image's static shape, as deltann's builds import ONNX (frontends.fix_input_shape)
+    exposed = expose_onnx_layers(_fold_onnx(Path(path), (1, *xin.shape[1:])))
     mod = from_onnx(exposed.model, keep_params_in_input=False)
     names = [o.name for o in exposed.model.graph.output]
-    outs = _run_tvm(mod, passes, target_json, host_json, _to_layout(x, layout), len(names), tuning)
+    outs = _run_tvm(mod, passes, target_json, host_json, xin, len(names), tuning)
     return _onnx_trace("tvm", layout, exposed, dict(zip(names, outs, strict=True)))
 
 

@@ -4,6 +4,7 @@ target, keep the compiled module in the board's cache, run it on the Relax VM.""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -39,6 +40,9 @@ class TvmBuild:
         self.cached = False  # loaded from the board's compiled-module cache
         self.import_s = 0.0
         self.compile_s = 0.0
+        # kernels without a real schedule for the target (compile.pipeline.build_counted);
+        # None when unknown (a cached module built by a deltann that did not record it)
+        self.unscheduled: int | None = None
 
     def _cache_file(self) -> Path | None:
         if self.cache_dir is None or not self.cache_key:
@@ -50,7 +54,7 @@ class TvmBuild:
         import tvm
 
         from deltann.compile.frontends import import_relax
-        from deltann.compile.pipeline import build, make_target
+        from deltann.compile.pipeline import build_counted, make_target
         from deltann.compile.tuning import database_from_json
 
         target = make_target(self.target_json, self.host_json)
@@ -64,12 +68,14 @@ class TvmBuild:
                 log.warning("compiled module %s unreadable (%s); building again", cached, exc)
             else:
                 self.cached, self.compile_s = True, time.perf_counter() - start
+                self.unscheduled = _read_count(cached)
                 return self.executable
         start = time.perf_counter()
         mod = import_relax(self.frontend, self.payload, self.input_shape)
         self.import_s = time.perf_counter() - start
         start = time.perf_counter()
-        self.executable = build(mod, self.passes, target, database=database_from_json(self.tuning))
+        self.executable, missing = build_counted(mod, self.passes, target, database=database_from_json(self.tuning))
+        self.unscheduled = len(missing)
         self.compile_s = time.perf_counter() - start
         if cached is not None:
             self._keep(cached)
@@ -85,11 +91,21 @@ class TvmBuild:
             os.close(fd)
             self.executable.export_library(tmp)
             os.replace(tmp, path)
+            if self.unscheduled is not None:
+                path.with_suffix(".json").write_text(json.dumps({"unscheduled": self.unscheduled}))
         except Exception as exc:  # noqa: BLE001 - caching is an optimisation, never a failure
             if tmp:
                 Path(tmp).unlink(missing_ok=True)
             log.warning("cannot keep the compiled module in %s (%s: %s); it will be built again when needed",
                         path.parent, type(exc).__name__, " ".join(str(exc).split())[:200])
+
+
+def _read_count(module: Path) -> int | None:
+    """The ``unscheduled`` count kept beside a cached module, or None."""
+    try:
+        return int(json.loads(module.with_suffix(".json").read_text())["unscheduled"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class TvmRunner(Runner):

@@ -47,7 +47,8 @@ def test_settings_are_composed_from_the_catalogue() -> None:
         "FoldConstant", "FuseOps", "FuseTIR", "DefaultSchedule",
     )
     assert compile_settings.SETTINGS["extended"] == (
-        "FoldBatchnormToConv2D", "FoldConstant", "DecomposeOpsForInference", "ClipToMinMax", "ConvertLayout",
+        "FoldBatchnormToConv2D", "FoldConstant", "DecomposeOpsForInference", "ClipToMinMax", "FoldExplicitPadding",
+        "ConvertLayout",
         "FoldConstant", "EliminateCommonSubexpr", "CombineParallelMatmul", "FastMathTransform", "LegalizeOps",
         "AnnotateTIROpPattern", "FoldConstant", "FuseOps", "FuseTIR", "DefaultSchedule",
     )

@@ -1,5 +1,6 @@
-"""ClipToMinMax: ReLU6 stays channel-last under ConvertLayout, outputs unchanged (real TVM
-passes on a tiny ONNX Conv-Clip-Conv model and a hand-built Relax clip, no mocks)."""
+"""ClipToMinMax: ReLU6 stays channel-last under ConvertLayout; FoldExplicitPadding: pads become
+conv padding; outputs unchanged (real TVM passes on a tiny ONNX Conv-Clip-Conv model, a
+hand-built Relax clip and a torch model with 'same' pads, no mocks)."""
 
 from __future__ import annotations
 
@@ -137,3 +138,72 @@ def test_only_scalar_bound_max_min_kernels_are_recognised() -> None:
     assert rewrites._elementwise_scalar_op(te.create_prim_func([a, scalar, topi.minimum(a, scalar)])) == "minimum"
     assert rewrites._elementwise_scalar_op(te.create_prim_func([a, full, topi.maximum(a, full)])) is None
     assert rewrites._elementwise_scalar_op(te.create_prim_func([a, scalar, topi.add(a, scalar)])) is None
+
+
+def _padded_conv_module() -> tuple[Any, Any]:
+    """(torch module, its Relax import): TF-style 'same' padding as a separate F.pad
+    (asymmetric, as for a stride-2 conv) before a conv, and a second pad that also feeds an
+    add (it must stay for that user)."""
+    import torch
+    from torch import nn
+
+    from deltann.compile.frontends import from_torch
+
+    class Padded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, stride=2)
+            self.b = nn.Conv2d(8, 8, 3, groups=8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(nn.functional.pad(x, (0, 1, 0, 1)))
+            p = nn.functional.pad(h, (1, 1, 1, 1))
+            return self.b(p) + p[:, :, 1:-1, 1:-1]
+
+    torch.manual_seed(0)
+    model = Padded().eval()
+    return model, from_torch(model, SHAPE)
+
+
+def test_fold_explicit_padding_merges_pads_into_convs() -> None:
+    """Each zero pad before a conv becomes its padding: no pad before the first conv is
+    left, the second stays only for its other user, and the outputs are unchanged."""
+    import torch
+
+    model, mod = _padded_conv_module()
+    x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    import tvm
+
+    assert _ops(mod)["relax.nn.pad"] == 2
+    folded = rewrites.fold_explicit_padding()(mod)
+    assert _ops(folded).get("relax.nn.pad", 0) == 1  # kept for the add
+    paddings = []
+    from tvm import relax
+
+    relax.analysis.post_order_visit(folded["main"].body, lambda e: paddings.append(tuple(int(v) for v in e.attrs.padding))
+                                    if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d"
+                                    else None)
+    assert sorted(paddings) == [(0, 0, 1, 1), (1, 1, 1, 1)]
+    extended = compile_settings.SETTINGS["extended"]
+    assert extended.index("FoldExplicitPadding") < extended.index("ConvertLayout")
+    vm = relax.VirtualMachine(tvm.compile(folded, target="llvm"), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x))
+    np.testing.assert_allclose((out if hasattr(out, "numpy") else out[0]).numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_extended_has_no_pad_kernel_between_transposes() -> None:
+    """In the NHWC build a pad before a conv was a transpose-pad-transpose kernel of its own
+    (ConvertLayout has no rule for nn.pad); with FoldExplicitPadding the first one is gone."""
+    import tvm
+
+    from deltann.compile.pipeline import lower
+
+    _, mod = _padded_conv_module()
+    extended = compile_settings.SETTINGS["extended"]
+    target = tvm.target.Target("llvm")
+    with_fold = [gv.name_hint for gv, _ in lower(mod, extended, target).functions_items()]
+    without = [gv.name_hint for gv, _ in lower(mod, tuple(p for p in extended if p != "FoldExplicitPadding"),
+                                               target).functions_items()]
+    assert sum("pad" in k for k in with_fold) < sum("pad" in k for k in without)

@@ -240,11 +240,14 @@ def test_a_kernel_the_rule_cannot_schedule_keeps_its_loops(pass_zoo_mod: Any, mo
 
 
 @pytest.mark.parametrize(("shape", "axes"), [((1, 3, 20, 24), (0, 2, 3, 1)), ((2, 5, 7), (0, 2, 1)),
-                                             ((1, 32, 6, 5), (0, 2, 3, 1))])
+                                             ((1, 32, 6, 5), (0, 2, 3, 1)), ((1, 3, 5, 37), (0, 2, 3, 1))])
 def test_injective_kernels_keep_their_values(shape: tuple[int, ...], axes: tuple[int, ...]) -> None:
     """Transposes as ConvertLayout inserts them: a short innermost axis with no vector in
     it (3 or 5 channels) gets parallel outer loops and that axis unrolled, not a fused
-    loop split into vector lanes; a channel axis of 32 keeps the fused vector schedule.
+    loop split into vector lanes, and the vector runs along the axis the source is
+    contiguous in when that holds one (24 columns, 37 as 32 and a tail; 7 does not); a
+    channel axis of 32 keeps
+    the fused vector schedule.
     Either way the built kernel moves every value where numpy's transpose does."""
     import tvm
     from tvm import te, topi
@@ -257,10 +260,41 @@ def test_injective_kernels_keep_their_values(shape: tuple[int, ...], axes: tuple
     assert sch is not None
     script = sch.mod.script()
     assert "T.parallel" in script
-    short = shape[axes[-1]] < 16 and shape[axes[-1]] % 4 != 0
-    assert ("T.unroll" in script) == short and ("T.vectorized" in script) != short
+    short = shape[axes[-1]] < 16 and shape[axes[-1]] % 2 != 0
+    reads_vector = shape[-1] >= 16  # whole registers along the source's rows (37: 32 + a tail loop)
+    assert ("T.unroll" in script) == short and ("T.vectorized" in script) == (not short or reads_vector)
     lib = tvm_build(sch.mod, target=tvm.target.Target("llvm"))  # any x86-64 runs it; lanes don't change values
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     out = tvm.runtime.tensor(np.zeros([shape[i] for i in axes], np.float32))
     lib[lib.entry_name](tvm.runtime.tensor(x), out)
     np.testing.assert_array_equal(out.numpy(), x.transpose(axes))
+
+
+@pytest.mark.parametrize(("width", "tile"), [(17, 17), (16, 8), (29, 1)])
+def test_a_short_prime_row_is_tiled_whole(width: int, tile: int) -> None:
+    """An NHWC convolution whose output width no register tile divides gets the whole row as
+    its tile when the row fits the register file (AVX-512: 17 columns, InceptionV3's 17x17
+    blocks), else channel tiles only (29); a width with a divisor keeps its tile (16: 8).
+    Values unchanged."""
+    import tvm
+    from tvm import te, topi
+    from tvm.driver import build as tvm_build
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    a = te.placeholder((1, width, width, 32), "float32", name="a")
+    w = te.placeholder((1, 3, 32, 32), "float32", name="w")
+    func = te.create_prim_func([a, w, topi.nn.conv2d_nhwc(a, w, 1, (0, 1), 1)])
+    sch = schedules.schedule_func(func, schedules.lanes_for(target))
+    assert sch is not None
+    unrolled = [int(sch.get(lp).extent) for b in sch.get_child_blocks(sch.get_sblock("root"))
+                for lp in sch.get_loops(b) if sch.get(lp).kind == tvm.tirx.ForKind.UNROLLED]
+    assert (tile in unrolled) if tile > 1 else (width not in unrolled)
+    lib = tvm_build(sch.mod, target=tvm.target.Target("llvm"))
+    rng = np.random.default_rng(0)
+    x, k = rng.standard_normal((1, width, width, 32)).astype(np.float32), rng.standard_normal((1, 3, 32, 32)).astype(
+        np.float32)
+    out = tvm.runtime.tensor(np.zeros((1, width, width, 32), np.float32))
+    lib[lib.entry_name](tvm.runtime.tensor(x), tvm.runtime.tensor(k), out)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
+    ref = sum(padded[:, :, j:j + width, :] @ k[0, j] for j in range(3))
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)

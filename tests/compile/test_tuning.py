@@ -271,3 +271,48 @@ def test_tuning_past_its_timeout_is_a_tune_row(tmp_path: Path, study_file: Any, 
                                          "tuning": {"timeout_s": 5}})
     assert with_timeout.tuning.budget() == Study.model_validate(
         {"name": "a", "models": ["tiny_cnn"], "settings": ["tuned"]}).tuning.budget()
+
+
+def test_budgeted_tuning_spends_rounds_on_the_heaviest_measured_kernels(tiny_tuned: dict[str, Any]) -> None:
+    """With a gain no round can reach, every kernel stops after its first round: the two
+    rounds the trial cap allows go to the two kernels with the largest measured share (best
+    time x calls, deltann's schedule measured first), in that order; the others get none."""
+    heavy, target = tiny_tuned["heavy"], tiny_tuned["target"]
+    records, report = tuning.tune_budgeted(heavy, target, 3600, threads=1, round_trials=4, patience=1,
+                                           min_gain=10.0, max_trials=8)
+    assert (report.trials, report.stopped) == (8, "budget")
+    by_share = sorted(report.tasks, key=lambda t: -t.start_ms * t.weight)
+    assert [t.rounds for t in by_share] == [1, 1] + [0] * (len(heavy) - 2)
+    assert all(t.converged for t in by_share[:2]) and not any(t.converged for t in by_share[2:])
+    assert all(t.best_ms <= t.start_ms < float("inf") for t in report.tasks)
+    # every kernel has a record (its default schedule at least), the tuned build applies them
+    assert {r.task for r in tuning.best_only(records)} == {t.name for t in heavy}
+    assert report.estimate_ms() <= report.estimate_ms(start=True)
+
+
+def test_budgeted_tuning_stops_when_every_kernel_stops_improving(tiny_tuned: dict[str, Any]) -> None:
+    heavy, target = tiny_tuned["heavy"], tiny_tuned["target"]
+    _, report = tuning.tune_budgeted(heavy[:1], target, 3600, threads=1, round_trials=4, patience=1, min_gain=10.0)
+    assert (report.stopped, report.trials, report.tasks[0].rounds) == ("converged", 4, 1)
+
+
+def test_merge_records_keeps_each_record_once_and_the_best_per_kernel(tiny_tuned: dict[str, Any]) -> None:
+    records = tiny_tuned["records"]
+    one = records[: len(records) // 2]
+    merged = tuning.merge_records(one, records, records, top_k=2)
+    per_kernel: dict[str, list[float]] = {}
+    for r in merged:
+        per_kernel.setdefault(r.workload_hash, []).append(r.run_ms)
+    assert len({(r.workload_hash, r.record_json) for r in merged}) == len(merged)
+    assert set(per_kernel) == {r.workload_hash for r in records}
+    for whash, times in per_kernel.items():
+        best = sorted(r.run_ms for r in records if r.workload_hash == whash)[:2]
+        assert sorted(times) == best
+
+
+def test_minutes_is_a_time_budget_instead_of_trials() -> None:
+    base = {"name": "s", "models": ["tiny_cnn"], "settings": ["tuned"]}
+    study = parse_study(base | {"tuning": {"minutes": 30}}, Path("s.toml"))
+    assert study.tuning.minutes == 30 and "minutes" in study.tuning.budget()
+    with pytest.raises(StudyError, match=r"tuning\.minutes: a time budget; drop tuning\.trials"):
+        parse_study(base | {"tuning": {"minutes": 30, "trials": 64}}, Path("s.toml"))

@@ -36,6 +36,9 @@ def test_every_unit_streams_rows_into_the_store(tiny_results: Path) -> None:
     # TVM rows carry build times; every row names its board
     tvm = builds.filter(pl.col("runtime") == "tvm")
     assert (tvm["compile_s"] > 0).all() and tvm.height == 4
+    # ... and how many kernels got no vector schedule: none, through the torch and ONNX frontends
+    assert tvm["unscheduled"].to_list() == [0, 0, 0, 0]
+    assert builds.filter(pl.col("runtime") != "tvm")["unscheduled"].null_count() == 2
     assert builds["board"].str.len_chars().min() > 0
 
 

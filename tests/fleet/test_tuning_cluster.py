@@ -38,6 +38,14 @@ def duo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[st
         cluster.shutdown()
 
 
+def _run(study: Path, out: Path, cluster: Any, catalogue: Path) -> None:
+    """``deltann run`` of ``study`` against the cluster, as its own driver process."""
+    env = os.environ | {"DELTANN_DEVICES": str(catalogue), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "deltann", "run", str(study), "--out", str(out),
+                           "--address", cluster.address], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 @pytest.mark.slow  # ~1 min: a cluster, a driver process, two boards importing TVM and tuning
 def test_tuning_is_spread_over_the_kinds_boards(duo: tuple[Any, list[str], Path], tmp_path: Path) -> None:
     from deltann.compile import settings, tuning
@@ -50,10 +58,7 @@ def test_tuning_is_spread_over_the_kinds_boards(duo: tuple[Any, list[str], Path]
                     'settings = ["tuned"]\ndevices = ["duo"]\n[tuning]\ntrials = 8\n'
                     "[dataset]\nlimit = 1\n[timing]\nrepeat = 1\n")
     out = tmp_path / "out"
-    env = os.environ | {"DELTANN_DEVICES": str(catalogue), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "deltann", "run", str(path), "--out", str(out),
-                           "--address", cluster.address], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _run(path, out, cluster, catalogue)
     build = Store(out).scan("builds").collect()
     assert build["status"].to_list() == ["ok"], build.select("stage", "message").rows()
 
@@ -68,3 +73,26 @@ def test_tuning_is_spread_over_the_kinds_boards(duo: tuple[Any, list[str], Path]
     for board, share in zip(boards, shares, strict=True):
         assert tuned_by[board] and tuned_by[board] <= {t.name for t in share}, (board, tuned_by[board])
     assert len(set(rows["round"])) == 2 and set(rows["trials_total"]) == {8}
+
+
+@pytest.mark.slow  # ~1 min: as above, with a time budget
+def test_a_time_budget_is_split_over_the_kinds_boards(duo: tuple[Any, list[str], Path], tmp_path: Path) -> None:
+    """``[tuning] minutes`` is board time in all: each of the two boards tunes its share for
+    half of it (the wall time halves), and the store records the budget completed, so a
+    rerun with the same budget reuses the records."""
+    cluster, boards, catalogue = duo
+    path = tmp_path / "minutes.toml"
+    path.write_text('name = "minutes"\nmodels = ["tiny_cnn"]\nvariants = ["torch"]\nruntimes = ["tvm"]\n'
+                    'settings = ["tuned"]\ndevices = ["duo"]\n[tuning]\nminutes = 0.5\n'
+                    "[dataset]\nlimit = 1\n[timing]\nrepeat = 1\n")
+    out = tmp_path / "out"
+    _run(path, out, cluster, catalogue)
+    assert Store(out).scan("builds").collect()["status"].to_list() == ["ok"]
+    rows = Store(out).scan("tuning", complete_only=False).collect()
+    assert set(rows["board"]) == set(boards)
+    assert set(rows["budget_s"]) == {30.0} and (rows["trials_total"] > 0).all()
+    # a second study with the same budget (another timing protocol): the records are reused
+    path.write_text(path.read_text().replace("repeat = 1", "repeat = 2").replace('"minutes"', '"minutes2"'))
+    _run(path, out, cluster, catalogue)
+    again = Store(out).scan("tuning", complete_only=False).collect()
+    assert again.height == rows.height
