@@ -150,14 +150,17 @@ class Session:
     def _load_all(self) -> None:
         """Activate every slot while the loaded set stays within the budget; the rest are
         loaded per block."""
-        base = _rss()
+        loaded = 0  # bytes the loaded slots added, each measured across its own load (the
+        # process's other memory may shrink meanwhile: the kernel reclaims cold pages)
         for slot in self.slots:
+            before = _rss()
             try:
                 slot.runner = slot.load()
             except Exception as exc:  # noqa: BLE001 - a slot that cannot load drops out, the rest go on
                 slot.error = f"load: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
                 continue
-            if _rss() - base > self.budget:
+            loaded += max(0, _rss() - before)
+            if loaded > self.budget:
                 log.warning("timing: %s does not fit the session's memory budget (%d MiB); it and the "
                             "configurations after it are loaded for each block", slot.name, self.budget >> 20)
                 slot.runner.deactivate()
