@@ -459,10 +459,17 @@ def _read(source: str, image_id: str) -> tuple[np.ndarray, str]:
 
 
 def code_versions() -> dict[str, str]:
-    """What else decides a tensor besides the image and its recipe: the decoder and numpy."""
+    """What else decides a tensor besides the image and its recipe: the decoder and numpy.
+    A board image without the decoder (it receives tensors, never decodes) says "absent"."""
     from importlib import metadata
 
-    return {d: metadata.version(d) for d in ("pillow", "numpy")}
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    return {d: version(d) for d in ("pillow", "numpy")}
 
 
 @dataclass(frozen=True)

@@ -187,3 +187,20 @@ def test_a_boards_tensor_cache_makes_each_image_once_and_stays_bounded(tmp_path:
     s.take(range(6), small)
     on_disk = sum(f.stat().st_size for f in (tmp_path / "small").rglob("*.npy"))
     assert 300 * 300 * 3 <= on_disk <= 0.8 * (1 << 20), on_disk  # the oldest went, down to 80 %
+
+
+def test_a_board_without_the_decoder_can_still_open_its_crop_cache(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Board images receive tensors and carry no pillow (issue 14's x86-cpu image): the
+    crop cache's code tag must not need it."""
+    from importlib import metadata
+
+    real = metadata.version
+
+    def version(dist: str) -> str:
+        if dist == "pillow":
+            raise metadata.PackageNotFoundError(dist)
+        return real(dist)
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert dataset.code_versions()["pillow"] == "absent"
+    assert dataset.TensorCache(tmp_path).root.parent == tmp_path
