@@ -551,6 +551,30 @@ class InputSet:
         return self.take(range(len(self.ids))).tensors
 
 
+def take_to_file(batch: Inputs | InputSet, indices: Sequence[int], path: Path,
+                 cache: TensorCache | None = None) -> Inputs:
+    """The images at ``indices`` of ``batch`` made a chunk at a time straight into the
+    ``.npy`` file ``path`` (never all in memory), returned memory-mapped from it."""
+    from numpy.lib.format import open_memmap
+
+    indices = list(indices)
+    out: Any = None
+    ids: list[str] = []
+    hashes: list[str] = []
+    labels: list[int | None] = []
+    for a in range(0, max(1, len(indices)), CHUNK):  # one (empty) take gives an empty set its shape
+        part = batch.take(indices[a : a + CHUNK], cache)
+        if out is None:
+            out = open_memmap(path, mode="w+", dtype=np.float32, shape=(len(indices), *part.tensors.shape[1:]))
+        out[a : a + len(part)] = part.tensors
+        ids += part.ids
+        hashes += part.hashes
+        labels += part.labels
+    out.flush()
+    del out
+    return Inputs(ids, np.load(path, mmap_mode="r", allow_pickle=False), hashes, labels, batch.recipe, indices)
+
+
 def _cache_file(cache: Path, recipe: Preprocess) -> Path:
     blob = json.dumps({"recipe": recipe.key(), **code_versions()}, sort_keys=True).encode()
     return cache / "inputs" / f"{hashlib.sha256(blob).hexdigest()[:16]}.json"

@@ -204,3 +204,17 @@ def test_a_board_without_the_decoder_can_still_open_its_crop_cache(tmp_path: Pat
     monkeypatch.setattr(metadata, "version", version)
     assert dataset.code_versions()["pillow"] == "absent"
     assert dataset.TensorCache(tmp_path).root.parent == tmp_path
+
+
+def test_take_to_file_writes_what_take_makes_and_maps_it(tmp_path: Path) -> None:
+    """The container's job folder and a large timing session write their images through
+    ``take_to_file``: the same tensors, ids and hashes as ``take``, in the order asked."""
+    recipe = Preprocess(size=32, resize_shorter=40, mean=(0, 0, 0), std=(1, 1, 1))
+    batch = dataset.input_sets("samples", tmp_path, [recipe], limit=3)[recipe.key()]
+    want = batch.take([2, 0])
+    made = dataset.take_to_file(batch, [2, 0], tmp_path / "x.npy")
+    assert isinstance(made.tensors, np.memmap)
+    assert (made.ids, made.hashes, made.indices) == (want.ids, want.hashes, [2, 0])
+    np.testing.assert_array_equal(made.tensors, want.tensors)
+    again = dataset.take_to_file(made, [0], tmp_path / "y.npy")  # from a mapped batch, by data set index
+    assert again.ids == [want.ids[1]] and again.tensors.shape == (1, 3, 32, 32)

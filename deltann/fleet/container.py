@@ -78,9 +78,7 @@ def write_job(work: Path, units: list[Unit], inputs: dict[str, Inputs] | dict[st
     is that timing session (its units are ``units``). Only the images the job uses are
     written (the units' shards, or the session's timed images), made a chunk at a time
     straight into the file: the board's memory does not grow with the data set."""
-    from numpy.lib.format import open_memmap
-
-    from deltann.dataset import CHUNK
+    from deltann.dataset import take_to_file
 
     work.mkdir(parents=True, exist_ok=True)
     (work / "out").mkdir(exist_ok=True)
@@ -93,19 +91,8 @@ def write_job(work: Path, units: list[Unit], inputs: dict[str, Inputs] | dict[st
         else:
             indices = sorted({j for u in units if (u.inputs or u.model) == name
                               for j in range(u.lo, len(batch.ids) if u.hi is None else u.hi)})
-        probe = batch.take(indices[:1])
-        tensors = open_memmap(work / f"inputs-{i}.npy", mode="w+", dtype=np.float32,
-                              shape=(len(indices), *probe.tensors.shape[1:]))
-        ids, hashes, labels = [], [], []
-        for a in range(0, len(indices), CHUNK):
-            part = batch.take(indices[a : a + CHUNK])
-            tensors[a : a + len(part.ids)] = part.tensors
-            ids += part.ids
-            hashes += part.hashes
-            labels += part.labels
-        tensors.flush()
-        del tensors
-        batches[name] = {"file": f"inputs-{i}.npy", "ids": ids, "hashes": hashes, "labels": labels,
+        made = take_to_file(batch, indices, work / f"inputs-{i}.npy")
+        batches[name] = {"file": f"inputs-{i}.npy", "ids": made.ids, "hashes": made.hashes, "labels": made.labels,
                          "recipe": batch.recipe, "indices": indices}
     job = {"study": study, "board": board, "hostname": hostname, "inputs": batches,
            "units": [asdict(u) for u in units]}

@@ -104,11 +104,7 @@ IN_MEMORY_BYTES = 512 << 20
 def timed_inputs(batch: Inputs | InputSet, idx: list[int], cache: Path) -> Inputs:
     """The tensors of images ``idx`` of ``batch``: in memory when small, else written a
     chunk at a time to ``cache/timed-<pid>-<n>.npy`` and memory-mapped."""
-    from numpy.lib.format import open_memmap
-
-    from deltann.dataset import CHUNK
-
-    from deltann.dataset import TensorCache
+    from deltann.dataset import CHUNK, TensorCache, take_to_file
     from deltann.fleet.execute import TENSORS
 
     crops = TensorCache(cache / TENSORS)  # the units' runs made them: read, not decoded again
@@ -119,21 +115,9 @@ def timed_inputs(batch: Inputs | InputSet, idx: list[int], cache: Path) -> Input
         return batch.take(idx, crops)
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"timed-{os.getpid()}-{time.time_ns()}.npy"
-    out = open_memmap(path, mode="w+", dtype=np.float32, shape=(len(idx), *first.tensors.shape[1:]))
-    ids: list[str] = []
-    hashes: list[str] = []
-    labels: list[int | None] = []
-    for a in range(0, len(idx), CHUNK):
-        part = batch.take(idx[a : a + CHUNK], crops)
-        out[a : a + len(part)] = part.tensors
-        ids += part.ids
-        hashes += part.hashes
-        labels += part.labels
-    out.flush()
-    del out
-    tensors = np.load(path, mmap_mode="r")
+    made = take_to_file(batch, idx, path, crops)
     path.unlink()  # the mapping keeps the data until the session drops it
-    return Inputs(ids, tensors, hashes, labels, first.recipe, list(idx))
+    return made
 
 
 def session_row(job: TimingJob, *, study: str, board: str, hostname: str, failure: dict[str, str],
