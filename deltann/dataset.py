@@ -100,8 +100,7 @@ class Inputs:
     def chunks(self, lo: int = 0, hi: int | None = None, size: int = 0,
                cache: TensorCache | None = None) -> Iterator[Inputs]:
         """The images with data set index in ``[lo, hi)``, ``size`` at a time (0: all)."""
-        keep = [self.index(p) for p in range(len(self.ids)) if lo <= self.index(p) < (hi if hi is not None else
-                                                                                            1 << 62)]
+        keep = [i for i in map(self.index, range(len(self.ids))) if lo <= i and (hi is None or i < hi)]
         step = size or max(1, len(keep))
         for a in range(0, len(keep), step):
             yield self.take(keep[a : a + step])
