@@ -504,7 +504,7 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
     """Run ``units`` in ``kind.image`` and stream their tables (the Board actor's path
     where ``container = true``), in the board's warm container. Variants are converted here
     first (:func:`prepare_artifacts`); a dead container's current unit becomes a ``crash``
-    row and the rest go on in a fresh container; every ``builds`` row carries the image it
+    row (in the stage its progress last named) and the rest go on in a fresh container; every ``builds`` row carries the image it
     ran in."""
     import docker
 
@@ -544,6 +544,7 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
         (work / ARTIFACTS_FILE).write_text(json.dumps(prepared))
         (work / READY_FILE).touch()  # written last: the container takes the job
         current: Unit | None = None
+        stage = "convert"  # the stage the current unit was in, as its progress said
         started = time.monotonic()
         seen = 0
         for table in follow(work, server.running):
@@ -552,6 +553,7 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
             key = meta.get(b"deltann.unit", b"").decode()
             if is_progress(table):
                 current = next((u for u in left if u.key == key), current)
+                stage = meta.get(b"deltann.stage", b"convert").decode()
                 started = time.monotonic() if meta.get(b"deltann.stage") == b"convert" else started
             elif meta.get(b"deltann.table") == b"builds":
                 left = [u for u in left if u.key != key]
@@ -567,7 +569,8 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
             continue
         victim = current or left[0]
         message = " ".join(logs.split())[-1200:]
-        yield stamp(failure_row(victim, study=study, board=board, hostname=hostname, stage="execute",
+        yield stamp(failure_row(victim, study=study, board=board, hostname=hostname,
+                                stage=stage if current is not None else "container",
                                 outcome="crash", error_type="ContainerExited",
                                 message=f"container {kind.image} exited with {status.get('StatusCode')}: {message}",
                                 seconds=time.monotonic() - started), image_ref)

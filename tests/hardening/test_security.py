@@ -319,7 +319,7 @@ def test_a_container_that_exits_at_once_makes_crash_rows(monkeypatch: pytest.Mon
     with tally.case("faults", "container-exits-at-once") as case:
         rows = [t.to_pylist()[0] for t in _run_boxed(monkeypatch, boxed, tmp_path, containers)]
         assert len(rows) == len(units) and len(containers.calls) == len(units)  # one fresh container per unit
-        assert {(r["stage"], r["outcome"]) for r in rows} == {("execute", "crash")}
+        assert {(r["stage"], r["outcome"]) for r in rows} == {("container", "crash")}  # died before its unit began
         assert all("exited with 127" in r["message"] and "python3: not found" in r["message"] for r in rows)
         case.refused(rows[0]["message"])
 
