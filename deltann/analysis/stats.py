@@ -13,15 +13,21 @@ Why these and not the seed's uncorrected ANOVA:
 4. A p-value says nothing about size: the matched-pairs rank-biserial correlation
    (:func:`rank_biserial`) is the effect size that goes with the signed-rank test, and a
    change is only called significant when it is also larger than a minimum factor (asv).
-5. The unit of a comparison is a *cell*: one image in one block of an interleaved timing
-   session (deltann.runtimes.interleave), where A and B ran minutes apart at most. The test
-   pairs cells (same image, same block), so its sample is images x blocks, not images: a
-   study of 6 images in 5 blocks has 30 pairs, and a 25x change gets p ~ 2e-9 instead of
-   the 0.03 six pairs allow at best. The confidence interval resamples the two crossed
-   factors, images and blocks, together (:func:`cell_bootstrap_ratio_ci`): a block is a
-   machine state shared by every image in it, so resampling cells alone would understate
-   the uncertainty. :func:`min_detectable_change` says what a comparison of this size and
-   noise can see at all.
+5. The unit of a comparison is the *block* of an interleaved timing session
+   (deltann.runtimes.interleave): A and B ran within seconds of each other in it, in one
+   machine state, and that state is shared by every image of the block. So the test is
+   over blocks, not cells (one image in one block): each block gives the median over its
+   images of log(t_A / t_B), and a one-sample t-test asks whether their mean is zero
+   (:func:`block_test`). Cells of one block are not independent: tested as if they were,
+   a machine state that changed between A and B within one block (measured here: a
+   2-core VM going from 50 to 26 µs per call mid-block) made an A/A pair of tiny_cnn
+   "significant" at p = 0.005 over 20 cells; over its 5 blocks, p = 0.25. The t-test
+   keeps its power at a handful of blocks when the change is consistent (a 25x change
+   over 6 images in 5 blocks: p ~ 1e-8), where a rank test over 5 blocks could never go
+   below 2/32. A session of one block has no block-to-block spread: its images are the
+   units (paired Wilcoxon signed-rank). The confidence interval resamples the two
+   crossed factors, images and blocks, together (:func:`cell_bootstrap_ratio_ci`).
+   :func:`min_detectable_change` says what a comparison of this size and noise can see.
 """
 
 from __future__ import annotations
@@ -132,6 +138,30 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return p, float((2 * w_plus - total) / total)
 
 
+def block_test(la: np.ndarray, lb: np.ndarray) -> tuple[float, str, np.ndarray]:
+    """The time-change test of two sides' log cell matrices ``la[i, b]``, ``lb[i, b]``
+    (image i, block b; NaN where a cell is missing). With two or more blocks holding a
+    paired cell: the one-sample t-test of the blocks' median log-ratios (unit "blocks");
+    with one: the paired Wilcoxon signed-rank test over its images (unit "images").
+    Returns (two-sided p-value, unit, the units' log-ratios). A zero spread between
+    blocks gives p 0 for a change and 1 for none; NaN with no paired cell."""
+    la, lb = np.asarray(la, float), np.asarray(lb, float)
+    if la.ndim == 1:
+        la, lb = la[:, None], lb[:, None]
+    d = la - lb
+    valid = np.isfinite(d)
+    blocks = [b for b in range(d.shape[1]) if valid[:, b].any()]
+    if len(blocks) >= 2:
+        per_block = np.array([np.median(d[valid[:, b], b]) for b in blocks])
+        if np.ptp(per_block) == 0:
+            return (1.0 if per_block[0] == 0 else 0.0), "blocks", per_block
+        return float(st.ttest_1samp(per_block, 0.0).pvalue), "blocks", per_block
+    cells = d[valid]
+    if cells.size == 0:
+        return math.nan, "images", cells
+    return paired_wilcoxon(cells, np.zeros_like(cells)), "images", cells
+
+
 def _median_ratio(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.median(a, axis=axis) / np.median(b, axis=axis)
 
@@ -208,18 +238,25 @@ WILCOXON_ARE = 3 / math.pi
 
 
 def min_detectable_change(d: np.ndarray, *, tests: int = 1, alpha: float = ALPHA, power: float = 0.8,
-                          min_factor: float = MIN_FACTOR) -> float:
-    """The smallest time change (in %, either way) that a paired signed-rank test over the
-    cells' log-ratios ``d = log t_A − log t_B`` detects with ``power`` at level
-    ``alpha / tests`` (Holm's strictest step), given their spread: the normal-theory
-    size (z₁₋α/2 + z_power)·σ/√(0.955·n), σ the MAD-based spread of ``d`` around its
-    median (robust to the shift itself and to outliers). Never below the ``min_factor``
-    that :func:`significant` also asks for; ``inf`` when ``n`` pairs cannot reach that
-    level at all (the exact test's smallest p-value is 2/2ⁿ)."""
+                          min_factor: float = MIN_FACTOR, unit: str = "images") -> float:
+    """The smallest time change (in %, either way) that :func:`block_test` detects with
+    ``power`` at level ``alpha / tests`` (Holm's strictest step), given the spread of its
+    units' log-ratios ``d`` (see :func:`block_test`). ``unit="blocks"``: the t-test's
+    (t₁₋α/2 + t_power; n − 1 degrees of freedom)·s/√n, s the standard deviation of the
+    blocks' log-ratios. ``unit="images"``: the signed-rank test's normal-theory size
+    (z₁₋α/2 + z_power)·σ/√(0.955·n), σ the MAD-based spread of ``d`` around its median
+    (robust to the shift itself and to outliers); ``inf`` when ``n`` pairs cannot reach
+    that level at all (the exact test's smallest p-value is 2/2ⁿ). Never below the
+    ``min_factor`` that :func:`significant` also asks for; ``inf`` with one block."""
     d = np.asarray(d, float)
     d = d[np.isfinite(d)]
     n = d.size
     level = alpha / max(1, tests)
+    if unit == "blocks":
+        if n < 2:
+            return math.inf
+        size = (st.t.ppf(1 - level / 2, n - 1) + st.t.ppf(power, n - 1)) * float(np.std(d, ddof=1)) / math.sqrt(n)
+        return float(max(math.expm1(size), min_factor - 1) * 100)
     if n == 0 or 2.0 / 2.0 ** min(n, 1000) > level:
         return math.inf
     sigma = float(st.median_abs_deviation(d, scale="normal")) if n > 1 else 0.0

@@ -185,10 +185,11 @@ def speedup_stats(
     """:func:`speedup_table` with the statistics that decide whether a change is real
     (see :mod:`deltann.analysis.stats`, reason 5): ``ratio`` = t_A / t_B (medians of the
     samples) and its 95 % CI from a bootstrap over images and blocks (``ci_*_pct`` in the
-    speedup convention); ``n_paired`` cells (image × block) timed on both sides; the
-    paired Wilcoxon ``p_value`` over the cells' log-ratios and ``p_holm`` (Holm across
-    every row); the effect size ``effect_rb`` (matched-pairs rank-biserial, positive when
-    B is faster); ``mdc_pct``, the smallest change this pair's cells could show;
+    speedup convention); ``n_paired`` cells (image × block) timed on both sides;
+    ``p_value`` of :func:`~deltann.analysis.stats.block_test` (a t-test over the blocks'
+    median log-ratios; over images with one block) and ``p_holm`` (Holm across every
+    row); the effect size ``effect_rb`` (matched-pairs rank-biserial over the cells,
+    positive when B is faster); ``mdc_pct``, the smallest change this pair could show;
     ``significant``: ``p_holm ≤ alpha`` and a change of at least ``min_factor`` either way."""
     per = per_session if per_session is not None else session_latency(store)
     table = speedup_table(per)
@@ -199,17 +200,20 @@ def speedup_stats(
         return table.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in extra.items()])
     found = cells(store, table["session"].unique().to_list())
     rows: list[dict[str, Any]] = []
-    diffs: list[np.ndarray] = []
+    diffs: list[tuple[np.ndarray, str]] = []
     for a_cfg, b_cfg, session, t_a, t_b in table.select("A", "B", "session", "t_A_ms", "t_B_ms").iter_rows():
         ta, tb = paired_cells(found[(session, a_cfg)], found[(session, b_cfg)])
         valid = np.isfinite(ta) & np.isfinite(tb) & (ta > 0) & (tb > 0)
-        la, lb = np.log(ta[valid]), np.log(tb[valid])
-        p_value, effect = stats.paired_test(la, lb)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            la, lb = np.where(valid, np.log(ta), np.nan), np.where(valid, np.log(tb), np.nan)
+        p_value, unit, d = stats.block_test(la, lb)
+        effect = stats.rank_biserial(la[valid], lb[valid]) if valid.any() else math.nan
         low, high = stats.cell_bootstrap_ratio_ci(ta, tb, n_resamples=n_resamples, seed=seed)
-        diffs.append(la - lb)
+        diffs.append((d, unit))
         rows.append({"ratio": t_a / t_b if t_b else math.nan, "ci_low": low, "ci_high": high,
                      "n_paired": int(valid.sum()), "p_value": p_value, "effect_rb": effect})
-    mdc = [stats.min_detectable_change(d, tests=len(rows), alpha=alpha, min_factor=min_factor) for d in diffs]
+    mdc = [stats.min_detectable_change(d, tests=len(rows), alpha=alpha, min_factor=min_factor, unit=unit)
+           for d, unit in diffs]
     out = pl.concat([table, pl.DataFrame(rows, schema={k: extra[k] for k in rows[0]})], how="horizontal")
     p_holm = stats.holm(out["p_value"].to_numpy())
     flags = [stats.significant(p, r, alpha=alpha, min_factor=min_factor) for p, r in zip(p_holm, out["ratio"], strict=True)]
@@ -232,8 +236,9 @@ def test_note(speedups: pl.DataFrame, *, alpha: float = stats.ALPHA, min_factor:
     seen = (f"the smallest change detectable with 80 % power at this study's noise is {mdc.min():.1f}–"
             f"{mdc.max():.1f} % (mdc_pct)" if mdc.len() else "no pair has enough cells to detect any change "
             "(add images or blocks)")
-    return (f"Test: paired Wilcoxon signed-rank over cells (one image in one block of an interleaved session, "
-            f"A and B timed minutes apart at most) of log(t_A / t_B), {size}; p_holm: Holm-corrected across this "
+    return (f"Test: one-sample t-test of log(t_A / t_B) over the blocks of an interleaved session (A and B "
+            f"timed seconds apart in each; a block's value is the median over its images; a session of one "
+            f"block: paired Wilcoxon signed-rank over its images), {size}; p_holm: Holm-corrected across this "
             f"table; ratio CI: bootstrap over images and blocks together. significant: p_holm ≤ {alpha} and a "
             f"change of at least ×{min_factor} either way; {seen}. Pairs are only formed within one session "
             "(board, session columns).")

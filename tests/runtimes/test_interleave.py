@@ -67,6 +67,10 @@ def test_blocks_alternate_and_rotate_and_every_image_is_timed() -> None:
         assert result.samples[name].shape == (2, 3, 2)  # images x blocks x repeat
         assert (result.samples[name] > 0).all() and result.resident[name]
     calls = [c for c in log if len(c) == 1]
+    # first an untimed warm-up round, each configuration over its images once (the first
+    # block's first configuration would otherwise run cold)
+    assert calls[:6] == list("AABBCC")
+    calls = calls[6:]
     # per block and configuration: warmup (1) + an untimed call per image (2) + 2 x 2 timed calls
     per_block = 1 + 2 + 4
     assert len(calls) == 3 * 3 * per_block
