@@ -95,6 +95,9 @@ def reference_ratio(onnx_path: Path, x: np.ndarray, repeat: int, blocks: int = 5
     from deltann.compile.pipeline import build
     from deltann.compile.settings import passes_of
 
+    # Deliberately not deltann's one TVM path (compile.pipeline's make_target, Vm,
+    # runtimes.tvm_rt): the reference writes its own target and VM and times with TVM's
+    # time_evaluator, so a bug in the product's path cannot hide in both (issue 13).
     cpu = codegen.llvm_get_system_cpu()
     target = tvm.target.Target({"kind": "llvm", "mcpu": cpu}, host={"kind": "llvm", "mcpu": cpu})
     vm = relax.VirtualMachine(build(from_onnx(onnx_path), passes_of(SETTING), target), tvm.cpu())

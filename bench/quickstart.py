@@ -86,6 +86,9 @@ def main() -> None:
         latency = analysis.latency_table(store)
         cache = ArtifactCache(out / "artifacts")
         cpu = codegen.llvm_get_system_cpu()
+        # Deliberately not deltann's one TVM path (compile.pipeline's make_target, Vm,
+        # runtimes.tvm_rt): an independent reference shares neither its target nor its VM
+        # and timing code (see the module docstring); only the setting's pass list is deltann's.
         target = tvm.target.Target({"kind": "llvm", "mcpu": cpu}, host={"kind": "llvm", "mcpu": cpu})
         timed = study.timing.timed_indices(len(inputs[units[0].model].ids)) if units else []
         print(f"\nstored median vs independent reference (target llvm -mcpu={cpu}, TVM time_evaluator, "

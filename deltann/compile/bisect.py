@@ -182,22 +182,16 @@ def bisect(
 
 
 def tvm_runner(mod: Any, inputs: np.ndarray, target: Any = None) -> Callable[[tuple[str, ...]], np.ndarray]:
-    """``run`` for :func:`bisect`: build ``mod`` with the passes for ``target`` (llvm when
-    None) and return the first output for ``inputs`` (a batch run one image at a time)."""
+    """``run`` for :func:`bisect`: build ``mod`` with the passes for ``target`` (generic
+    CPU code when None: :data:`deltann.compile.pipeline.DEFAULT_TARGET`) through the one
+    TVM path and return the first output for ``inputs`` (a batch run one image at a time)."""
 
     def run(passes: tuple[str, ...]) -> np.ndarray:
-        import tvm
-        from tvm import relax
+        from deltann.compile import pipeline
 
-        from deltann.compile.pipeline import build
-
-        tgt = target or tvm.target.Target("llvm")
-        vm = relax.VirtualMachine(build(mod, passes, tgt), tvm.cpu())
-        outs = []
-        for i in range(inputs.shape[0]):
-            out = vm["main"](tvm.runtime.tensor(inputs[i:i + 1]))
-            outs.append((out if hasattr(out, "numpy") else out[0]).numpy())
-        return np.concatenate(outs)
+        tgt = target or pipeline.make_target(pipeline.DEFAULT_TARGET, "")
+        vm = pipeline.Vm(pipeline.build(mod, passes, tgt), tgt)
+        return np.concatenate([vm.first(inputs[i:i + 1]) for i in range(inputs.shape[0])])
 
     return run
 

@@ -80,19 +80,26 @@ def _fold_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> Any:
         return onnx.load(str(folded))
 
 
-def from_onnx(path: Path, input_shape: tuple[int, ...] | None = None) -> Any:
-    """Relax module of an ONNX file; with ``input_shape``, built for that static shape
-    (see :func:`fix_input_shape`)."""
+def from_onnx(path: Any, input_shape: tuple[int, ...] | None = None) -> Any:
+    """Relax module of an ONNX file, folded first; with ``input_shape``, built for that
+    static shape (see :func:`fix_input_shape`). An ``onnx.ModelProto`` is imported as it
+    is: one already folded by :func:`_fold_onnx` (localize exposes its layers in between)."""
     import tvm.relax.frontend.onnx as relax_onnx
 
-    return relax_onnx.from_onnx(_fold_onnx(path, input_shape), keep_params_in_input=False)
+    model = path if hasattr(path, "graph") else _fold_onnx(Path(path), input_shape)
+    return relax_onnx.from_onnx(model, keep_params_in_input=False)
 
 
 def from_torch(module: Any, input_shape: tuple[int, ...]) -> Any:
+    """Relax module of a torch module exported at ``input_shape``; a loaded ``.pt2`` or an
+    ``ExportedProgram`` (localize exports its own) is imported as it is."""
     import torch
     import tvm.relax.frontend.torch as relax_torch
 
-    program = getattr(module, "exported_program", None)  # a loaded .pt2: imported as it is
+    if isinstance(module, torch.export.ExportedProgram):
+        program = module
+    else:
+        program = getattr(module, "exported_program", None)  # a loaded .pt2: imported as it is
     if program is None:
         example = torch.zeros(input_shape, dtype=torch.float32)
         with torch.no_grad():
@@ -100,22 +107,26 @@ def from_torch(module: Any, input_shape: tuple[int, ...]) -> Any:
     return relax_torch.from_exported_program(program, keep_params_as_input=False)
 
 
-def from_tflite(path: Path) -> Any:
-    """Relax's TFLite frontend over the flatbuffer, read with the ``tflite`` package."""
+def from_tflite(path: Any) -> Any:
+    """Relax's TFLite frontend over the flatbuffer (a file, or its bytes), read with the
+    ``tflite`` package."""
     import tflite
     import tvm.relax.frontend.tflite as relax_tflite
 
-    model = tflite.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+    data = bytes(path) if isinstance(path, (bytes, bytearray)) else Path(path).read_bytes()
+    model = tflite.Model.GetRootAsModel(data, 0)
     return relax_tflite.from_tflite(model)
 
 
 def import_relax(frontend: str, payload: Any, input_shape: tuple[int, ...]) -> Any:
     """Relax IRModule of ``payload`` through ``frontend`` (``onnx``, ``torch.export`` or
-    ``tflite``). ``input_shape`` is the artifact's own (layout-specific) input shape."""
+    ``tflite``). ``input_shape`` is the artifact's own (layout-specific) input shape.
+    ``payload``: the artifact's file or module, or what localize made of it (a folded
+    ``ModelProto``, an ``ExportedProgram``, a flatbuffer's bytes), imported as it is."""
     if frontend == "onnx":
-        return from_onnx(Path(payload), input_shape)
+        return from_onnx(payload, input_shape)
     if frontend == "torch.export":
         return from_torch(payload, input_shape)
     if frontend == "tflite":
-        return from_tflite(Path(payload))
+        return from_tflite(payload)
     raise ValueError(f"no TVM frontend {frontend!r}")

@@ -1,12 +1,54 @@
-"""Turn a named setting's pass list into a TVM pipeline and build it for a target."""
+"""The one TVM path: import a payload through its frontend, resolve the board's target
+(host included), build under a setting's pass list (and tuning records), and run the
+result on the Relax VM on the target's device.
+
+Why one module: runs, tuning, localize, bisect and the benches all build and run TVM
+modules, and a target bug once lived in one of several copies of this path (issue 13:
+a host without the CPU). Every ``tvm.compile`` and ``relax.VirtualMachine`` of deltann is
+here (tests/compile/test_one_path.py scans for others), and so is every check of a
+target's kind (``llvm``, ``cuda``, ...), but for the device files Docker hands a board's
+container (fleet/container.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("deltann.compile")
+
+#: The CPU target kind: its kernels are host code, run on the ``cpu`` device.
+CPU_KIND = "llvm"
+
+#: The target a build gets when none is named (localize, bisect): generic CPU code.
+DEFAULT_TARGET = json.dumps({"kind": CPU_KIND})
+
+
+def kind_of(target: Any) -> str:
+    """The kind of ``target``: a ``tvm.target.Target``, a spec dict, or a kind name."""
+    if isinstance(target, str):
+        return target
+    if isinstance(target, dict):
+        return str(target.get("kind", ""))
+    return str(target.kind.name)
+
+
+def is_cpu(target: Any) -> bool:
+    """Whether ``target`` (as :func:`kind_of` takes it) compiles CPU (LLVM host) code."""
+    return kind_of(target) == CPU_KIND
+
+
+def is_gpu(target: Any) -> bool:
+    """Whether a ``tvm.target.Target`` is a GPU target (its keys say ``gpu``: cuda, rocm,
+    opencl, vulkan, metal): kernels need a thread binding."""
+    return "gpu" in target.keys
+
+
+def is_native(spec: dict[str, Any] | None) -> bool:
+    """Whether a catalogue spec names ``mcpu = "native"``: the CPU of the board that builds."""
+    return bool(spec) and is_cpu(spec) and spec.get("mcpu") == "native"
 
 
 def make_pass(name: str) -> Any:
@@ -29,7 +71,7 @@ def resolve_native(spec: dict[str, Any]) -> dict[str, Any]:
     builds": resolved here, on the board, with LLVM's host detection. Why: the
     tuning-free schedules are ~5x faster with the real CPU's vector width than with
     generic llvm (SSE2), and a catalogue kind cannot name one CPU for all its boards."""
-    if spec.get("kind") == "llvm" and spec.get("mcpu") == "native":
+    if is_native(spec):
         from tvm.target import codegen
 
         return {**spec, "mcpu": codegen.llvm_get_system_cpu()}
@@ -43,13 +85,13 @@ def host_of(target: dict[str, Any], host: dict[str, Any] | None) -> dict[str, An
     TVM compiles every CPU kernel with the host's LLVM target, so a host without ``mcpu``
     made every kernel generic x86-64 (SSE2) whatever the target said (issue 13: 2-3x
     slower). On an accelerator target the host is the board's CPU side, as given."""
-    if target.get("kind") != "llvm":
+    if not is_cpu(target):
         return host
     if host is None:
         return dict(target)
     clash = {k: (v, target.get(k)) for k, v in host.items() if k in target and target[k] != v}
     extra = sorted(set(host) - set(target))
-    if clash or extra or host.get("kind") != "llvm":
+    if clash or extra or not is_cpu(host):
         named = ", ".join([f"{k} = {a!r} (target: {b!r})" for k, (a, b) in clash.items()] + [f"{k}" for k in extra])
         raise ValueError(f"a CPU target's host must be the target itself or left out; the host sets {named}")
     return dict(target)
@@ -67,8 +109,8 @@ def make_target(target_json: str, host_json: str) -> Any:
 
 def _backend(target: Any) -> str:
     """The ``tvm.relax.backend`` package serving ``target`` (as relax.pipeline dispatches)."""
-    kind = target.kind.name
-    if kind == "llvm":
+    kind = kind_of(target)
+    if is_cpu(kind):
         return "cpu_generic"
     if kind in ("cuda", "rocm"):
         return kind
@@ -99,7 +141,7 @@ def gpu_schedule(target: Any) -> list[Any]:
     A setting's ``DefaultSchedule`` schedules GPU kernels with the same rules first
     (dlight skips what is scheduled); this makes ``unscheduled`` GPU builds runnable too,
     with the plainest binding."""
-    if "gpu" not in target.keys:
+    if not is_gpu(target):
         return []
     from tvm.s_tir import dlight as dl
 
@@ -153,5 +195,94 @@ def build_counted(mod: Any, passes: tuple[str, ...], target: Any, database: Any 
     missing = schedules.kernels_without_schedule(lowered, target)
     if missing and schedules.SCHEDULING.intersection(passes):
         log.info("%d kernel(s) without a %s schedule: %s", len(missing),
-                 "vector" if target.kind.name == "llvm" else "device", ", ".join(missing[:8]))
+                 "vector" if is_cpu(target) else "device", ", ".join(missing[:8]))
     return tvm.compile(lowered, target=target, relax_pipeline=None), missing
+
+
+def resolved_spec(target_json: str, host_json: str) -> dict[str, Any]:
+    """``{"target": ..., "host": ...}`` with ``mcpu = "native"`` resolved on this board and
+    the host as the catalogue gives it (None when left out): what a tuning database is
+    keyed by (:func:`deltann.fleet.tuning.tuning_key`) and what :func:`tuning_target_of`
+    reads back on the boards that tune."""
+    return {"target": resolve_native(json.loads(target_json)),
+            "host": resolve_native(json.loads(host_json)) if host_json else None}
+
+
+def tuning_target_of(resolved_json: str) -> Any:
+    """The TVM target a board tunes for, from :func:`resolved_spec`'s JSON: target and host
+    as given there (not made one as :func:`make_target` does: the records' own target and
+    the tuning keys stay what earlier studies stored)."""
+    import tvm
+
+    spec = json.loads(resolved_json)
+    return tvm.target.Target(spec["target"], host=spec["host"]) if spec["host"] else tvm.target.Target(spec["target"])
+
+
+def device(target: Any, *, check: bool = False) -> Any:
+    """The device a target runs on here: ``llvm`` -> ``cpu``; ``cuda``, ``opencl``,
+    ``vulkan``, ... by their own name. ``check``: a one-line error where this machine has
+    no such device (a board's build runs on a board of its kind)."""
+    import tvm
+
+    kind = kind_of(target)
+    dev = tvm.device("cpu" if is_cpu(kind) else kind, 0)
+    if check and not dev.exist:
+        raise RuntimeError(f"target {kind!r} has no device on this machine: run this build on a board of its kind "
+                           "(deltann localize runs both sides where it is started)")
+    return dev
+
+
+class Vm:
+    """A built module on the Relax VM, on its target's device (:func:`device`).
+
+    ``target``: a ``tvm.target.Target``, a spec dict or a kind name; ``vm`` and ``dev``
+    are TVM's own objects for callers that instrument or time the VM."""
+
+    def __init__(self, executable: Any, target: Any, *, check: bool = False) -> None:
+        from tvm import relax
+
+        self.dev = device(target, check=check)
+        self.vm = relax.VirtualMachine(executable, self.dev)
+
+    def tensor(self, x: Any) -> Any:
+        """``x`` (a numpy array) staged on the VM's device."""
+        import numpy as np
+        import tvm
+
+        return tvm.runtime.tensor(np.ascontiguousarray(x), device=self.dev)
+
+    def outputs(self, x: Any) -> list[Any]:
+        """Every output of ``main`` for ``x`` (one tensor, or a tuple's items), on the device."""
+        out = self.vm["main"](self.tensor(x))
+        return [out] if hasattr(out, "numpy") else list(out)
+
+    def first(self, x: Any) -> Any:
+        """``main``'s first output for ``x`` as numpy (an image model's logits come first)."""
+        return self.outputs(x)[0].numpy()
+
+
+@dataclass
+class Compiled:
+    """A payload built for a target: the VM executable, the names of its kernels without
+    a real schedule (:func:`build_counted`), and the seconds import and compile took."""
+
+    executable: Any
+    unscheduled: list[str]
+    import_s: float
+    compile_s: float
+
+
+def compile_payload(frontend: str, payload: Any, input_shape: tuple[int, ...], passes: tuple[str, ...],
+                    target: Any, tuning: str = "") -> Compiled:
+    """Import ``payload`` through ``frontend`` (:func:`deltann.compile.frontends.import_relax`)
+    and build it under ``passes`` for ``target`` (from :func:`make_target`). ``tuning``: the
+    ``tuned`` setting's MetaSchedule records (JSON, :mod:`deltann.compile.tuning`), "" for none."""
+    from deltann.compile.frontends import import_relax
+    from deltann.compile.tuning import database_from_json
+
+    start = time.perf_counter()
+    mod = import_relax(frontend, payload, input_shape)
+    import_s = time.perf_counter() - start
+    start = time.perf_counter()
+    executable, missing = build_counted(mod, tuple(passes), target, database=database_from_json(tuning))
+    return Compiled(executable, missing, import_s, time.perf_counter() - start)

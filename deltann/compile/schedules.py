@@ -56,6 +56,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from deltann.compile.pipeline import is_cpu, is_gpu
+
 log = logging.getLogger("deltann.compile")
 
 #: Vector lanes tried, largest first, when the target's features are unknown.
@@ -648,7 +650,7 @@ def _cpu_rule() -> Any:
 
     class _ParallelVectorize(dlight.ScheduleRule):
         def apply(self, func: Any, target: Target, tunable: bool) -> Any:
-            if target.kind.name != "llvm":
+            if not is_cpu(target):
                 return None
             return schedule_func(func, lanes_for(target))
 
@@ -683,9 +685,9 @@ def default_schedule() -> Any:
             raise ValueError("DefaultSchedule needs a target scope (`with target:`; pipeline.build opens one)")
         # a clone: ApplyDefaultSchedule replaces functions in the module it is given, which
         # would change the caller's module too
-        if target.kind.name == "llvm":
+        if is_cpu(target):
             return dlight.ApplyDefaultSchedule(_cpu_rule())(prepack_weights(mod.clone()))
-        if "gpu" in target.keys:
+        if is_gpu(target):
             return dlight.ApplyDefaultSchedule(*_gpu_rules())(mod.clone())
         return mod
 
@@ -738,7 +740,7 @@ def kernels_without_schedule(mod: Any, target: Any) -> list[str]:
     ``llvm``, those without a vectorised loop (:func:`unvectorized_kernels`); on other
     targets, those left as naive loops (:func:`unscheduled_kernels`: no thread binding).
     What the ``builds`` table's ``unscheduled`` column counts and bench/compile.py prints."""
-    if target.kind.name == "llvm":
+    if is_cpu(target):
         return unvectorized_kernels(mod)
     return unscheduled_kernels(mod)
 

@@ -44,6 +44,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from deltann.compile.pipeline import is_cpu
 from deltann.compile.settings import APPLY_DATABASE
 
 log = logging.getLogger("deltann.compile")
@@ -93,7 +94,7 @@ def tuning_target(target: Any, threads: int) -> Any:
 
     spec = dict(target.export())
     host = spec.pop("host", None)
-    if target.kind.name == "llvm":
+    if is_cpu(target):
         spec["num-cores"] = threads
     return tvm.target.Target(spec, host=host) if host else tvm.target.Target(spec)
 
@@ -289,7 +290,7 @@ def _cpu_intrinsics_only(target: Any) -> None:
     import types
 
     name = "tvm.s_tir.tensor_intrin"
-    if name in sys.modules or target.kind.name != "llvm":
+    if name in sys.modules or not is_cpu(target):
         return
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from deltann.compile.pipeline import is_native
 from deltann.errors import FleetError
 from deltann.fleet.devices import DeviceKind
 
@@ -124,10 +125,6 @@ def cpu_facts() -> tuple[str, str]:
     return f"{model} ({py_platform.machine()})", isa
 
 
-def _needs_llvm_cpu(spec: dict[str, Any] | None) -> bool:
-    return bool(spec) and spec.get("kind") == "llvm" and spec.get("mcpu") == "native"
-
-
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "deltann"
@@ -167,7 +164,7 @@ def llvm_cpu() -> str:
 def resolve_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
     """``spec`` with ``mcpu = "native"`` replaced by this machine's CPU (as
     :func:`deltann.compile.pipeline.resolve_native`, through the cache)."""
-    if spec is None or not _needs_llvm_cpu(spec):
+    if spec is None or not is_native(spec):
         return spec
     return {**spec, "mcpu": llvm_cpu()}
 

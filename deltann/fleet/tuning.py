@@ -57,7 +57,7 @@ def extract_remote(unit: Unit, cache_dir: str) -> dict[str, Any]:
 
     from deltann import zoo
     from deltann.compile.frontends import import_relax
-    from deltann.compile.pipeline import make_target, resolve_native
+    from deltann.compile.pipeline import make_target, resolved_spec
     from deltann.convert._tools import input_shape
     from deltann.convert.chain import ArtifactCache
 
@@ -70,9 +70,8 @@ def extract_remote(unit: Unit, cache_dir: str) -> dict[str, Any]:
     mod = import_relax(unit.frontend, artifact.payload, input_shape(spec.input_shape, artifact.layout))
     target = make_target(unit.target, unit.host)
     tasks = ms_tuning.extract(mod, unit.passes, target)
-    resolved = {"target": resolve_native(json.loads(unit.target)),
-                "host": resolve_native(json.loads(unit.host)) if unit.host else None}
-    return {"tasks": [t.__dict__ for t in tasks], "target": json.dumps(resolved, sort_keys=True),
+    return {"tasks": [t.__dict__ for t in tasks], "target": json.dumps(resolved_spec(unit.target, unit.host),
+                                                                       sort_keys=True),
             "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
 
 
@@ -84,10 +83,9 @@ def tune_remote(tasks: list[dict[str, Any]], target_json: str, trials: int, tria
     starting from ``previous`` records (JSON); JSON records back."""
     import socket
 
-    import tvm
+    from deltann.compile.pipeline import tuning_target_of
 
-    spec = json.loads(target_json)
-    target = tvm.target.Target(spec["target"], host=spec["host"]) if spec["host"] else tvm.target.Target(spec["target"])
+    target = tuning_target_of(target_json)
     start = time.perf_counter()
     task_list = [ms_tuning.Task(**t) for t in tasks]
     if seconds is not None:

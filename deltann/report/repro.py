@@ -162,7 +162,9 @@ def _side(store: Store, row: dict[str, Any], artifacts: Any, folder: Path, label
         return side
     # A TVM build: its compiled module, and the frontend input it came from (to rebuild).
     side["frontend_input"] = model_file.relative_to(folder).as_posix()
-    side["device_kind"] = json.loads(row["target"]).get("kind", "llvm") if row.get("target") else "llvm"
+    from deltann.compile.pipeline import CPU_KIND
+
+    side["device_kind"] = json.loads(row["target"]).get("kind", CPU_KIND) if row.get("target") else CPU_KIND
     tuning = ""
     from deltann.compile.tuning import APPLY
 

@@ -288,52 +288,41 @@ def expose_torch_layers(module: Any, input_shape: tuple[int, ...]) -> tuple[Any,
 
 
 def capture_tvm_torch(module: Any, x: np.ndarray, passes: tuple[str, ...] = (),
-                      target_json: str = '{"kind": "llvm"}', host_json: str = "", tuning: str = "") -> Trace:
+                      target_json: str = "", host_json: str = "", tuning: str = "") -> Trace:
     """Every torch layer from a TVM Relax build imported through the exported-program
     frontend (as deltann's ``torch.export`` builds import it) under ``passes``; layers
     named by module path, as :func:`capture_torch` names them."""
-    from tvm.relax.frontend.torch import from_exported_program
-
-    program, recorded = expose_torch_layers(module, (1, *x.shape[1:]))
-    mod = from_exported_program(program, keep_params_as_input=False)
-    outs = _run_tvm(mod, passes, target_json, host_json, _to_layout(x, "NCHW"), 1 + len(recorded), tuning)
+    shape = (1, *x.shape[1:])
+    program, recorded = expose_torch_layers(module, shape)
+    outs = _run_tvm("torch.export", program, shape, passes, target_json, host_json, _to_layout(x, "NCHW"),
+                    1 + len(recorded), tuning)
     return Trace("tvm", "NCHW", [replace(layer, value=outs[1 + k]) for k, layer in enumerate(recorded)])
 
 
-def _device(target: Any) -> Any:
-    """The device a target runs on here (llvm -> cpu; cuda, opencl, ... by name); a
-    one-line error where this machine has none (a board's build is captured on a machine
-    that can run it)."""
-    import tvm
+def _tvm_vm(frontend: str, payload: Any, input_shape: tuple[int, ...], passes: tuple[str, ...], target_json: str,
+            host_json: str, tuning: str) -> Any:
+    """The build as deltann's builds make it, through the one TVM path
+    (:func:`deltann.compile.pipeline.compile_payload`: the same import, the board's target,
+    the setting's passes then the target's lowering), on the Relax VM; a one-line error
+    where this machine has no device for the target (a board's build is captured on a
+    machine that can run it)."""
+    from deltann.compile import pipeline
 
-    kind = target.kind.name
-    dev = tvm.device("cpu" if kind == "llvm" else kind, 0)
-    if not dev.exist:
-        raise RuntimeError(f"target {kind!r} has no device on this machine: capture this build on a board of "
-                           "its kind (deltann localize runs both sides where it is started)")
-    return dev
+    target = pipeline.make_target(target_json or pipeline.DEFAULT_TARGET, host_json)
+    pipeline.device(target, check=True)  # before the minutes a build can take
+    built = pipeline.compile_payload(frontend, payload, input_shape, passes, target, tuning)
+    return pipeline.Vm(built.executable, target, check=True)
 
 
-def _run_tvm(mod: Any, passes: tuple[str, ...], target_json: str, host_json: str, xin: np.ndarray,
-             n_outputs: int, tuning: str = "") -> list[np.ndarray]:
-    """Build ``mod`` as deltann's builds do (:func:`deltann.compile.pipeline.build`, the
-    setting's passes then the target's lowering) and run it one image at a time
-    (exporters fix the batch at 1); returns each output stacked over the batch.
-    ``tuning``: the ``tuned`` setting's MetaSchedule records (JSON, as units carry them)."""
-    import tvm
-    from tvm import relax
-
-    from deltann.compile.pipeline import build, make_target
-    from deltann.compile.tuning import database_from_json
-
-    target = make_target(target_json or '{"kind": "llvm"}', host_json)
-    dev = _device(target)
-    executable = build(mod, tuple(passes), target, database=database_from_json(tuning))
-    vm = relax.VirtualMachine(executable, dev)
+def _run_tvm(frontend: str, payload: Any, input_shape: tuple[int, ...], passes: tuple[str, ...], target_json: str,
+             host_json: str, xin: np.ndarray, n_outputs: int, tuning: str = "") -> list[np.ndarray]:
+    """Build ``payload`` (:func:`_tvm_vm`) and run it one image at a time (exporters fix
+    the batch at 1); returns each output stacked over the batch. ``tuning``: the ``tuned``
+    setting's MetaSchedule records (JSON, as units carry them)."""
+    vm = _tvm_vm(frontend, payload, input_shape, passes, target_json, host_json, tuning)
     per_image = []
     for i in range(len(xin)):
-        out = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(xin[i : i + 1]), device=dev))
-        outs = [out] if hasattr(out, "numpy") else list(out)
+        outs = vm.outputs(xin[i : i + 1])
         if len(outs) != n_outputs:
             raise RuntimeError(f"TVM returned {len(outs)} outputs where {n_outputs} were exposed")
         per_image.append({k: o.numpy() for k, o in enumerate(outs)})
@@ -409,20 +398,18 @@ def capture_onnxruntime(path: Path, x: np.ndarray, layout: str = "NCHW") -> Trac
     return _onnx_trace("onnxruntime", layout, exposed, values)
 
 
-def capture_tvm(path: Path, x: np.ndarray, passes: tuple[str, ...] = (), target_json: str = '{"kind": "llvm"}',
+def capture_tvm(path: Path, x: np.ndarray, passes: tuple[str, ...] = (), target_json: str = "",
                 host_json: str = "", layout: str = "NCHW", tuning: str = "") -> Trace:
     """Every node's output from a TVM Relax build of the ONNX at ``path`` under ``passes``,
     imported as deltann's builds import it (onnxruntime-folded first)."""
-    from tvm.relax.frontend.onnx import from_onnx
-
     from deltann.compile.frontends import _fold_onnx
 
     xin = _to_layout(x, layout)
     # at one image's static shape, as deltann's builds import ONNX (frontends.fix_input_shape)
-    exposed = expose_onnx_layers(_fold_onnx(Path(path), (1, *xin.shape[1:])))
-    mod = from_onnx(exposed.model, keep_params_in_input=False)
+    shape = (1, *xin.shape[1:])
+    exposed = expose_onnx_layers(_fold_onnx(Path(path), shape))
     names = [o.name for o in exposed.model.graph.output]
-    outs = _run_tvm(mod, passes, target_json, host_json, xin, len(names), tuning)
+    outs = _run_tvm("onnx", exposed.model, shape, passes, target_json, host_json, xin, len(names), tuning)
     return _onnx_trace("tvm", layout, exposed, dict(zip(names, outs, strict=True)))
 
 
@@ -442,7 +429,7 @@ def _kernel_ops(name: str) -> list[str]:
 
 
 def capture_tvm_kernels(frontend: str, payload: Any, x: np.ndarray, passes: tuple[str, ...] = (),
-                        target_json: str = '{"kind": "llvm"}', host_json: str = "", layout: str = "NCHW",
+                        target_json: str = "", host_json: str = "", layout: str = "NCHW",
                         tuning: str = "") -> Trace:
     """The build exactly as deltann's builds make it (same import, same passes, nothing
     exposed), one layer per kernel call, read by the Relax VM's instrument hook after
@@ -454,25 +441,17 @@ def capture_tvm_kernels(frontend: str, payload: Any, x: np.ndarray, passes: tupl
     that read no data (weight layout transforms) are not layers; constant arguments are
     the layer's parameters."""
     import tvm
-    from tvm import relax
-
-    from deltann.compile.frontends import import_relax
-    from deltann.compile.pipeline import build, make_target
-    from deltann.compile.tuning import database_from_json
 
     xin = _to_layout(x, layout)
-    mod = import_relax(frontend, payload, (1, *xin.shape[1:]))
-    target = make_target(target_json or '{"kind": "llvm"}', host_json)
-    dev = _device(target)
-    executable = build(mod, tuple(passes), target, database=database_from_json(tuning))
-    vm = relax.VirtualMachine(executable, dev)
+    built = _tvm_vm(frontend, payload, (1, *xin.shape[1:]), passes, target_json, host_json, tuning)
+    vm = built.vm
     per_image: list[list[Layer]] = []
 
     def ptr(t: Any) -> int | None:
         return t.data_ptr() if isinstance(t, tvm.runtime.Tensor) else None
 
     for i in range(len(xin)):
-        arg = tvm.runtime.tensor(np.ascontiguousarray(xin[i : i + 1]), device=dev)
+        arg = built.tensor(xin[i : i + 1])
         writer: dict[int, str] = {ptr(arg): ""}  # buffer -> the layer that last wrote it ("" = the input)
         calls: dict[str, int] = {}
         found: list[Layer] = []
@@ -642,21 +621,19 @@ def expose_tflite_layers(path: Path, tensors: list[int]) -> bytes:
 
 
 def capture_tvm_tflite(path: Path, x: np.ndarray, passes: tuple[str, ...] = (),
-                       target_json: str = '{"kind": "llvm"}', host_json: str = "", layout: str = "NHWC",
+                       target_json: str = "", host_json: str = "", layout: str = "NHWC",
                        tuning: str = "") -> Trace:
     """Every TFLite operator's output from a TVM Relax build imported through the TFLite
     frontend (as deltann's ``tflite`` builds import it) under ``passes``; layers named and
     parametrised as :func:`capture_litert` names them."""
-    import tflite
-    from tvm.relax.frontend.tflite import from_tflite
-
     it = _litert_interpreter(path)
     templates = _litert_layers(it, Path(path))
     own = [int(o["index"]) for o in it.get_output_details()]
     wanted = [out for _, out in templates]
     order = own + [t for t in dict.fromkeys(wanted) if t not in own]
-    mod = from_tflite(tflite.Model.GetRootAsModel(expose_tflite_layers(Path(path), wanted), 0))
-    outs = _run_tvm(mod, passes, target_json, host_json, _to_layout(x, layout), len(order), tuning)
+    xin = _to_layout(x, layout)
+    outs = _run_tvm("tflite", expose_tflite_layers(Path(path), wanted), (1, *xin.shape[1:]), passes, target_json,
+                    host_json, xin, len(order), tuning)
     position = {t: k for k, t in enumerate(order)}
     return Trace("tvm", layout, [replace(layer, value=outs[position[out]]) for layer, out in templates])
 

@@ -1,5 +1,6 @@
-"""TVM Relax: import through a frontend, build under a setting's passes for the board's
-target, keep the compiled module in the board's cache, run it on the Relax VM."""
+"""TVM Relax as a runtime: a unit's build through the one TVM path
+(:mod:`deltann.compile.pipeline`: frontend import, the board's target, build, VM), kept
+in the board's compiled-module cache, and run on the Relax VM."""
 
 from __future__ import annotations
 
@@ -53,9 +54,7 @@ class TvmBuild:
     def __call__(self) -> Any:
         import tvm
 
-        from deltann.compile.frontends import import_relax
-        from deltann.compile.pipeline import build_counted, make_target
-        from deltann.compile.tuning import database_from_json
+        from deltann.compile.pipeline import compile_payload, make_target
 
         target = make_target(self.target_json, self.host_json)
         self.resolved_target = str(target)
@@ -70,13 +69,9 @@ class TvmBuild:
                 self.cached, self.compile_s = True, time.perf_counter() - start
                 self.unscheduled = _read_count(cached)
                 return self.executable
-        start = time.perf_counter()
-        mod = import_relax(self.frontend, self.payload, self.input_shape)
-        self.import_s = time.perf_counter() - start
-        start = time.perf_counter()
-        self.executable, missing = build_counted(mod, self.passes, target, database=database_from_json(self.tuning))
-        self.unscheduled = len(missing)
-        self.compile_s = time.perf_counter() - start
+        built = compile_payload(self.frontend, self.payload, self.input_shape, self.passes, target, self.tuning)
+        self.executable, self.unscheduled = built.executable, len(built.unscheduled)
+        self.import_s, self.compile_s = built.import_s, built.compile_s
         if cached is not None:
             self._keep(cached)
         return self.executable
@@ -111,35 +106,24 @@ def _read_count(module: Path) -> int | None:
 class TvmRunner(Runner):
     name = "tvm"
 
-    def __init__(self, executable: Any, device: str = "llvm", layout: str = "NCHW") -> None:
+    def __init__(self, executable: Any, device: str = "", layout: str = "NCHW") -> None:
         super().__init__(layout)
         self.executable = executable
-        self.device_name = device
+        self.device_name = device  # the target's kind (the builds' target); "" = the CPU
         self.vm: Any = None
 
     def activate_impl(self) -> None:
-        import tvm
-        from tvm import relax
+        from deltann.compile.pipeline import CPU_KIND, Vm
 
-        # The device a target kind runs on: llvm -> cpu; cuda, opencl, vulkan, ... by name.
-        self.dev = tvm.device("cpu" if self.device_name == "llvm" else self.device_name, 0)
-        self.vm = relax.VirtualMachine(self.executable, self.dev)
-
-    def _tensor(self, x: np.ndarray) -> Any:
-        import tvm
-
-        return tvm.runtime.tensor(x, device=self.dev)
+        self.vm = Vm(self.executable, self.device_name or CPU_KIND)
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        out = self.vm["main"](self._tensor(x))
-        if not hasattr(out, "numpy"):  # a tuple of outputs: logits come first
-            out = out[0]
-        return out.numpy()
+        return self.vm.first(x)  # a tuple of outputs: logits come first
 
     def prepare_impl(self, x: np.ndarray) -> Callable[[], Any]:
         # The input is staged on the device once; the timed call is the VM's ``main`` alone,
         # as TVM's own time_evaluator calls it.
-        arg, main = self._tensor(x), self.vm["main"]
+        arg, main = self.vm.tensor(x), self.vm.vm["main"]
         return lambda: main(arg)
 
     def deactivate_impl(self) -> None:
