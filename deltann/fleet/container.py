@@ -545,7 +545,7 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
         (work / ARTIFACTS_FILE).write_text(json.dumps(prepared))
         (work / READY_FILE).touch()  # written last: the container takes the job
         current: Unit | None = None
-        stage = "convert"  # the stage the current unit was in, as its progress said
+        stage = Stage.CONVERT  # the stage the current unit was in, as its progress said
         started = time.monotonic()
         seen = 0
         for table in follow(work, server.running):
@@ -554,8 +554,8 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
             key = meta.get(b"deltann.unit", b"").decode()
             if is_progress(table):
                 current = next((u for u in left if u.key == key), current)
-                stage = meta.get(b"deltann.stage", b"convert").decode()
-                started = time.monotonic() if meta.get(b"deltann.stage") == b"convert" else started
+                stage = Stage.of(meta.get(b"deltann.stage", b"").decode())
+                started = time.monotonic() if stage is Stage.CONVERT else started
             elif meta.get(b"deltann.table") == b"builds":
                 left = [u for u in left if u.key != key]
                 current = None
@@ -570,7 +570,7 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
             continue
         victim = current or left[0]
         message = " ".join(logs.split())[-1200:]
-        failure = Failure.crash(Stage.of(stage) if current is not None else Stage.CONTAINER, "ContainerExited",
+        failure = Failure.crash(stage if current is not None else Stage.CONTAINER, "ContainerExited",
                                 f"container {kind.image} exited with {status.get('StatusCode')}: {message}")
         yield stamp(builds_row(victim, failure, study=study, board=board, hostname=hostname,
                                seconds=time.monotonic() - started), image_ref)

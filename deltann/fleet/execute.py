@@ -151,7 +151,7 @@ def run_unit(
     times = {"convert_s": 0.0, "import_s": 0.0, "compile_s": 0.0, "load_s": 0.0}
     failure: Failure | None = None
     built_target = ""  # TVM target as the board resolved it (mcpu "native" -> its CPU), host included
-    stage = ["convert"]
+    stage: list[str] = [Stage.CONVERT]
     hops: list[dict[str, Any]] = []
     layout = ""
     unscheduled: int | None = None
@@ -163,7 +163,7 @@ def run_unit(
         runner, times, built_target = loaded.runner, loaded.times, loaded.built_target
         hops, layout, unscheduled = loaded.artifact.hops, loaded.artifact.layout, loaded.unscheduled
 
-        stage[0] = "execute"
+        stage[0] = Stage.EXECUTE
         yield progress(unit.key, stage[0])
         # The shard's images are made a chunk at a time (the next while this one runs) and
         # each chunk's predictions go out at once: a board holds two chunks, whatever the
@@ -193,7 +193,7 @@ def _predict_chunk(unit: Unit, runner: Runner, chunk: Inputs, labels: Any, spec:
         t0 = time.perf_counter_ns()
         out = runner.infer(x)
         latency = time.perf_counter_ns() - t0  # one call, untimed warm-up: not a timing (see session)
-        stage[0] = "verify"
+        stage[0] = Stage.VERIFY
         if out.ndim > 2 and out.shape[-1] == out.size == labels.num_classes:
             # TVM's TFLite frontend keeps FULLY_CONNECTED's keep_num_dims shape
             # (1, 1, 1, n) where LiteRT gives (1, n), with the same values (measured on
@@ -220,7 +220,7 @@ def _predict_chunk(unit: Unit, runner: Runner, chunk: Inputs, labels: Any, spec:
         rows["top5_prob"].append(probs[top5].astype(np.float32).tolist())
         rows["logits"].append(logits)
         rows["latency_ns"].append(latency)
-        stage[0] = "execute"
+        stage[0] = Stage.EXECUTE
     n = len(chunk.ids)
     columns = {k: [v] * n for k, v in ident.items()} | {k: v for k, v in rows.items()}
     columns["logits"] = pa.FixedSizeListArray.from_arrays(
