@@ -65,7 +65,7 @@ def tune_on(boards: int, args: argparse.Namespace, work: Path) -> tuple[float, A
         failures: list[str] = []
         start = time.perf_counter()
         outcome = tune_units(study, units, store, kinds, str(work / "artifacts"),
-                             lambda unit, board, kind, message: failures.append(f"{kind}: {message}"))
+                             lambda unit, board, failure: failures.append(f"{failure.error_type}: {failure.message}"))
         wall = time.perf_counter() - start
         if failures:
             raise RuntimeError(f"tuning failed on {boards} board(s): {failures[0]}")

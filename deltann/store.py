@@ -121,8 +121,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         UNIT_FIELDS
         + [
             pa.field("status", pa.string()),  # ok | failed
-            pa.field("stage", pa.string()),  # "" | container | convert | build | load | execute | verify
-            pa.field("outcome", pa.string()),  # ok | exception | crash | timeout | mismatch | nan | oom
+            pa.field("stage", pa.string()),  # "" | a deltann.fleet.failure.Stage (convert, build, ...)
+            pa.field("outcome", pa.string()),  # ok | a deltann.fleet.failure.Outcome (exception, oom, ...)
             pa.field("error_type", pa.string()),
             pa.field("message", pa.string()),
             pa.field("frontend", pa.string()),
@@ -189,7 +189,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("lab", pa.string()),
         pa.field("cpu", pa.string()),
         pa.field("status", pa.string()),  # ok | failed
-        pa.field("outcome", pa.string()),  # ok | exception | crash | timeout
+        pa.field("outcome", pa.string()),  # ok | exception | crash | timeout (deltann.fleet.failure.Outcome)
         pa.field("error_type", pa.string()),
         pa.field("message", pa.string()),
         pa.field("unit_keys", pa.list_(pa.string())),

@@ -111,12 +111,13 @@ class Board:
         real run of its configuration took, then yield that run's tables re-keyed to this
         unit and this actor. Lets 32 boards share a 2-core machine without 32 copies of
         torch, while the driver does exactly what it does for real boards."""
+        from deltann.fleet.failure import Stage
         from deltann.fleet.markers import progress
         from deltann.store import tag
 
         me = ray.get_runtime_context().get_actor_id()
         for unit in units:
-            yield progress(unit.key, "convert")
+            yield progress(unit.key, Stage.CONVERT)
             record = recordings[unit.config]
             time.sleep(record["seconds"])
             for name in ("predictions", "timings", "builds"):

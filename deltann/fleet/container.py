@@ -50,6 +50,7 @@ import pyarrow as pa
 
 from deltann.dataset import Inputs, InputSet
 from deltann.fleet.devices import DeviceKind
+from deltann.fleet.failure import Failure, Outcome, Stage
 from deltann.plan import TimingJob, Unit
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ def prepare_artifacts(units: list[Unit], artifacts: ArtifactCache, cache_dir: Pa
         key = _artifact_key(unit.model, unit.variant)
         if key in prepared:
             continue
-        yield progress(unit.key, "convert")
+        yield progress(unit.key, Stage.CONVERT)
         try:
             artifact = artifacts.get(unit.model, unit.variant)
         except Exception as exc:  # the container reports it as this unit's convert failure
@@ -228,30 +229,30 @@ def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, bo
     import importlib.util
 
     from deltann.convert.base import parse_chain
-    from deltann.fleet.markers import failure_row
+    from deltann.fleet.markers import builds_row
     from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST
 
     def module(dist: str) -> str:
         return IMPORT_NAME.get(dist, dist)
 
-    needs: list[tuple[str, str, str]] = []  # (module, stage, what needs it)
+    needs: list[tuple[str, Stage, str]] = []  # (module, stage, what needs it)
     if not artifacts.has(unit.model, unit.variant):
         source = parse_chain(unit.variant)[0].framework
         dist = RUNTIME_DIST.get(NATIVE_RUNTIME.get(source, ""), "")
         if dist and source != "onnx" and source != "tflite":  # file formats: read as data
-            needs.append((module(dist), "convert", f"loading the {source} model"))
+            needs.append((module(dist), Stage.CONVERT, f"loading the {source} model"))
     if unit.frontend:
-        needs.append((unit.frontend.split(".")[0], "build", f"TVM's {unit.frontend} frontend"))
+        needs.append((unit.frontend.split(".")[0], Stage.BUILD, f"TVM's {unit.frontend} frontend"))
     if unit.runtime in RUNTIME_DIST:
-        needs.append((module(RUNTIME_DIST[unit.runtime]), "load", f"runtime {unit.runtime!r}"))
+        needs.append((module(RUNTIME_DIST[unit.runtime]), Stage.LOAD, f"runtime {unit.runtime!r}"))
     for name, stage, why in needs:
         if importlib.util.find_spec(name) is None:
             kind = os.environ.get(IMAGE_ENV, "this")
             message = (f"the {kind} image has no {name}, needed for {why}: a board image holds TVM and the small "
                        "runtimes only ([tool.deltann.images] board in pyproject.toml); run this configuration on a "
                        "kind without a container, or add it to the kind's image")
-            return failure_row(unit, study=study, board=board, hostname=hostname, stage=stage, outcome="exception",
-                               error_type="MissingInImage", message=message, seconds=0.0)
+            return builds_row(unit, Failure.refused(stage, "MissingInImage", message), study=study, board=board,
+                              hostname=hostname, seconds=0.0)
     return None
 
 
@@ -509,16 +510,16 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
     import docker
 
     from deltann.convert.chain import ArtifactCache
-    from deltann.fleet.markers import failure_row, is_progress
+    from deltann.fleet.markers import builds_row, is_progress
 
     def refuse_all(error: Exception, what: str) -> Iterator[pa.Table]:
         """The container never started: every unit left becomes a ``container`` failure row,
         so the study ends with rows instead of a board that keeps dying."""
         message = " ".join(str(error).split())[:1500] or type(error).__name__
         for unit in left:
-            yield stamp(failure_row(unit, study=study, board=board, hostname=hostname, stage="container",
-                                    outcome="exception", error_type=type(error).__name__,
-                                    message=f"{what} {kind.image!r}: {message}", seconds=0.0), image_ref)
+            failure = Failure.refused(Stage.CONTAINER, type(error).__name__, f"{what} {kind.image!r}: {message}")
+            yield stamp(builds_row(unit, failure, study=study, board=board, hostname=hostname, seconds=0.0),
+                        image_ref)
 
     left = list(units)
     image_ref = kind.image
@@ -544,7 +545,7 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
         (work / ARTIFACTS_FILE).write_text(json.dumps(prepared))
         (work / READY_FILE).touch()  # written last: the container takes the job
         current: Unit | None = None
-        stage = "convert"  # the stage the current unit was in, as its progress said
+        stage = Stage.CONVERT  # the stage the current unit was in, as its progress said
         started = time.monotonic()
         seen = 0
         for table in follow(work, server.running):
@@ -553,8 +554,8 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
             key = meta.get(b"deltann.unit", b"").decode()
             if is_progress(table):
                 current = next((u for u in left if u.key == key), current)
-                stage = meta.get(b"deltann.stage", b"convert").decode()
-                started = time.monotonic() if meta.get(b"deltann.stage") == b"convert" else started
+                stage = Stage.of(meta.get(b"deltann.stage", b"").decode())
+                started = time.monotonic() if stage is Stage.CONVERT else started
             elif meta.get(b"deltann.table") == b"builds":
                 left = [u for u in left if u.key != key]
                 current = None
@@ -569,11 +570,10 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
             continue
         victim = current or left[0]
         message = " ".join(logs.split())[-1200:]
-        yield stamp(failure_row(victim, study=study, board=board, hostname=hostname,
-                                stage=stage if current is not None else "container",
-                                outcome="crash", error_type="ContainerExited",
-                                message=f"container {kind.image} exited with {status.get('StatusCode')}: {message}",
-                                seconds=time.monotonic() - started), image_ref)
+        failure = Failure.crash(stage if current is not None else Stage.CONTAINER, "ContainerExited",
+                                f"container {kind.image} exited with {status.get('StatusCode')}: {message}")
+        yield stamp(builds_row(victim, failure, study=study, board=board, hostname=hostname,
+                               seconds=time.monotonic() - started), image_ref)
         left = [u for u in left if u.key != victim.key]
 
 
@@ -624,11 +624,11 @@ def time_in_container(kind: DeviceKind, job: TimingJob, inputs: dict[str, Inputs
     import docker
 
     from deltann.convert.chain import ArtifactCache
-    from deltann.fleet.session import session_row
+    from deltann.fleet.session import STAGE, session_row
 
-    def failed(outcome: str, error: str, message: str) -> pa.Table:
+    def failed(outcome: Outcome, error: str, message: str) -> pa.Table:
         return session_row(job, study=study, board=board, hostname=hostname,
-                           failure={"outcome": outcome, "error_type": error, "message": " ".join(message.split())})
+                           failure=Failure(STAGE, outcome, error, " ".join(message.split())))
 
     try:
         client = docker.from_env()
@@ -637,7 +637,7 @@ def time_in_container(kind: DeviceKind, job: TimingJob, inputs: dict[str, Inputs
         prepared = yield from prepare_artifacts(list(job.units), ArtifactCache(cache_dir), cache_dir)
         server = _board_container(client, kind, cache_dir, study=study, board=board)
     except (docker.errors.DockerException, OSError) as exc:
-        yield failed("exception", type(exc).__name__, f"image {kind.image!r} could not run here: {exc}")
+        yield failed(Outcome.EXCEPTION, type(exc).__name__, f"image {kind.image!r} could not run here: {exc}")
         return
     work = server.submit()
     write_job(work, list(job.units), inputs, study=study, board=board, hostname=hostname, timing=job)
@@ -649,7 +649,7 @@ def time_in_container(kind: DeviceKind, job: TimingJob, inputs: dict[str, Inputs
         yield table
     if not ended:
         status, logs = server.ended()
-        yield failed("crash", "ContainerExited",
+        yield failed(Outcome.CRASH, "ContainerExited",
                      f"container {kind.image} exited with {status.get('StatusCode')}: {logs[-1200:]}")
 
 

@@ -25,6 +25,7 @@ from deltann.errors import DeltannError
 from deltann.fleet import identity
 from deltann.fleet.devices import DeviceKind, load_catalogue
 from deltann.fleet.execute import TENSORS
+from deltann.fleet.failure import Failure, Outcome, Stage
 from deltann.fleet.retry import to_retry
 from deltann.store import SESSION_TABLES, Store
 from deltann.study import Study, load_study
@@ -412,8 +413,8 @@ class Dispatcher:
             lane.flights.pop(0)
             if lane.job is not None:
                 if not lane.job_ended:  # never happens unless a board skipped its session's last row
-                    self._session_failed(lane, "exception", "NoResult", "the board's stream ended without the "
-                                         "session's result")
+                    self._session_failed(lane, Failure(Stage.TIME, Outcome.EXCEPTION, "NoResult",
+                                                       "the board's stream ended without the session's result"))
                 lane.job = None
             if not lane.flights and lane.batch:  # only if a board skipped units; never lose them
                 log.warning("board %s ended its streams with %d units unreported", lane.node_id, len(lane.batch))
@@ -455,14 +456,13 @@ class Dispatcher:
             log.warning("timing session of %s on %s (board %s) failed: %s: %s", row["model"], row["device"],
                         row["board"][:12], row["outcome"], row["message"][:300])
 
-    def _session_failed(self, lane: Lane, outcome: str, error_type: str, message: str) -> None:
+    def _session_failed(self, lane: Lane, failure: Failure) -> None:
         """The board could not report on its session (crash, timeout): its row, written here."""
         from deltann.fleet.session import session_row
 
         assert lane.job is not None
         table = session_row(lane.job, study=self.study.name, board=lane.node_id, hostname=lane.hostname,
-                            failure={"outcome": outcome, "error_type": error_type, "message": message},
-                            seconds=time.monotonic() - lane.since)
+                            failure=failure, seconds=time.monotonic() - lane.since)
         self.store.write(table)
         lane.job_ended = True
         self._session_ended(table.to_pylist()[0])
@@ -517,7 +517,8 @@ class Dispatcher:
         """A stream failed. Node gone: its unfinished units move to other boards of the
         kind. Node alive: the actor died under the current unit, which becomes a
         ``crash`` row; the rest go to a fresh actor on the same board."""
-        unfinished, current, stage = lane.batch, lane.current, lane.stage or "convert"
+        unfinished, current, stage = lane.batch, lane.current, lane.stage
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
         job = lane.job if not lane.job_ended else None
         lane.flights, lane.batch, lane.current, lane.job, lane.done_images = [], [], None, None, 0
         if not node_alive(lane.node_id):
@@ -529,10 +530,10 @@ class Dispatcher:
             return
         if job is not None:
             lane.job = job
-            self._session_failed(lane, "crash", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self._session_failed(lane, Failure.crash(Stage.TIME, type(exc).__name__, first_line))
             lane.job = None
         if current is not None:
-            self._fail(lane, current, stage, "crash", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self._fail(lane, current, Failure.crash(Stage.of(stage), type(exc).__name__, first_line))
             unfinished = [u for u in unfinished if u.key != current.key]
         if lane.restarts >= MAX_RESTARTS:
             lane.dead = True
@@ -553,19 +554,20 @@ class Dispatcher:
         if lane.job is not None:  # a timing session past its limit: a failed session row, the board goes on
             ray.kill(lane.actor, no_restart=True)
             lane.flights = []
-            self._session_failed(lane, "timeout", "Timeout", f"still timing ({lane.stage}) after {seconds:.1f} s "
-                                 f"(unit_timeout_s = {self.study.unit_timeout_s} per configuration)")
+            message = (f"still timing ({lane.stage}) after {seconds:.1f} s "
+                       f"(unit_timeout_s = {self.study.unit_timeout_s} per configuration)")
+            self._session_failed(lane, Failure.timeout(Stage.TIME, message))
             lane.job = None
             self._start_actor(lane)
             self._feed(lane)
             return
         assert lane.current is not None
-        current, stage = lane.current, lane.stage or "convert"
+        current, stage = lane.current, Stage.of(lane.stage)
         unfinished = [u for u in lane.batch if u.key != current.key]
         ray.kill(lane.actor, no_restart=True)
         lane.flights, lane.batch, lane.current, lane.done_images = [], [], None, 0
-        self._fail(lane, current, stage, "timeout", "Timeout",
-                   f"still in stage {stage!r} after {seconds:.1f} s (unit_timeout_s = {self.study.unit_timeout_s})")
+        self._fail(lane, current, Failure.timeout(stage, f"still in stage {stage.value!r} after {seconds:.1f} s "
+                                                         f"(unit_timeout_s = {self.study.unit_timeout_s})"))
         self._start_actor(lane)
         if self.study.replicate:
             lane.pinned[:0] = unfinished
@@ -573,12 +575,12 @@ class Dispatcher:
             self.queues[lane.pool][:0] = unfinished
         self._feed(lane)
 
-    def _fail(self, lane: Lane, unit: plan.Unit, stage: str, outcome: str, error_type: str, message: str) -> None:
-        from deltann.fleet.markers import failure_row
+    def _fail(self, lane: Lane, unit: plan.Unit, failure: Failure) -> None:
+        """The board could not report on ``unit`` (crash, timeout): its row, written here."""
+        from deltann.fleet.markers import builds_row
 
-        table = failure_row(unit, study=self.study.name, board=lane.node_id, hostname=lane.hostname, stage=stage,
-                            outcome=outcome, error_type=error_type, message=message,
-                            seconds=time.monotonic() - lane.since)
+        table = builds_row(unit, failure, study=self.study.name, board=lane.node_id, hostname=lane.hostname,
+                           seconds=time.monotonic() - lane.since)
         self.store.write(table)
         self.on_done(table.to_pylist()[0] | {"_lane": lane})
         self._unit_finished(unit.key, False, lane.node_id)
@@ -900,14 +902,14 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.InputSe
     if any(u.setting != "native" for u in todo + retimed):
         from deltann.fleet import tuning as fleet_tuning
 
-        def tune_failed(unit: plan.Unit, board: str, error_type: str, message: str) -> None:
-            from deltann.fleet.markers import failure_row
+        def tune_failed(unit: plan.Unit, board: str, failure: Failure) -> None:
+            from deltann.fleet.markers import builds_row
 
             if unit.key in done:  # complete already: it is left out of its timing session
-                log.warning("%s is not timed again: its tuning records failed: %s", unit.config, message[:200])
+                log.warning("%s is not timed again: its tuning records failed: %s", unit.config,
+                            failure.message[:200])
                 return
-            table = failure_row(unit, study=study.name, board=board, hostname="", stage=fleet_tuning.STAGE,
-                                outcome="exception", error_type=error_type, message=message, seconds=0.0)
+            table = builds_row(unit, failure, study=study.name, board=board, hostname="", seconds=0.0)
             store.write(table)
             on_done(table.to_pylist()[0])
 

@@ -1,13 +1,12 @@
 """Execute one unit on this board: materialise, build, load, run — producing Arrow tables
 for the store. Every exception becomes the unit's ``builds`` row with the stage it
-happened in; nothing raises out of :func:`run_unit`. Timing is not done here: the
-configurations of a model are timed together afterwards, interleaved, in one session per
-board (:mod:`deltann.fleet.session`), which loads each unit through :func:`load_runner`."""
+happened in (a :class:`~deltann.fleet.failure.Failure`); nothing raises out of
+:func:`run_unit`. Timing is not done here: the configurations of a model are timed
+together afterwards, interleaved, in one session per board (:mod:`deltann.fleet.session`),
+which loads each unit through :func:`load_runner`."""
 
 from __future__ import annotations
 
-import datetime as dt
-import errno
 import json
 import logging
 import os
@@ -28,7 +27,8 @@ from deltann.convert.chain import Artifact, ArtifactCache
 from deltann.dataset import Inputs, InputSet, TensorCache
 from deltann.plan import Unit
 from deltann.runtimes.base import Runner, thread_count
-from deltann.fleet.markers import progress, unit_columns
+from deltann.fleet.failure import Failure, Outcome, Stage, UnitFailure
+from deltann.fleet.markers import builds_row, progress, unit_columns
 from deltann.store import SCHEMAS, tag
 
 log = logging.getLogger("deltann.fleet")
@@ -133,12 +133,6 @@ def _with_progress(unit_key: str, stages: Generator[str, None, Loaded]) -> Gener
         yield progress(unit_key, name)
 
 
-class UnitFailure(Exception):
-    def __init__(self, stage: str, outcome: str, message: str) -> None:
-        super().__init__(message)
-        self.stage, self.outcome = stage, outcome
-
-
 def run_unit(
     unit: Unit, batch: Inputs | InputSet, artifacts: ArtifactCache, *, study: str, board: str, hostname: str
 ) -> Iterator[pa.Table]:
@@ -155,9 +149,9 @@ def run_unit(
     labels = spec.labels_for(parse_chain(unit.variant)[0].framework)
     ident = unit_columns(unit, study=study, board=board, hostname=hostname)
     times = {"convert_s": 0.0, "import_s": 0.0, "compile_s": 0.0, "load_s": 0.0}
-    failure: dict[str, str] = {}
+    failure: Failure | None = None
     built_target = ""  # TVM target as the board resolved it (mcpu "native" -> its CPU), host included
-    stage = ["convert"]
+    stage: list[str] = [Stage.CONVERT]
     hops: list[dict[str, Any]] = []
     layout = ""
     unscheduled: int | None = None
@@ -169,7 +163,7 @@ def run_unit(
         runner, times, built_target = loaded.runner, loaded.times, loaded.built_target
         hops, layout, unscheduled = loaded.artifact.hops, loaded.artifact.layout, loaded.unscheduled
 
-        stage[0] = "execute"
+        stage[0] = Stage.EXECUTE
         yield progress(unit.key, stage[0])
         # The shard's images are made a chunk at a time (the next while this one runs) and
         # each chunk's predictions go out at once: a board holds two chunks, whatever the
@@ -178,36 +172,15 @@ def run_unit(
         for seq, chunk in enumerate(batch.chunks(unit.lo, unit.hi, PREDICTION_CHUNK, cache)):
             yield _predict_chunk(unit, runner, chunk, labels, spec, ident, seq, stage)
             written += len(chunk)
-    except UnitFailure as exc:
-        failure = {"stage": exc.stage, "outcome": exc.outcome, "message": str(exc),
-                   "error_type": "NonFiniteOutput" if exc.outcome == "nan" else "OutputMismatch"}
     except Exception as exc:  # errors are data: the study goes on
         log.debug("unit %s failed in %s:\n%s", unit.config, stage[0], traceback.format_exc())
-        message = " ".join(str(exc).strip().splitlines())
-        failure = {"stage": stage[0], "outcome": failure_outcome(exc, message), "error_type": type(exc).__name__,
-                   "message": message[:2000] or type(exc).__name__}
+        failure = Failure.from_exception(Stage.of(stage[0]), exc)
     finally:
         if runner is not None:
             runner.deactivate()
-    row = ident | {
-        "status": "failed" if failure else "ok",
-        "stage": failure.get("stage", ""),
-        "outcome": failure.get("outcome", "ok"),
-        "error_type": failure.get("error_type", ""),
-        "message": failure.get("message", ""),
-        "frontend": unit.frontend,
-        "passes": list(unit.passes),
-        "target": built_target or unit.target,
-        "hops": json.dumps(hops),
-        "layout": layout,
-        **times,
-        "unscheduled": unscheduled,
-        "total_s": time.perf_counter() - start_all,
-        # the rows written (a unit failing midway wrote some: they stay, marked by this row)
-        "rows": written,
-        "finished_at": dt.datetime.now(dt.UTC),
-    }
-    yield tag(pa.Table.from_pylist([row], schema=SCHEMAS["builds"]), "builds", unit.key, 0)
+    yield builds_row(unit, failure, study=study, board=board, hostname=hostname,
+                     seconds=time.perf_counter() - start_all, times=times, target=built_target, hops=hops,
+                     layout=layout, unscheduled=unscheduled, rows=written)
 
 
 def _predict_chunk(unit: Unit, runner: Runner, chunk: Inputs, labels: Any, spec: Any, ident: dict[str, Any],
@@ -220,7 +193,7 @@ def _predict_chunk(unit: Unit, runner: Runner, chunk: Inputs, labels: Any, spec:
         t0 = time.perf_counter_ns()
         out = runner.infer(x)
         latency = time.perf_counter_ns() - t0  # one call, untimed warm-up: not a timing (see session)
-        stage[0] = "verify"
+        stage[0] = Stage.VERIFY
         if out.ndim > 2 and out.shape[-1] == out.size == labels.num_classes:
             # TVM's TFLite frontend keeps FULLY_CONNECTED's keep_num_dims shape
             # (1, 1, 1, n) where LiteRT gives (1, n), with the same values (measured on
@@ -229,10 +202,10 @@ def _predict_chunk(unit: Unit, runner: Runner, chunk: Inputs, labels: Any, spec:
         if out.ndim != 2 or out.shape != (1, labels.num_classes):
             declared = (f" ({spec.description} declares labels = {labels.num_classes}; fix labels)"
                         if zoo.is_user(unit.model) else "")
-            raise UnitFailure("verify", "mismatch",
+            raise UnitFailure(Stage.VERIFY, Outcome.MISMATCH,
                               f"output shape {tuple(out.shape)}, expected (1, {labels.num_classes}){declared}")
         if not np.isfinite(out).all():  # a NaN logit makes top-1 meaningless (argsort puts NaN first)
-            raise UnitFailure("verify", "nan", f"output for image {image_id!r} has "
+            raise UnitFailure(Stage.VERIFY, Outcome.NAN, f"output for image {image_id!r} has "
                               f"{int(np.isnan(out).sum())} NaN and {int(np.isinf(out).sum())} infinite values "
                               f"of {out.size}")
         logits = labels.to_imagenet(out.astype(np.float32))[0]
@@ -247,27 +220,12 @@ def _predict_chunk(unit: Unit, runner: Runner, chunk: Inputs, labels: Any, spec:
         rows["top5_prob"].append(probs[top5].astype(np.float32).tolist())
         rows["logits"].append(logits)
         rows["latency_ns"].append(latency)
-        stage[0] = "execute"
+        stage[0] = Stage.EXECUTE
     n = len(chunk.ids)
     columns = {k: [v] * n for k, v in ident.items()} | {k: v for k, v in rows.items()}
     columns["logits"] = pa.FixedSizeListArray.from_arrays(
         pa.array(np.concatenate(rows["logits"])), 1000).cast(pa.list_(pa.float32()))
     return tag(pa.table(columns, schema=SCHEMAS["predictions"]), "predictions", unit.key, seq)
-
-
-def failure_outcome(exc: BaseException, message: str) -> str:
-    """The outcome of a unit that raised: ``oom`` (Python's MemoryError, an OS call's
-    ENOMEM, C++'s std::bad_alloc surfacing through TVM), ``nospace`` (a full disk while
-    converting or caching), else ``exception``. The first two pass with time, and the next
-    run tries the unit again (deltann.fleet.retry)."""
-    code = getattr(exc, "errno", None)
-    lowered = message.lower()
-    if (isinstance(exc, MemoryError) or code == errno.ENOMEM
-            or any(s in lowered for s in ("bad_alloc", "out of memory", "cannot allocate memory"))):
-        return "oom"
-    if code in (errno.ENOSPC, errno.EDQUOT) or "no space left on device" in lowered or "disk quota exceeded" in lowered:
-        return "nospace"
-    return "exception"
 
 
 #: Board setting (environment): MiB a TVM build may allocate on top of what the board

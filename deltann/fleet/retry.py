@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Outcomes that say nothing about the model (deltann.fleet.execute.failure_outcome, the
+from deltann.fleet.failure import Outcome, Stage
+
+#: Outcomes that say nothing about the model (deltann.fleet.failure.failure_outcome, the
 #: driver's crash and timeout rows).
-TRANSIENT_OUTCOMES = ("oom", "nospace", "crash", "timeout")
+TRANSIENT_OUTCOMES = (Outcome.OOM, Outcome.NOSPACE, Outcome.CRASH, Outcome.TIMEOUT)
 #: Stages whose failure is the board's, not the unit's.
-TRANSIENT_STAGES = ("container",)
+TRANSIENT_STAGES = (Stage.CONTAINER,)
 #: Messages of rows written before ``nospace`` existed (or by a tool that wraps the error).
 TRANSIENT_TEXT = ("no space left on device", "disk quota exceeded", "cannot allocate memory", "out of memory",
                   "std::bad_alloc", "errno 28")

@@ -25,6 +25,7 @@ import pyarrow as pa
 from deltann.convert.chain import ArtifactCache
 from deltann.dataset import Inputs, InputSet
 from deltann.fleet.execute import load_runner, runtime_threads
+from deltann.fleet.failure import Failure, Outcome, Stage
 from deltann.fleet.markers import progress, unit_columns
 from deltann.plan import TimingJob, Unit
 from deltann.runtimes.base import Runner
@@ -33,7 +34,7 @@ from deltann.store import SCHEMAS, tag
 log = logging.getLogger("deltann.fleet")
 
 #: Progress stage of a session's markers (the driver's clock for ``unit_timeout_s``).
-STAGE = "time"
+STAGE = Stage.TIME
 
 
 def _loader(unit: Unit, artifacts: ArtifactCache) -> Any:
@@ -55,7 +56,7 @@ def time_session(job: TimingJob, inputs: dict[str, Inputs] | dict[str, InputSet]
     start = time.perf_counter()
     idx = list(job.images)
     slots, ids = [], {}
-    failure: dict[str, str] = {}
+    failure: Failure | None = None
     result = None
     made: dict[str, Inputs] = {}  # the timed images' tensors, made here once per input batch
     try:
@@ -73,8 +74,8 @@ def time_session(job: TimingJob, inputs: dict[str, Inputs] | dict[str, InputSet]
         result = session.result
     except Exception as exc:  # noqa: BLE001 - errors are data: a failed session is a row
         log.warning("timing session %s failed: %s: %s", job.key[:12], type(exc).__name__, exc)
-        failure = {"outcome": "exception", "error_type": type(exc).__name__,
-                   "message": " ".join(str(exc).split())[:2000] or type(exc).__name__}
+        failure = Failure(STAGE, Outcome.EXCEPTION, type(exc).__name__,
+                          " ".join(str(exc).split()) or type(exc).__name__)
     configs = {u.key: u.config for u in job.units}
     rows = 0
     if result is not None:
@@ -88,9 +89,8 @@ def time_session(job: TimingJob, inputs: dict[str, Inputs] | dict[str, InputSet]
             rows += table.num_rows
             yield table
         if not result.samples:
-            failure = {"outcome": "exception", "error_type": "NothingTimed",
-                       "message": "no configuration could be timed: "
-                                  + "; ".join(f"{configs[k]}: {e}" for k, e in result.errors.items())}
+            failure = Failure(STAGE, Outcome.EXCEPTION, "NothingTimed", "no configuration could be timed: "
+                              + "; ".join(f"{configs[k]}: {e}" for k, e in result.errors.items()))
     yield session_row(job, study=study, board=board, hostname=hostname, failure=failure, result=result,
                       seconds=time.perf_counter() - start, rows=rows)
 
@@ -120,11 +120,12 @@ def timed_inputs(batch: Inputs | InputSet, idx: list[int], cache: Path) -> Input
     return made
 
 
-def session_row(job: TimingJob, *, study: str, board: str, hostname: str, failure: dict[str, str],
+def session_row(job: TimingJob, *, study: str, board: str, hostname: str, failure: Failure | None,
                 result: Any = None, seconds: float = 0.0, rows: int = 0) -> pa.Table:
-    """The ``sessions`` row of ``job``: ``failure`` (outcome, error_type, message) empty
-    when it ended well; ``result`` (a SessionResult) when the blocks ran; ``rows`` the
-    timings rows written before it (a part of them gone later: the session is missing)."""
+    """The ``sessions`` row of ``job``: ``failure`` None when it ended well (the table has
+    no stage column: a session's stage is always :data:`STAGE`); ``result`` (a
+    SessionResult) when the blocks ran; ``rows`` the timings rows written before it (a part
+    of them gone later: the session is missing)."""
     configs = {u.key: u.config for u in job.units}
     before = after = None
     if result is not None:
@@ -132,9 +133,10 @@ def session_row(job: TimingJob, *, study: str, board: str, hostname: str, failur
     row = {
         "session": job.key, "study": study, "model": job.model, "device": job.device, "board": board,
         "hostname": hostname, "lab": job.units[0].lab if job.units else "",
-        "cpu": job.units[0].cpu if job.units else "", "status": "failed" if failure else "ok",
-        "outcome": failure.get("outcome", "ok"),
-        "error_type": failure.get("error_type", ""), "message": failure.get("message", "")[:2000],
+        "cpu": job.units[0].cpu if job.units else "", "status": "failed" if failure is not None else "ok",
+        "outcome": failure.outcome.value if failure is not None else Outcome.OK.value,
+        "error_type": failure.error_type if failure is not None else "",
+        "message": failure.message if failure is not None else "",
         "unit_keys": [u.key for u in job.units], "configs": [u.config for u in job.units],
         "dropped": json.dumps({configs[k]: e for k, e in (result.errors if result is not None else {}).items()}),
         **{k: int(v) for k, v in job.protocol}, "images": len(job.images), "cores": os.cpu_count() or 1,

@@ -39,6 +39,7 @@ import ray
 from deltann.compile import tuning as ms_tuning
 from deltann.compile import settings as compile_settings
 from deltann.fleet.devices import DeviceKind
+from deltann.fleet.failure import Failure, Stage
 from deltann.plan import Unit
 from deltann.store import SCHEMAS, Store, tag
 from deltann.study import Study
@@ -46,7 +47,7 @@ from deltann.study import Study
 log = logging.getLogger("deltann.fleet")
 
 #: The stage of a tuning failure in the ``builds`` table.
-STAGE = "tune"
+STAGE = Stage.TUNE
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -202,10 +203,10 @@ class TuningFailed(Exception):
 
 
 def tune_units(study: Study, units: list[Unit], store: Store, kinds: dict[str, DeviceKind], cache_dir: str,
-               write_failure: Callable[[Unit, str, str, str], None],
+               write_failure: Callable[[Unit, str, Failure], None],
                platforms: dict[str, str] | None = None) -> TuningOutcome:
     """Tune what the tuned ``units`` need (see the module docstring). ``write_failure(unit,
-    board, error_type, message)`` records a unit's ``tune`` failure row. ``platforms``
+    board, failure)`` records a unit's ``tune`` failure row. ``platforms``
     (node id -> platform key): only boards of a unit's platform tune for it."""
     from deltann.fleet.driver import alive_boards
 
@@ -223,10 +224,11 @@ def tune_units(study: Study, units: list[Unit], store: Store, kinds: dict[str, D
             records = _tune_group(study, group[0], boards, kinds[kind_name], store, cache_dir, outcome)
         except Exception as exc:  # errors are data: the group's units fail as 'tune', the study goes on
             cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the board's exception
-            message = " ".join(str(cause).strip().splitlines())[:2000] or type(cause).__name__
+            message = " ".join(str(cause).strip().splitlines()) or type(cause).__name__
             log.warning("tuning %s %s for %s failed: %s", model, variant, kind_name, message[:200])
+            failure = Failure.refused(STAGE, type(cause).__name__, message)
             for u in group:
-                write_failure(u, boards[0]["node_id"], type(cause).__name__, message)
+                write_failure(u, boards[0]["node_id"], failure)
                 outcome.failed.add(u.key)
             continue
         carried = ms_tuning.records_to_json(ms_tuning.best_only(records))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 
-from deltann.fleet.execute import failure_outcome
+from deltann.fleet.failure import failure_outcome
 from deltann.fleet.retry import to_retry, transient
 
 
