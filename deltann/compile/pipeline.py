@@ -209,13 +209,17 @@ def resolved_spec(target_json: str, host_json: str) -> dict[str, Any]:
 
 
 def tuning_target_of(resolved_json: str) -> Any:
-    """The TVM target a board tunes for, from :func:`resolved_spec`'s JSON: target and host
-    as given there (not made one as :func:`make_target` does: the records' own target and
-    the tuning keys stay what earlier studies stored)."""
+    """The TVM target a board tunes for, from :func:`resolved_spec`'s JSON, with the host
+    made one with the target as :func:`host_of` makes it for builds: MetaSchedule
+    compiles every candidate it measures with the host's LLVM target, so a catalogue host
+    without ``mcpu`` had every candidate timed as generic x86-64 code (the built
+    module's ``target-cpu``: "generic") while the tuned build runs this CPU's code. The
+    tuning key still reads the spec as stored (:func:`resolved_spec`)."""
     import tvm
 
     spec = json.loads(resolved_json)
-    return tvm.target.Target(spec["target"], host=spec["host"]) if spec["host"] else tvm.target.Target(spec["target"])
+    host = host_of(spec["target"], spec["host"])
+    return tvm.target.Target(spec["target"], host=host) if host else tvm.target.Target(spec["target"])
 
 
 def device(target: Any, *, check: bool = False) -> Any:

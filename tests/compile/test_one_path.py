@@ -131,3 +131,16 @@ def test_kind_helpers() -> None:
     assert str(pipeline.device("llvm")) == str(tvm.cpu(0))
     with pytest.raises(RuntimeError, match="'metal' has no device on this machine"):  # Metal: macOS only
         pipeline.device(tvm.target.Target({"kind": "metal"}), check=True)
+
+
+def test_tuning_measures_candidates_built_for_the_boards_cpu() -> None:
+    """A catalogue host without ``mcpu`` ({kind = "llvm"}) once made every MetaSchedule
+    candidate generic x86-64 code while the tuned build ran this CPU's: the tuning target
+    carries the target's CPU in its host, and the stored key's spec stays as given."""
+    from deltann.compile import pipeline
+
+    spec = pipeline.resolved_spec('{"kind": "llvm", "mcpu": "native"}', '{"kind": "llvm"}')
+    assert spec["host"] == {"kind": "llvm"}  # the key reads the catalogue as written
+    target = pipeline.tuning_target_of(json.dumps(spec))
+    cpu = str(target.attrs["mcpu"])
+    assert cpu and cpu != "native" and str(target.host.attrs["mcpu"]) == cpu
