@@ -10,11 +10,12 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from deltann.report.sections import Sentence
+if TYPE_CHECKING:  # the section list imports the analysis and matplotlib; `deltann repro` needs neither
+    from deltann.report.sections import Sentence
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -99,6 +100,7 @@ class HtmlPage:
     :class:`deltann.report.markdown.MarkdownPage`, as HTML blocks joined by :func:`page`."""
 
     def __init__(self) -> None:
+        self.title = ""
         self.blocks: list[str] = []
 
     def header(self, title: str, lines: list[str], convention: str, warning: str) -> None:
@@ -116,7 +118,8 @@ class HtmlPage:
     def note(self, text: str) -> None:
         self.blocks.append(f"<p class='note'>{html.escape(text)}</p>")
 
-    def table(self, df: pl.DataFrame, floats: int, renamed: dict[str, str]) -> None:  # noqa: ARG002 - Markdown's
+    def table(self, df: pl.DataFrame, floats: int, renamed: dict[str, str]) -> None:  # noqa: ARG002
+        """``df`` as it is (``renamed``: columns renamed in Markdown only)."""
         self.blocks.append(table_html(df, floats))
 
     def figure(self, path: Path, alt: str) -> None:

@@ -5,10 +5,12 @@ both pages alike."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from deltann.report.sections import Sentence
+if TYPE_CHECKING:
+    from deltann.report.sections import Sentence
 
 
 def to_markdown(df: pl.DataFrame, floats: int = 2) -> str:
