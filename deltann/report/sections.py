@@ -15,7 +15,6 @@ import polars as pl
 
 from deltann import analysis
 from deltann.analysis import passes, pooled
-from deltann.analysis.findings import slug
 from deltann.report import plots
 from deltann.store import SCHEMAS, Store
 
@@ -102,7 +101,7 @@ class Plot:
 @dataclass(frozen=True)
 class Section:
     """One table of the report. ``name``: the file name of its CSV and LaTeX (and PNG), with
-    the group's values appended for a section repeated per group (``slug``), and its
+    the group's values appended for a section repeated per group (``deltann.analysis.findings.slug``), and its
     anchor when ``anchor`` (findings link to ``#name``). ``heading``: a format string over
     the group's values and ``rows`` (the table's height). ``table(analysis, group)``: the
     table as saved; None leaves the section out. ``shown``: what the pages show when
