@@ -8,10 +8,14 @@ import hashlib
 import html
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+
+if TYPE_CHECKING:  # the section list imports the analysis and matplotlib; `deltann repro` needs neither
+    from deltann.report.sections import Sentence
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -84,3 +88,59 @@ def page(title: str, blocks: list[str]) -> str:
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>" + "\n".join(blocks) + "</body></html>\n"
     )
+
+
+def inline(text: str) -> str:
+    """Text as HTML: escaped, with its `code` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+
+
+class HtmlPage:
+    """``report.html`` being written: the same calls as
+    :class:`deltann.report.markdown.MarkdownPage`, as HTML blocks joined by :func:`page`."""
+
+    def __init__(self) -> None:
+        self.title = ""
+        self.blocks: list[str] = []
+
+    def header(self, title: str, lines: list[str], convention: str, warning: str) -> None:
+        """The results/environment lines, the sign convention, then any warning (the title
+        is the page's, see :meth:`text`)."""
+        self.title = title
+        self.blocks[:0] = [*(f"<p class='note'>{inline(line)}</p>" for line in lines),
+                           f"<p class='conv'>Sign convention: {html.escape(convention)}</p>",
+                           *([f"<p class='note'>{html.escape(warning)}</p>"] if warning else [])]
+
+    def heading(self, text: str, anchor: str = "") -> None:
+        """A section heading; ``anchor`` is the id findings link to (``#anchor``)."""
+        self.blocks.append(f"<h2{f' id={anchor!r}' if anchor else ''}>{html.escape(text)}</h2>")
+
+    def note(self, text: str) -> None:
+        self.blocks.append(f"<p class='note'>{html.escape(text)}</p>")
+
+    def table(self, df: pl.DataFrame, floats: int, renamed: dict[str, str]) -> None:  # noqa: ARG002
+        """``df`` as it is (``renamed``: columns renamed in Markdown only)."""
+        self.blocks.append(table_html(df, floats))
+
+    def figure(self, path: Path, alt: str) -> None:
+        self.blocks.append(image_html(path, alt))
+
+    def findings(self, groups: list[tuple[str, list[Sentence]]], nothing: str) -> None:
+        """The findings' sentences in a box, a list per model and device (see build_report)."""
+        self.blocks.append("<div class='findings'>")
+        if not groups:
+            self.note(nothing)
+        for where, items in groups:
+            self.blocks.append(f"<h3>{html.escape(where)}</h3><ul>")
+            for f in items:
+                li = f"<b>{f.tag}:</b> " + inline(f.text) + (f" <a href='#{f.link}'>table</a>" if f.link else "")
+                li += f" · reproduce: <code class='cmd'>{html.escape(f.repro)}</code>" if f.repro else ""
+                self.blocks.append(f"<li class='{f.kind}'>{li}</li>")
+            self.blocks.append("</ul>")
+        self.blocks.append("</div>")
+
+    def environment(self, environment: dict[str, Any]) -> None:
+        self.blocks.append("<h2>Environment</h2>" + environment_html(environment))
+
+    def text(self) -> str:
+        return page(self.title, self.blocks)
