@@ -244,7 +244,16 @@ def _line(path: Path, err: Any) -> str:
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(_fields_at(err["loc"][:-1]))
         msg = f"unknown key; allowed keys here: {allowed}"
-    return " ".join(f"{path}: {loc + ': ' if loc else ''}{msg}".splitlines())
+    return " ".join(f"{path}: {loc + ': ' if loc else ''}{_elide(msg)}".splitlines())
+
+
+_LONG_WORD = re.compile(r"\S{201,}")
+
+
+def _elide(text: str) -> str:
+    """``text`` with each word over 200 characters cut in its middle (the fuzzer found a
+    5,000-character model name repeated whole in the error), so the line stays readable."""
+    return _LONG_WORD.sub(lambda m: f"{m[0][:120]}…({len(m[0]):,} characters)…{m[0][-40:]}", text)
 
 
 def _one_line(path: Path, exc: ValidationError) -> str:

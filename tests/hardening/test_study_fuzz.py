@@ -117,3 +117,15 @@ def test_an_unknown_key_with_any_characters_is_named_on_one_line(tmp_path: Path,
         assert len(message.splitlines()) == 1 and "\n" not in message and "\r" not in message, message
         assert message.startswith(f"{path}: dataset.") and "unknown key" in message
         case.refused(message)
+
+
+def test_a_very_long_unknown_name_is_cut_in_the_message(tmp_path: Path, tally) -> None:
+    """The fuzzer's find: a 5,000-character model name was repeated whole (5,177 characters)."""
+    path = tmp_path / "study.toml"
+    path.write_text(_dump({**VALID, "models": ["m" * 5000]}))
+    with tally.case("study", "unknown-model-5000-chars") as case:
+        with pytest.raises(StudyError) as info:
+            load_study(path)
+        message = str(info.value)
+        assert len(message) < 600 and "(5,003 characters)" in message and "allowed: " in message, message  # quotes and ";" included
+        case.refused(message)
