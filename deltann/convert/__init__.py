@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from deltann.convert.base import FRAMEWORKS, QUANTIZE, Hop, Produced, Step, format_chain, parse_chain
+from deltann.convert.base import QUANTIZE, Hop, Produced, Step, format_chain, parse_chain
 
-__all__ = ["FRAMEWORKS", "QUANTIZE", "Hop", "Produced", "get", "hops", "register", "resolve", "route"]
+__all__ = ["QUANTIZE", "Hop", "Produced", "get", "hops", "register", "resolve", "route"]
 
 _HOPS: dict[tuple[str, str], Hop] = {}
 _LOADED = False

@@ -229,7 +229,7 @@ def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, bo
 
     from deltann.convert.base import parse_chain
     from deltann.fleet.markers import failure_row
-    from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST
+    from deltann.runtimes import registry
 
     def module(dist: str) -> str:
         return IMPORT_NAME.get(dist, dist)
@@ -237,13 +237,13 @@ def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, bo
     needs: list[tuple[str, str, str]] = []  # (module, stage, what needs it)
     if not artifacts.has(unit.model, unit.variant):
         source = parse_chain(unit.variant)[0].framework
-        dist = RUNTIME_DIST.get(NATIVE_RUNTIME.get(source, ""), "")
-        if dist and source != "onnx" and source != "tflite":  # file formats: read as data
-            needs.append((module(dist), "convert", f"loading the {source} model"))
+        native = registry.native(source)
+        if native is not None and native.dist and not native.data_files:  # file formats: read as data
+            needs.append((module(native.dist), "convert", f"loading the {source} model"))
     if unit.frontend:
         needs.append((unit.frontend.split(".")[0], "build", f"TVM's {unit.frontend} frontend"))
-    if unit.runtime in RUNTIME_DIST:
-        needs.append((module(RUNTIME_DIST[unit.runtime]), "load", f"runtime {unit.runtime!r}"))
+    if registry.runners().get(unit.runtime) is not None:
+        needs.append((module(registry.get(unit.runtime).dist), "load", f"runtime {unit.runtime!r}"))
     for name, stage, why in needs:
         if importlib.util.find_spec(name) is None:
             kind = os.environ.get(IMAGE_ENV, "this")
