@@ -94,26 +94,16 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def _save_model(payload: Any, layout: str, spec: Any, dst: Path, framework: str) -> Path:
-    """An in-memory model as a file its runtime loads: torch as an ExportedProgram
-    (``.pt2``), Keras as ``.keras``."""
+    """An in-memory model as a file its runtime loads (torch as an ExportedProgram
+    ``.pt2``, Keras as ``.keras``: :meth:`deltann.runtimes.base.Runner.save_payload`)."""
+    from deltann.convert._tools import input_shape
+    from deltann.runtimes import registry
+
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if framework == "torch":
-        import torch
-
-        from deltann.convert._tools import input_shape
-
-        program = getattr(payload, "exported_program", None)
-        if program is None:
-            example = torch.zeros(input_shape(spec.input_shape, layout), dtype=torch.float32)
-            program = torch.export.export(payload.eval(), (example,))
-        path = dst.with_suffix(".pt2")
-        torch.export.save(program, str(path))
-        return path
-    if framework == "keras":
-        path = dst.with_suffix(".keras")
-        payload.save(str(path))
-        return path
-    raise StoreError(f"cannot save an in-memory {framework} model to a file")
+    try:
+        return registry.native_of(framework).save_payload(payload, layout, input_shape(spec.input_shape, layout), dst)
+    except NotImplementedError as exc:  # its runtime keeps models as files only
+        raise StoreError(str(exc)) from None
 
 
 def _compiled(store: Store, row: dict[str, Any], tuning: str) -> Path | None:

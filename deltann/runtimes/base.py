@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -95,6 +96,12 @@ class Runner:
     compiles: ClassVar[bool] = False
     #: a compiler's importers: framework -> the frontend its models are imported through
     frontends: ClassVar[dict[str, str]] = {}
+    #: why loading a model file of ``framework`` runs code from it ("" = it does not): such
+    #: a user model is refused unless the study trusts it (``trust_remote_code``)
+    loads_code: ClassVar[str] = ""
+    #: captured layer names carry the Keras layer's scope (``model/conv_1/BiasAdd``),
+    #: which localization also matches against a Keras capture's layer names
+    keras_scoped_names: ClassVar[bool] = False
 
     def __init__(self, layout: str = "NCHW") -> None:
         if layout not in ("NCHW", "NHWC"):
@@ -157,6 +164,13 @@ class Runner:
         with the artifact's recorded ``layout`` and metadata; ``target`` is the unit's
         target (JSON) for a runtime that needs it."""
         return cls(payload, layout)  # type: ignore[call-arg]
+
+    @classmethod
+    def save_payload(cls, payload: Any, layout: str, input_shape: tuple[int, ...], dst: Path) -> Path:
+        """An in-memory model (a module) written as a file this runtime loads, at ``dst``
+        with the file type's suffix (a repro bundle ships it); a file payload is shipped as
+        it is, so by default there is nothing to save."""
+        raise NotImplementedError(f"cannot save an in-memory {cls.framework or cls.name} model to a file")
 
     @classmethod
     def threads_used(cls) -> int:

@@ -71,6 +71,13 @@ class KerasRunner(Runner):
         return cls(payload, layout, (meta or {}).get("keras_api", "keras"))
 
     @classmethod
+    def save_payload(cls, payload: Any, layout: str, input_shape: tuple[int, ...], dst: Path) -> Path:
+        """The model as a ``.keras`` file."""
+        path = dst.with_suffix(".keras")
+        payload.save(str(path))
+        return path
+
+    @classmethod
     def capture(cls, payload: Any, x: np.ndarray, layout: str, *, meta: dict[str, Any] | None = None,
                 **options: Any) -> Trace:
         from deltann.convert._tools import keras_model

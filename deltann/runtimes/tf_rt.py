@@ -27,6 +27,7 @@ class TfRunner(Runner):
     dist = framework_dist = "tensorflow-cpu"
     suffixes = (".pb",)  # a frozen GraphDef; a SavedModel is a folder (deltann.zoo.user)
     default_layout = "NHWC"
+    keras_scoped_names = True  # a Keras model's SavedModel names its ops in the layers' scopes
 
     def __init__(self, path: Path, layout: str = "NHWC", meta: dict[str, Any] | None = None) -> None:
         super().__init__(layout)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ class TorchRunner(Runner):
     framework = "torch"
     dist = framework_dist = "torch"
     suffixes = (".pt2",)  # an exported program (deltann.zoo.user)
+    loads_code = "torch.export.load unpickles objects and evaluates expressions stored in a .pt2 (torch 2.14)"
 
     def __init__(self, module: Any, layout: str = "NCHW") -> None:
         super().__init__(layout)
@@ -34,6 +36,19 @@ class TorchRunner(Runner):
 
         with torch.inference_mode():
             return self.module(torch.from_numpy(x)).numpy()
+
+    @classmethod
+    def save_payload(cls, payload: Any, layout: str, input_shape: tuple[int, ...], dst: Path) -> Path:
+        """The module as an ExportedProgram (``.pt2``): the one it was loaded from, if any."""
+        import torch
+
+        program = getattr(payload, "exported_program", None)
+        if program is None:
+            example = torch.zeros(input_shape, dtype=torch.float32)
+            program = torch.export.export(payload.eval(), (example,))
+        path = dst.with_suffix(".pt2")
+        torch.export.save(program, str(path))
+        return path
 
     @classmethod
     def threads_used(cls) -> int:

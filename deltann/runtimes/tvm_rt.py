@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from deltann.runtimes import layers, registry
 from deltann.runtimes.base import Runner
-from deltann.runtimes.registry import register
 
 log = logging.getLogger("deltann.runtimes")
 
@@ -163,8 +163,6 @@ class TvmRunner(Runner):
         """A build's layers through the frontend it was imported by (``frontend``, told
         from the payload when empty): every layer exposed, or with ``kernels`` one layer
         per kernel as built (:mod:`deltann.runtimes.layers`)."""
-        from deltann.runtimes import layers
-
         frontend = options.get("frontend") or _frontend_of(payload)
         passes, tuning = tuple(options.get("passes") or ()), options.get("tuning", "")
         target_json, host_json = options.get("target_json") or '{"kind": "llvm"}', options.get("host_json", "")
@@ -186,11 +184,9 @@ def _frontend_of(payload: Any) -> str:
     """The frontend deltann's planner uses for an artifact, told from the payload when a
     caller has no ``builds`` row: a module is torch's, a file the frontend of the
     framework its suffix names."""
-    from deltann.runtimes.registry import framework_of_suffix
-
     if not isinstance(payload, (str, Path)):
         return TvmRunner.frontends["torch"]
-    return TvmRunner.frontends.get(framework_of_suffix(Path(payload).suffix) or "", "")
+    return TvmRunner.frontends.get(registry.framework_of_suffix(Path(payload).suffix) or "", "")
 
 
-register(TvmRunner)
+registry.register(TvmRunner)

@@ -171,12 +171,10 @@ class UserModel(BaseModel):
                              "(e.g. 'input:0', 'MobilenetV2/Logits/output:0')")
         if not frozen and (self.input_tensor or self.output_tensor):
             raise ValueError(f"input_tensor: only a frozen .pb takes tensor names; {name} is a {fw} model")
-        if fw == "torch" and not self.trust_remote_code:
-            raise ValueError(
-                f"trust_remote_code: {name}: torch.export.load unpickles objects and evaluates expressions "
-                "stored in a .pt2 (torch 2.14); set trust_remote_code = true only if you trust its author, "
-                "or export the model to .onnx"
-            )
+        loads_code = registry.native_of(fw).loads_code
+        if loads_code and not self.trust_remote_code:
+            raise ValueError(f"trust_remote_code: {name}: {loads_code}; set trust_remote_code = true only if you "
+                             "trust its author, or export the model to .onnx")
         return self
 
     @property
