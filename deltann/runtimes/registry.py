@@ -70,17 +70,26 @@ def _load() -> None:
             importlib.import_module(f"deltann.runtimes.{name}")
     for entry in filter(None, os.environ.get(PLUGINS_ENV, "").split(os.pathsep)):
         if entry not in _LOADED:
-            _LOADED.add(entry)
-            _import_plugin(entry)
+            _LOADED.add(entry)  # first: a plugin that looks a runtime up while it loads
+            try:
+                _import_plugin(entry)
+            except BaseException:
+                _LOADED.discard(entry)  # every lookup says so until it is fixed
+                raise
 
 
 def _import_plugin(entry: str) -> None:
     path = Path(entry)
     if path.suffix != ".py":
-        importlib.import_module(entry)
+        try:
+            importlib.import_module(entry)
+        except ModuleNotFoundError as exc:
+            raise RuntimeError(f"{PLUGINS_ENV}: cannot import {entry!r} ({exc}); name a Python file or an "
+                               "importable module that registers a runtime") from None
         return
     if not path.is_file():
-        raise FileNotFoundError(f"{PLUGINS_ENV}: {entry} not found; name a Python file or an importable module")
+        raise RuntimeError(f"{PLUGINS_ENV}: {entry} not found; name a Python file or an importable module "
+                           "that registers a runtime")
     spec = importlib.util.spec_from_file_location(f"deltann_runtime_plugin_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -163,6 +163,19 @@ def test_register_refuses_what_would_be_ambiguous() -> None:
         registry.get("caffe")
 
 
+def test_a_missing_plugin_is_named_until_fixed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "nowhere.py"
+    monkeypatch.setenv(registry.PLUGINS_ENV, str(missing))
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match=f"DELTANN_RUNTIMES: {missing} not found"):
+            registry.get("numpy")
+    monkeypatch.setenv(registry.PLUGINS_ENV, "deltann_no_such_module")
+    with pytest.raises(RuntimeError, match="cannot import 'deltann_no_such_module'"):
+        registry.runners()
+    monkeypatch.delenv(registry.PLUGINS_ENV)
+    assert registry.get("numpy") is NumpyRunner
+
+
 def test_study_and_localize_run_through_the_toy_runtime(tmp_path: Path, npnet_file: Path,
                                                         monkeypatch: pytest.MonkeyPatch, ray_session: None) -> None:
     """A real study of a ``.npnet`` user model on the toy runtime and, converted, on
