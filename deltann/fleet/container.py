@@ -242,8 +242,9 @@ def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, bo
             needs.append((module(native.dist), "convert", f"loading the {source} model"))
     if unit.frontend:
         needs.append((unit.frontend.split(".")[0], "build", f"TVM's {unit.frontend} frontend"))
-    if registry.runners().get(unit.runtime) is not None:
-        needs.append((module(registry.get(unit.runtime).dist), "load", f"runtime {unit.runtime!r}"))
+    runner = registry.runners().get(unit.runtime)
+    if runner is not None and runner.dist:
+        needs.append((module(runner.dist), "load", f"runtime {unit.runtime!r}"))
     for name, stage, why in needs:
         if importlib.util.find_spec(name) is None:
             kind = os.environ.get(IMAGE_ENV, "this")

@@ -54,6 +54,11 @@ def register(cls: R) -> R:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Forget runtime ``name`` (a plugin's, when a test is done with it)."""
+    _RUNNERS.pop(name, None)
+
+
 def _origin(cls: type) -> tuple[str, str]:
     try:
         where = str(Path(inspect.getfile(cls)).resolve())

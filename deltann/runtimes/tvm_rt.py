@@ -159,7 +159,7 @@ class TvmRunner(Runner):
 
     @classmethod
     def capture(cls, payload: Any, x: np.ndarray, layout: str, *, meta: dict[str, Any] | None = None,
-                **options: Any) -> Any:
+                **options: Any) -> layers.Trace:
         """A build's layers through the frontend it was imported by (``frontend``, told
         from the payload when empty): every layer exposed, or with ``kernels`` one layer
         per kernel as built (:mod:`deltann.runtimes.layers`)."""
