@@ -109,10 +109,22 @@ def worker_env() -> dict[str, str]:
     return {PLUGINS_ENV: value} if value else {}
 
 
+def _ordered() -> list[type[Runner]]:
+    """The registered classes, built-in ones in :data:`BUILTIN` order whatever imported
+    them first (error messages and the framework list stay stable), then the others in
+    the order they registered."""
+    _load()
+
+    def rank(cls: type[Runner]) -> int:
+        package, _, module = cls.__module__.rpartition(".")
+        return BUILTIN.index(module) if package == __package__ and module in BUILTIN else len(BUILTIN)
+
+    return sorted(_RUNNERS.values(), key=rank)
+
+
 def runners() -> dict[str, type[Runner]]:
     """Every registered runner class by runtime name."""
-    _load()
-    return dict(_RUNNERS)
+    return {r.name: r for r in _ordered()}
 
 
 def get(runtime: str) -> type[Runner]:
@@ -126,8 +138,7 @@ def get(runtime: str) -> type[Runner]:
 
 def native(framework: str) -> type[Runner] | None:
     """The runner that runs ``framework``'s models as they are, or None."""
-    _load()
-    return next((r for r in _RUNNERS.values() if r.framework == framework), None)
+    return next((r for r in _ordered() if r.framework == framework), None)
 
 
 def native_of(framework: str) -> type[Runner]:
@@ -140,8 +151,7 @@ def native_of(framework: str) -> type[Runner]:
 
 def frameworks() -> tuple[str, ...]:
     """Every framework some runtime runs natively, in registration order."""
-    _load()
-    return tuple(r.framework for r in _RUNNERS.values() if r.framework)
+    return tuple(r.framework for r in _ordered() if r.framework)
 
 
 def framework_dist(framework: str) -> str:
@@ -152,17 +162,14 @@ def framework_dist(framework: str) -> str:
 
 def framework_of_suffix(suffix: str) -> str | None:
     """The framework of a model file by its suffix (``.onnx`` -> ``onnx``), or None."""
-    _load()
-    return next((r.framework for r in _RUNNERS.values() if suffix.lower() in r.suffixes), None)
+    return next((r.framework for r in _ordered() if suffix.lower() in r.suffixes), None)
 
 
 def suffixes() -> tuple[str, ...]:
     """Every model file suffix some framework opens."""
-    _load()
-    return tuple(s for r in _RUNNERS.values() for s in r.suffixes)
+    return tuple(s for r in _ordered() for s in r.suffixes)
 
 
 def compiled() -> tuple[str, ...]:
     """The runtimes that run a build (stage ``build`` before ``load``): TVM."""
-    _load()
-    return tuple(name for name, r in _RUNNERS.items() if r.compiles)
+    return tuple(r.name for r in _ordered() if r.compiles)
