@@ -32,11 +32,11 @@ from typing import Any
 
 from deltann import SCHEMA_VERSION, __version__, convert, zoo
 from deltann.compile import settings as compile_settings
-from deltann.convert.base import FRAMEWORK_DIST, chain_framework, chain_quantize, parse_chain
+from deltann.convert.base import chain_framework, chain_quantize, framework_dist, parse_chain
 from deltann.dataset import Inputs, InputSet
 from deltann.fleet.devices import DeviceKind
 from deltann.fleet.identity import Lab, Platform
-from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST, TVM_FRONTEND
+from deltann.runtimes import registry
 from deltann.study import Study
 from deltann.zoo import user
 
@@ -151,18 +151,20 @@ def expand(study: Study, inputs: dict[str, Inputs] | dict[str, InputSet], kinds:
             batch_key = inputs_key(model, source)
             batch = inputs[batch_key]
             ways: list[tuple[str, str, tuple[str, ...], str]] = []
-            if "native" in study.runtimes and framework in NATIVE_RUNTIME:
-                ways.append((NATIVE_RUNTIME[framework], compile_settings.NATIVE, (), ""))
-            if "tvm" in study.runtimes and framework in TVM_FRONTEND:
+            native = registry.native(framework)
+            if "native" in study.runtimes and native is not None:
+                ways.append((native.name, compile_settings.NATIVE, (), ""))
+            tvm = registry.get("tvm") if "tvm" in study.runtimes else None  # the study's compiler
+            if tvm is not None and framework in tvm.frontends:
                 for setting in compile_settings.expand(study.settings, study.ablation):
-                    ways.append(("tvm", setting, compile_settings.passes_of(setting), TVM_FRONTEND[framework]))
+                    ways.append((tvm.name, setting, compile_settings.passes_of(setting), tvm.frontends[framework]))
             n = len(batch.hashes)
             spans = shard_spans(n, study.dataset.shard)
             for (runtime, setting, passes, frontend), (shard, (lo, hi)), (kind_name, plat) in itertools.product(
                     ways, enumerate(spans), [(k, p) for k in study.devices
                                              for p in ((platforms or {}).get(k) or [None])]):
                 kind = kinds[kind_name]
-                compiled = runtime == "tvm"
+                compiled = registry.get(runtime).compiles
                 target = json.loads(plat.target) if plat is not None and plat.target else kind.target
                 host = (json.loads(plat.host) if plat.host else None) if plat is not None else kind.host
                 identity = {
@@ -170,9 +172,9 @@ def expand(study: Study, inputs: dict[str, Inputs] | dict[str, InputSet], kinds:
                     "deltann": __version__,
                     "model": model,
                     "weights": spec.weights_id(),
-                    "source": [source, dist_version(FRAMEWORK_DIST[source])],
+                    "source": [source, dist_version(framework_dist(source))],
                     "chain": _chain_identity(chain),
-                    "runtime": [runtime, dist_version(RUNTIME_DIST[runtime])],
+                    "runtime": [runtime, dist_version(registry.get(runtime).dist)],
                     "setting": setting,
                     "passes": list(passes),
                     "frontend": frontend,

@@ -280,9 +280,13 @@ def environment() -> dict[str, Any]:
         pass
     from importlib import metadata
 
+    from deltann.runtimes import registry
+
     packages = {}
-    for dist in ("torch", "torchvision", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "tensorflow-cpu",
-                 "keras", "tf2onnx", "ai-edge-litert", "ray", "pyarrow", "polars", "numpy"):
+    # every runtime's and framework's distribution, then the tools and libraries around them
+    declared = [d for r in registry.runners().values() for d in (r.framework_dist, r.dist) if d]
+    for dist in dict.fromkeys([*declared, "torchvision", "apache-tvm-ffi", "tf2onnx", "ray", "pyarrow", "polars",
+                               "numpy"]):
         try:
             packages[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from deltann.runtimes import registry
 from deltann.runtimes.layers import Layer, Trace
 
 DEFAULT_ATOL = 1e-3
@@ -166,7 +167,8 @@ def _keys(trace: Trace, name: str) -> set[str]:
     scope names (``functional_1/br_a_1/BiasAdd`` -> ``br_a``: Keras suffixes ``_1`` to a
     layer's scope when it traces the call), which a Keras capture uses as its name."""
     keys = {scope(name)}
-    if trace.runtime == "tf" and "/" in name:
+    runner = registry.runners().get(trace.runtime)
+    if runner is not None and runner.keras_scoped_names and "/" in name:
         parts = name.lower().split("/")
         keys.add(re.sub(r"_\d+$", "", parts[-2]))
     return keys

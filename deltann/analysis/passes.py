@@ -21,6 +21,7 @@ from typing import Any
 
 from deltann.compile import catalogue
 from deltann.compile import settings as compile_settings
+from deltann.runtimes import registry
 
 CONVENTION = "speedup_pct(A→B) = (t_A / t_B − 1) × 100; positive: B is faster"
 FAILED = "FAILED"
@@ -35,7 +36,7 @@ def _times(builds: Any, timings: Any) -> dict[tuple[str, ...], dict[str, float |
     """(model, variant, device) -> setting -> median ms, or FAILED."""
     import polars as pl
 
-    tvm = builds.filter(pl.col("runtime") == "tvm") if "runtime" in builds.columns else builds
+    tvm = builds.filter(pl.col("runtime").is_in(registry.compiled())) if "runtime" in builds.columns else builds
     medians = timings.group_by([*KEYS, "setting"]).agg(pl.col("median_ns").median())
     joined = tvm.select([*KEYS, "setting", "status"]).join(medians, on=[*KEYS, "setting"], how="left")
     out: dict[tuple[str, ...], dict[str, float | str]] = {}
@@ -119,7 +120,7 @@ def mixed_pass_lists(builds: Any) -> dict[str, int]:
 
     if "passes" not in builds.columns or builds.is_empty():
         return {}
-    tvm = builds.filter(pl.col("runtime") == "tvm") if "runtime" in builds.columns else builds
+    tvm = builds.filter(pl.col("runtime").is_in(registry.compiled())) if "runtime" in builds.columns else builds
     counts = (tvm.select("setting", pl.col("passes").list.join(",").alias("p")).unique()
               .group_by("setting").agg(pl.len().alias("n")).filter(pl.col("n") > 1).sort("setting"))
     return dict(counts.iter_rows())

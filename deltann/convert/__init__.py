@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from deltann.convert.base import FRAMEWORKS, QUANTIZE, Hop, Produced, Step, format_chain, parse_chain
+from deltann.convert.base import QUANTIZE, Hop, Produced, Step, format_chain, parse_chain
 
-__all__ = ["FRAMEWORKS", "QUANTIZE", "Hop", "Produced", "get", "hops", "register", "resolve", "route"]
+__all__ = ["QUANTIZE", "Hop", "Produced", "get", "hops", "register", "resolve", "route", "unregister"]
 
 _HOPS: dict[tuple[str, str], Hop] = {}
 _LOADED = False
@@ -25,6 +25,11 @@ VIA_PREFERENCE: tuple[str, ...] = ("onnx", "tf", "keras", "torch", "tflite")
 def register(hop: Hop) -> Hop:
     _HOPS[(hop.src, hop.dst)] = hop
     return hop
+
+
+def unregister(src: str, dst: str) -> None:
+    """Forget hop ``src->dst`` (a plugin's, when a test is done with it)."""
+    _HOPS.pop((src, dst), None)
 
 
 def _load_builtin() -> None:

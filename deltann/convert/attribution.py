@@ -103,7 +103,7 @@ def chain_steps(variant_a: str, variant_b: str, runtime_b: str, setting_b: str) 
     configuration B, or ``[]`` when B's chain does not extend A's. The last conversion
     step runs on B's own runtime when B is not a TVM build; a TVM build adds a last step
     ``tvm:<setting>`` on B's full chain."""
-    from deltann.runtimes import NATIVE_RUNTIME
+    from deltann.runtimes import registry
 
     sa, sb = parse_chain(variant_a), parse_chain(variant_b)
     if len(sb) < len(sa) or sb[: len(sa)] != sa or (len(sb) == len(sa) and setting_b == "native"):
@@ -112,7 +112,7 @@ def chain_steps(variant_a: str, variant_b: str, runtime_b: str, setting_b: str) 
     for k in range(len(sa), len(sb)):
         prefix = format_chain(sb[: k + 1])
         last = k == len(sb) - 1 and setting_b == "native"
-        runtime = runtime_b if last else NATIVE_RUNTIME[sb[k].framework]
+        runtime = runtime_b if last else registry.native_of(sb[k].framework).name
         steps.append((f"{sb[k - 1].framework}->{sb[k]}", prefix, runtime))
     if setting_b != "native":
         steps.append((f"tvm:{setting_b}", variant_b, "tvm"))
@@ -164,6 +164,7 @@ def attribute(results: Path | str, row_a: dict[str, Any], row_b: dict[str, Any],
     ``builds`` rows) on ``images`` to a hop; None when B's chain does not extend A's or A
     is not a framework's own runtime."""
     from deltann import dataset
+    from deltann.runtimes import registry
     from deltann.store import Store
     from deltann.zoo import user
 
@@ -193,8 +194,9 @@ def attribute(results: Path | str, row_a: dict[str, Any], row_b: dict[str, Any],
     out = Attribution(model, device, row_a["config"], row_b["config"], ids, atol, rtol)
     x: np.ndarray | None = None
     for k, (hop, chain, runtime) in enumerate(steps):
-        name = row_b["config"] if runtime == "tvm" else f"{chain} [{runtime}]"
-        tool = f"apache-tvm {_dist('apache-tvm')}" if runtime == "tvm" else _tool(hops, n_source - 1 + k)
+        compiler = registry.get(runtime)
+        name = row_b["config"] if compiler.compiles else f"{chain} [{runtime}]"
+        tool = f"{compiler.dist} {_dist(compiler.dist)}" if compiler.compiles else _tool(hops, n_source - 1 + k)
         step = Step(hop, name, tool=tool)
         found = _stored(store, model, device, name, ids)
         if found is not None:

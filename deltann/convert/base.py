@@ -15,19 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-FRAMEWORKS: tuple[str, ...] = ("torch", "onnx", "keras", "tf", "tflite")
+from deltann.runtimes.registry import framework_dist, frameworks
+
+__all__ = ["QUANTIZE", "Hop", "Layout", "Produced", "Step", "chain_framework", "chain_quantize", "format_chain",
+           "framework_dist", "frameworks", "parse_chain"]
+
+#: (The frameworks, and the distribution whose version identifies a model of each, are
+#: declared by the runtime that runs the framework natively: deltann.runtimes.registry.)
 QUANTIZE: tuple[str, ...] = ("none", "dynamic-range", "float16")
 
 Layout = Literal["NCHW", "NHWC"]
-
-#: framework -> PyPI distribution whose version identifies a model loaded in it
-FRAMEWORK_DIST: dict[str, str] = {
-    "torch": "torch",
-    "onnx": "onnx",
-    "keras": "keras",
-    "tf": "tensorflow-cpu",
-    "tflite": "ai-edge-litert",
-}
 
 
 @dataclass(frozen=True)
@@ -48,8 +45,8 @@ def parse_chain(chain: str) -> list[Step]:
     for i, part in enumerate(chain.split("->")):
         name, _, quant = part.strip().partition(":")
         name, quant = name.strip(), (quant.strip() or "none")
-        if name not in FRAMEWORKS:
-            raise ValueError(f"unknown framework {name!r} in {chain!r}; allowed: {', '.join(FRAMEWORKS)}")
+        if name not in frameworks():
+            raise ValueError(f"unknown framework {name!r} in {chain!r}; allowed: {', '.join(frameworks())}")
         if quant not in QUANTIZE:
             raise ValueError(f"unknown quantize {quant!r} in {chain!r}; allowed: {', '.join(QUANTIZE)}")
         if i == 0 and quant != "none":

@@ -11,17 +11,15 @@ import numpy as np
 
 from deltann.convert.base import parse_chain
 from deltann.convert.chain import Artifact
-from deltann.runtimes import NATIVE_RUNTIME
+from deltann.runtimes import registry
 
 
 def native_logits(artifact: Artifact, spec: Any, tensors: np.ndarray) -> np.ndarray:
     """Logits of every image (one at a time, batch 1 as studies run) in the common
     1000-class space, on the artifact's native runtime with its recorded layout."""
-    from deltann.runtimes.native import native_runner
-
     labels = spec.labels_for(parse_chain(artifact.chain)[0].framework)
     out = []
-    with native_runner(NATIVE_RUNTIME[artifact.framework], artifact.payload, artifact.layout, artifact.meta) as r:
+    with registry.native_of(artifact.framework).from_artifact(artifact.payload, artifact.layout, artifact.meta) as r:
         for i in range(len(tensors)):
             logits = r.infer(tensors[i : i + 1]).astype(np.float32)
             if logits.shape != (1, labels.num_classes):

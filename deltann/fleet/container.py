@@ -230,7 +230,7 @@ def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, bo
 
     from deltann.convert.base import parse_chain
     from deltann.fleet.markers import builds_row
-    from deltann.runtimes import NATIVE_RUNTIME, RUNTIME_DIST
+    from deltann.runtimes import registry
 
     def module(dist: str) -> str:
         return IMPORT_NAME.get(dist, dist)
@@ -238,13 +238,14 @@ def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, bo
     needs: list[tuple[str, Stage, str]] = []  # (module, stage, what needs it)
     if not artifacts.has(unit.model, unit.variant):
         source = parse_chain(unit.variant)[0].framework
-        dist = RUNTIME_DIST.get(NATIVE_RUNTIME.get(source, ""), "")
-        if dist and source != "onnx" and source != "tflite":  # file formats: read as data
-            needs.append((module(dist), Stage.CONVERT, f"loading the {source} model"))
+        native = registry.native(source)
+        if native is not None and native.dist and not native.data_files:  # file formats: read as data
+            needs.append((module(native.dist), Stage.CONVERT, f"loading the {source} model"))
     if unit.frontend:
         needs.append((unit.frontend.split(".")[0], Stage.BUILD, f"TVM's {unit.frontend} frontend"))
-    if unit.runtime in RUNTIME_DIST:
-        needs.append((module(RUNTIME_DIST[unit.runtime]), Stage.LOAD, f"runtime {unit.runtime!r}"))
+    runner = registry.runners().get(unit.runtime)
+    if runner is not None and runner.dist:
+        needs.append((module(runner.dist), Stage.LOAD, f"runtime {unit.runtime!r}"))
     for name, stage, why in needs:
         if importlib.util.find_spec(name) is None:
             kind = os.environ.get(IMAGE_ENV, "this")

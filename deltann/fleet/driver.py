@@ -241,6 +241,7 @@ class Dispatcher:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from deltann.fleet.actor import Board
+        from deltann.runtimes import registry
         from deltann.runtimes.base import thread_env
 
         # Ray sets OMP_NUM_THREADS=1 in workers that reserve no CPU; a board measures with
@@ -249,7 +250,7 @@ class Dispatcher:
         lane.actor = Board.options(
             resources={lane.kind.resource: BOARD_SHARE},
             scheduling_strategy=NodeAffinitySchedulingStrategy(lane.node_id, soft=False),
-            runtime_env={"env_vars": thread_env(lane.threads)},
+            runtime_env={"env_vars": thread_env(lane.threads) | registry.worker_env()},
         ).remote(lane.kind, self.cache_dir, self.study.name)
 
     def add_group(self, group: Group) -> None:

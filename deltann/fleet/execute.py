@@ -26,7 +26,8 @@ from deltann.convert.base import parse_chain
 from deltann.convert.chain import Artifact, ArtifactCache
 from deltann.dataset import Inputs, InputSet, TensorCache
 from deltann.plan import Unit
-from deltann.runtimes.base import Runner, thread_count
+from deltann.runtimes import registry
+from deltann.runtimes.base import Runner
 from deltann.fleet.failure import Failure, Outcome, Stage, UnitFailure
 from deltann.fleet.markers import builds_row, progress, unit_columns
 from deltann.store import SCHEMAS, tag
@@ -47,13 +48,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def make_runner(unit: Unit, payload: Any, layout: str = "NCHW", meta: dict[str, Any] | None = None) -> Runner:
     """The runner of ``unit.runtime`` over ``payload``; ``layout`` and ``meta`` are the
     artifact's recorded metadata (input layout, which Keras wrote a ``.keras`` file)."""
-    if unit.runtime == "tvm":
-        from deltann.runtimes.tvm_rt import TvmRunner
-
-        return TvmRunner(payload, device=json.loads(unit.target)["kind"], layout=layout)
-    from deltann.runtimes.native import native_runner
-
-    return native_runner(unit.runtime, payload, layout, meta)
+    return registry.get(unit.runtime).from_artifact(payload, layout, meta, target=unit.target)
 
 
 #: Folder of the board's artifact cache that keeps its compiled TVM modules.
@@ -90,7 +85,7 @@ def load_stages(unit: Unit, artifacts: ArtifactCache, stage: list[str]) -> Gener
     artifact = artifacts.get(unit.model, unit.variant)
     times["convert_s"] = time.perf_counter() - start
     payload, built_target, unscheduled = artifact.payload, "", None
-    if unit.runtime == "tvm":
+    if registry.get(unit.runtime).compiles:
         stage[0] = "build"
         yield stage[0]
         from deltann.convert._tools import input_shape
@@ -260,10 +255,6 @@ def build_memory_cap() -> Iterator[None]:
 
 
 def runtime_threads(runtime: str) -> int:
-    """Threads the runtime actually ran with (torch reports its own; onnxruntime and TVM
-    were configured from :func:`thread_count`)."""
-    if runtime == "torch":
-        import torch
-
-        return torch.get_num_threads()
-    return thread_count()
+    """Threads the runtime actually ran with (its runner's thread policy: torch reports its
+    own; onnxruntime and TVM were configured from :func:`~deltann.runtimes.base.thread_count`)."""
+    return registry.get(runtime).threads_used()

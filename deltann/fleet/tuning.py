@@ -108,12 +108,12 @@ def tuning_key(unit: Unit, resolved_target: str) -> str:
     passes that shape the kernels) and the target as resolved on the board. Not the
     device kind's name: two kinds with the same target share records."""
     from deltann import plan, zoo
-    from deltann.convert.base import FRAMEWORK_DIST, parse_chain
+    from deltann.convert.base import framework_dist, parse_chain
 
     source = parse_chain(unit.variant)[0].framework
     return plan.content_key({
         "model": unit.model, "weights": zoo.get(unit.model).weights_id(),
-        "source": [source, plan.dist_version(FRAMEWORK_DIST[source])],
+        "source": [source, plan.dist_version(framework_dist(source))],
         "chain": plan._chain_identity(unit.variant), "frontend": unit.frontend,
         "tvm": plan.dist_version("apache-tvm"), "passes": list(ms_tuning.prefix_passes(unit.passes)),
         "target": json.loads(resolved_target),
@@ -209,11 +209,12 @@ def tune_units(study: Study, units: list[Unit], store: Store, kinds: dict[str, D
     board, failure)`` records a unit's ``tune`` failure row. ``platforms``
     (node id -> platform key): only boards of a unit's platform tune for it."""
     from deltann.fleet.driver import alive_boards
+    from deltann.runtimes import registry
 
     outcome = TuningOutcome()
     groups: dict[tuple[str, str, str, str], list[Unit]] = defaultdict(list)
     for u in units:
-        if u.runtime == "tvm" and compile_settings.is_tuned(u.setting):
+        if registry.get(u.runtime).compiles and compile_settings.is_tuned(u.setting):
             groups[(u.model, u.variant, u.device, u.platform)].append(u)
     for (model, variant, kind_name, platform), group in groups.items():
         boards = [b for b in alive_boards(kinds[kind_name].resource)

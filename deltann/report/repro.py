@@ -94,26 +94,16 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def _save_model(payload: Any, layout: str, spec: Any, dst: Path, framework: str) -> Path:
-    """An in-memory model as a file its runtime loads: torch as an ExportedProgram
-    (``.pt2``), Keras as ``.keras``."""
+    """An in-memory model as a file its runtime loads (torch as an ExportedProgram
+    ``.pt2``, Keras as ``.keras``: :meth:`deltann.runtimes.base.Runner.save_payload`)."""
+    from deltann.convert._tools import input_shape
+    from deltann.runtimes import registry
+
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if framework == "torch":
-        import torch
-
-        from deltann.convert._tools import input_shape
-
-        program = getattr(payload, "exported_program", None)
-        if program is None:
-            example = torch.zeros(input_shape(spec.input_shape, layout), dtype=torch.float32)
-            program = torch.export.export(payload.eval(), (example,))
-        path = dst.with_suffix(".pt2")
-        torch.export.save(program, str(path))
-        return path
-    if framework == "keras":
-        path = dst.with_suffix(".keras")
-        payload.save(str(path))
-        return path
-    raise StoreError(f"cannot save an in-memory {framework} model to a file")
+    try:
+        return registry.native_of(framework).save_payload(payload, layout, input_shape(spec.input_shape, layout), dst)
+    except NotImplementedError as exc:  # its runtime keeps models as files only
+        raise StoreError(str(exc)) from None
 
 
 def _compiled(store: Store, row: dict[str, Any], tuning: str) -> Path | None:
@@ -132,9 +122,9 @@ def _compiled(store: Store, row: dict[str, Any], tuning: str) -> Path | None:
 def _side(store: Store, row: dict[str, Any], artifacts: Any, folder: Path, label: str) -> dict[str, Any]:
     """Ship one side's model into ``folder/label`` and describe it for bundle.json."""
     from deltann import zoo
-    from deltann.convert.base import FRAMEWORK_DIST, chain_framework, parse_chain
+    from deltann.convert.base import chain_framework, framework_dist, parse_chain
     from deltann.plan import dist_version
-    from deltann.runtimes import RUNTIME_DIST
+    from deltann.runtimes import registry
 
     model, variant, runtime = row["model"], row["variant"], row["runtime"]
     spec = zoo.get(model)
@@ -146,8 +136,8 @@ def _side(store: Store, row: dict[str, Any], artifacts: Any, folder: Path, label
         "config": row["config"], "device": row["device"], "board": row["board"], "hostname": row["hostname"],
         "unit_key": row["unit_key"], "model": model, "variant": variant, "quantize": row.get("quantize") or "none",
         "runtime": runtime, "setting": row["setting"],
-        "runtime_version": f"{runtime} {dist_version(RUNTIME_DIST.get(runtime, runtime))}",
-        "source_version": f"{FRAMEWORK_DIST[source]} {dist_version(FRAMEWORK_DIST[source])}",
+        "runtime_version": f"{runtime} {dist_version(registry.get(runtime).dist)}",
+        "source_version": f"{framework_dist(source)} {dist_version(framework_dist(source))}",
         "layout": artifact.layout, "meta": meta, "labels": {"classes": labels.num_classes, "offset": labels.offset},
         "hops": json.loads(row.get("hops") or "[]"), "frontend": row.get("frontend") or "",
         "passes": list(row.get("passes") or []), "target": row.get("target") or "",
@@ -157,7 +147,7 @@ def _side(store: Store, row: dict[str, Any], artifacts: Any, folder: Path, label
         model_file = _copy(artifact.payload, folder / label / artifact.payload.name)
     else:
         model_file = _save_model(artifact.payload, artifact.layout, spec, folder / label / "model", framework)
-    if runtime != "tvm":
+    if not registry.get(runtime).compiles:
         side["file"] = model_file.relative_to(folder).as_posix()
         return side
     # A TVM build: its compiled module, and the frontend input it came from (to rebuild).
@@ -267,7 +257,7 @@ def _readme(bundle: dict[str, Any]) -> str:
         for hop in side["hops"]:
             quant = f", quantize {hop['quantize']}" if hop.get("quantize", "none") != "none" else ""
             lines.append(f"- hop {hop['src']}->{hop['dst']}: {hop.get('tool', '?')} {hop.get('version', '?')}{quant}")
-        if side["runtime"] == "tvm":
+        if "frontend_input" in side:  # a TVM build (see _side)
             lines.append(f"- TVM build: frontend {side['frontend']}, passes {', '.join(side['passes']) or 'none'}")
             lines.append(f"- target: `{side['target']}`")
             lines.append(f"- compiled module: {side['module']}; built from `{side['frontend_input']}`")

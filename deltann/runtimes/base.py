@@ -7,6 +7,11 @@ interleaved sessions of :mod:`deltann.runtimes.interleave`), ``deactivate`` free
 and what is converted from them) gets the same tensor transposed here, so input hashes
 are always of the canonical NCHW tensor; the layout is the artifact's recorded metadata. Subclasses write only the ``*_impl``
 methods; the public ones check state and record how long activation took.
+
+A runner class also declares what the rest of deltann asks about its runtime (name,
+framework, distributions, file types, layout, thread policy, compiling or not) and
+captures per-layer outputs (:meth:`Runner.capture`); :mod:`deltann.runtimes.registry`
+finds it by name, so nothing outside the runtime modules branches on a runtime's name.
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from deltann.runtimes.trace import Trace
 
 
 def time_evaluator_protocol(
@@ -65,9 +74,34 @@ def thread_count() -> int:
 
 
 class Runner:
-    """Base runner; a context manager."""
+    """Base runner; a context manager. A runtime is one subclass, registered with
+    :func:`deltann.runtimes.registry.register`; its class attributes declare the runtime."""
 
-    name = "runner"
+    #: the runtime's name (the ``builds`` table's ``runtime``; content keys carry it)
+    name: ClassVar[str] = "runner"
+    #: the framework whose models this runtime runs as they are ("" for a compiler: TVM)
+    framework: ClassVar[str] = ""
+    #: PyPI distribution whose version identifies the runtime in content keys
+    dist: ClassVar[str] = ""
+    #: PyPI distribution whose version identifies a model of ``framework``
+    framework_dist: ClassVar[str] = ""
+    #: model file types of ``framework`` a user model may be (``.onnx``); lower case
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    #: the layout ``framework``'s models take when a user model does not say
+    default_layout: ClassVar[str] = "NCHW"
+    #: a model of ``framework`` is a file read as data: loading it for a conversion needs
+    #: no framework installed (ONNX, TFLite), unlike a module or a SavedModel
+    data_files: ClassVar[bool] = False
+    #: the runtime runs a build made on the board first (stage ``build``): TVM
+    compiles: ClassVar[bool] = False
+    #: a compiler's importers: framework -> the frontend its models are imported through
+    frontends: ClassVar[dict[str, str]] = {}
+    #: why loading a model file of ``framework`` runs code from it ("" = it does not): such
+    #: a user model is refused unless the study trusts it (``trust_remote_code``)
+    loads_code: ClassVar[str] = ""
+    #: captured layer names carry the Keras layer's scope (``model/conv_1/BiasAdd``),
+    #: which localization also matches against a Keras capture's layer names
+    keras_scoped_names: ClassVar[bool] = False
 
     def __init__(self, layout: str = "NCHW") -> None:
         if layout not in ("NCHW", "NHWC"):
@@ -121,6 +155,35 @@ class Runner:
 
     def __exit__(self, *exc: object) -> None:
         self.deactivate()
+
+    # --- the runtime as the rest of deltann sees it ----------------------------
+    @classmethod
+    def from_artifact(cls, payload: Any, layout: str = "NCHW", meta: dict[str, Any] | None = None, *,
+                      target: str = "") -> Runner:
+        """The runner over an artifact's payload (a module, a file path, or a build),
+        with the artifact's recorded ``layout`` and metadata; ``target`` is the unit's
+        target (JSON) for a runtime that needs it."""
+        return cls(payload, layout)  # type: ignore[call-arg]
+
+    @classmethod
+    def save_payload(cls, payload: Any, layout: str, input_shape: tuple[int, ...], dst: Path) -> Path:
+        """An in-memory model (a module) written as a file this runtime loads, at ``dst``
+        with the file type's suffix (a repro bundle ships it); a file payload is shipped as
+        it is, so by default there is nothing to save."""
+        raise NotImplementedError(f"cannot save an in-memory {cls.framework or cls.name} model to a file")
+
+    @classmethod
+    def threads_used(cls) -> int:
+        """Threads this runtime runs with on this board (recorded in timing rows): by
+        default what :func:`thread_count` configured."""
+        return thread_count()
+
+    @classmethod
+    def capture(cls, payload: Any, x: np.ndarray, layout: str, *, meta: dict[str, Any] | None = None,
+                **options: Any) -> Trace:
+        """Every layer's output on the canonical NCHW batch ``x`` (see
+        :mod:`deltann.runtimes.layers`); ``options`` are a compiler's (passes, target)."""
+        raise ValueError(f"no per-layer capture for runtime {cls.name!r}")
 
     # --- to implement -------------------------------------------------------
     def activate_impl(self) -> None:

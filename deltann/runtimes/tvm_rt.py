@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from deltann.runtimes import layers, registry
 from deltann.runtimes.base import Runner
 
 log = logging.getLogger("deltann.runtimes")
@@ -105,6 +106,12 @@ def _read_count(module: Path) -> int | None:
 
 class TvmRunner(Runner):
     name = "tvm"
+    dist = "apache-tvm"
+    compiles = True
+    #: framework -> TVM Relax frontend that imports it (the most direct one). Keras and
+    #: TF models reach TVM through their TFLite or ONNX variants: Relax has no Keras or
+    #: TF frontend.
+    frontends = {"torch": "torch.export", "onnx": "onnx", "tflite": "tflite"}
 
     def __init__(self, executable: Any, device: str = "", layout: str = "NCHW") -> None:
         super().__init__(layout)
@@ -128,3 +135,42 @@ class TvmRunner(Runner):
 
     def deactivate_impl(self) -> None:
         self.vm = None
+
+    @classmethod
+    def from_artifact(cls, payload: Any, layout: str = "NCHW", meta: dict[str, Any] | None = None, *,
+                      target: str = "") -> Runner:
+        return cls(payload, device=json.loads(target)["kind"] if target else "llvm", layout=layout)
+
+    @classmethod
+    def capture(cls, payload: Any, x: np.ndarray, layout: str, *, meta: dict[str, Any] | None = None,
+                **options: Any) -> layers.Trace:
+        """A build's layers through the frontend it was imported by (``frontend``, told
+        from the payload when empty): every layer exposed, or with ``kernels`` one layer
+        per kernel as built (:mod:`deltann.runtimes.layers`)."""
+        frontend = options.get("frontend") or _frontend_of(payload)
+        passes, tuning = tuple(options.get("passes") or ()), options.get("tuning", "")
+        target_json, host_json = options.get("target_json") or '{"kind": "llvm"}', options.get("host_json", "")
+        torch_export = frontend == cls.frontends["torch"]
+        if options.get("kernels") and frontend in cls.frontends.values():
+            return layers.capture_tvm_kernels(frontend, payload, x, passes, target_json, host_json,
+                                              "NCHW" if torch_export else layout, tuning)
+        if torch_export:
+            return layers.capture_tvm_torch(payload, x, passes, target_json, host_json, tuning)
+        if frontend == cls.frontends["onnx"]:
+            return layers.capture_tvm(Path(payload), x, passes, target_json, host_json, layout, tuning)
+        if frontend == cls.frontends["tflite"]:
+            return layers.capture_tvm_tflite(Path(payload), x, passes, target_json, host_json, layout, tuning)
+        raise ValueError(f"no per-layer TVM capture through frontend {frontend!r} ({payload}); "
+                         f"have: {', '.join(cls.frontends.values())}")
+
+
+def _frontend_of(payload: Any) -> str:
+    """The frontend deltann's planner uses for an artifact, told from the payload when a
+    caller has no ``builds`` row: a module is torch's, a file the frontend of the
+    framework its suffix names."""
+    if not isinstance(payload, (str, Path)):
+        return TvmRunner.frontends["torch"]
+    return TvmRunner.frontends.get(registry.framework_of_suffix(Path(payload).suffix) or "", "")
+
+
+registry.register(TvmRunner)

@@ -36,23 +36,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from deltann.convert.base import Produced
 from deltann.errors import DeltannError
+from deltann.runtimes import registry
 from deltann.zoo.base import LabelSpace, ModelSpec, Preprocess
 
 log = logging.getLogger("deltann.zoo")
 
-#: file suffix -> source framework (a folder with ``saved_model.pb`` is ``tf``)
-SUFFIXES: dict[str, str] = {
-    ".keras": "keras",
-    ".h5": "keras",
-    ".hdf5": "keras",
-    ".pb": "tf",
-    ".tflite": "tflite",
-    ".onnx": "onnx",
-    ".pt2": "torch",
-}
-
-#: The layout a framework's models take when the table does not say.
-DEFAULT_LAYOUT: dict[str, str] = {"keras": "NHWC", "tf": "NHWC", "tflite": "NHWC", "onnx": "NCHW", "torch": "NCHW"}
+#: (A file's framework follows from its suffix, and a framework's default layout, as the
+#: runtime that runs the framework declares them: deltann.runtimes.registry. A folder with
+#: ``saved_model.pb`` is ``tf``.)
+SAVED_MODEL_FRAMEWORK = "tf"
 
 #: Named recipes: scale, mean and std (the crop size is the model's input size, the
 #: shorter side is resized to size * 256 / 224 first, as ImageNet evaluation does).
@@ -148,9 +140,9 @@ class UserModel(BaseModel):
                                  "relative to the study file")
             if path.is_dir() and not (path / "saved_model.pb").is_file():
                 raise ValueError(f"{path} is a folder without saved_model.pb; give a SavedModel folder or a model file")
-        if not path.is_dir() and path.suffix.lower() not in SUFFIXES:
+        if not path.is_dir() and registry.framework_of_suffix(path.suffix) is None:
             raise ValueError(f"{path.name}: unknown model file type {path.suffix!r}; allowed: "
-                             f"{', '.join(SUFFIXES)} or a SavedModel folder")
+                             f"{', '.join(registry.suffixes())} or a SavedModel folder")
         return str(path)
 
     @model_validator(mode="after")
@@ -179,22 +171,21 @@ class UserModel(BaseModel):
                              "(e.g. 'input:0', 'MobilenetV2/Logits/output:0')")
         if not frozen and (self.input_tensor or self.output_tensor):
             raise ValueError(f"input_tensor: only a frozen .pb takes tensor names; {name} is a {fw} model")
-        if fw == "torch" and not self.trust_remote_code:
-            raise ValueError(
-                f"trust_remote_code: {name}: torch.export.load unpickles objects and evaluates expressions "
-                "stored in a .pt2 (torch 2.14); set trust_remote_code = true only if you trust its author, "
-                "or export the model to .onnx"
-            )
+        loads_code = registry.native_of(fw).loads_code
+        if loads_code and not self.trust_remote_code:
+            raise ValueError(f"trust_remote_code: {name}: {loads_code}; set trust_remote_code = true only if you "
+                             "trust its author, or export the model to .onnx")
         return self
 
     @property
     def framework(self) -> str:
         path = Path(self.path)
-        return "tf" if path.is_dir() or path.suffix.lower() not in SUFFIXES else SUFFIXES[path.suffix.lower()]
+        found = None if path.is_dir() else registry.framework_of_suffix(path.suffix)
+        return found or SAVED_MODEL_FRAMEWORK
 
     @property
     def model_layout(self) -> str:
-        return self.layout or DEFAULT_LAYOUT[self.framework]
+        return self.layout or registry.native_of(self.framework).default_layout
 
     @property
     def size(self) -> int:
@@ -510,7 +501,25 @@ def _load_pt2(path: Path, um: UserModel) -> Produced:
     return Produced(module, um.model_layout)  # type: ignore[arg-type]
 
 
-_LOADERS = {"keras": _load_keras, "tflite": _load_tflite, "onnx": _load_onnx, "torch": _load_pt2}
+def _load_tf(path: Path, um: UserModel) -> Produced:
+    return _load_saved_model(path, um) if path.is_dir() else _load_frozen(path, um)
+
+
+_LOADERS = {"tf": _load_tf, "keras": _load_keras, "tflite": _load_tflite, "onnx": _load_onnx, "torch": _load_pt2}
+
+
+def _load_by_runner(path: Path, um: UserModel) -> Produced:
+    """A file of a framework without a loader here (a runtime registered from outside
+    deltann): the file as the payload, checked by running it once on its runtime."""
+    runner = registry.native_of(um.framework)
+    produced = Produced(path, um.model_layout)  # type: ignore[arg-type]
+
+    def run() -> Any:
+        with runner.from_artifact(path, um.model_layout, produced.meta) as r:
+            return r.infer(np.zeros(um.canonical_shape(), np.float32))
+
+    _check_classes(path, None, um, run)
+    return produced
 
 
 def load(um: UserModel) -> Produced:
@@ -520,9 +529,7 @@ def load(um: UserModel) -> Produced:
     path = Path(um.path)
     if not path.exists():
         raise UserModelError(f"{path}: model file not found (user model); put it there or fix 'path'")
-    if um.framework == "tf":
-        return _load_saved_model(path, um) if path.is_dir() else _load_frozen(path, um)
-    return _LOADERS[um.framework](path, um)
+    return _LOADERS.get(um.framework, _load_by_runner)(path, um)
 
 
 # --- registry ----------------------------------------------------------------------------

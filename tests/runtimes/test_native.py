@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from deltann.convert.base import Produced
-from deltann.runtimes import NATIVE_RUNTIME
-from deltann.runtimes.native import RUNNERS, native_runner
+from deltann.runtimes import registry
+from deltann.runtimes.native import native_runner
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,11 @@ def _run(runtime: str, payload: Any, layout: str, x: np.ndarray, meta: dict[str,
 
 
 def test_every_native_runtime_has_a_runner() -> None:
-    assert set(NATIVE_RUNTIME.values()) == set(RUNNERS)
+    assert set(registry.frameworks()) >= {"torch", "onnx", "keras", "tf", "tflite"}
+    for framework in registry.frameworks():
+        runner = registry.native_of(framework)
+        assert registry.get(runner.name) is runner and runner.framework == framework
+        assert runner.dist and registry.framework_dist(framework)
 
 
 def test_keras_runner_transposes_nchw_inputs(keras_file: Path, nchw: np.ndarray, reference: np.ndarray) -> None:
@@ -111,10 +115,9 @@ def test_tvm_tflite_frontend_matches_litert(keras_file: Path, nchw: np.ndarray, 
     from deltann.compile.frontends import import_relax
     from deltann.compile.pipeline import build, make_target
     from deltann.convert.keras_tflite import keras_to_tflite
-    from deltann.runtimes import TVM_FRONTEND
     from deltann.runtimes.tvm_rt import TvmRunner
 
-    assert TVM_FRONTEND["tflite"] == "tflite"
+    assert TvmRunner.frontends["tflite"] == "tflite"
     lite = keras_to_tflite(Produced(keras_file, "NHWC", {"keras_api": "keras"}), None, tmp_path, "none")
     mod = import_relax("tflite", lite.payload, (1, 32, 32, 3))
     exe = build(mod, (), make_target(json.dumps({"kind": "llvm"}), ""))
