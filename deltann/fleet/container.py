@@ -506,8 +506,8 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
     """Run ``units`` in ``kind.image`` and stream their tables (the Board actor's path
     where ``container = true``), in the board's warm container. Variants are converted here
     first (:func:`prepare_artifacts`); a dead container's current unit becomes a ``crash``
-    row (in the stage its progress last named) and the rest go on in a fresh container; every ``builds`` row carries the image it
-    ran in."""
+    row (in the stage its progress last named) and the rest go on in a fresh container;
+    every ``builds`` row carries the image it ran in."""
     import docker
 
     from deltann.convert.chain import ArtifactCache

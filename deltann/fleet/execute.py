@@ -79,14 +79,14 @@ def load_stages(unit: Unit, artifacts: ArtifactCache, stage: list[str]) -> Gener
     Yields each stage's name as it begins (and keeps ``stage[0]`` at it, for failure
     rows); returns the :class:`Loaded` runner."""
     times = {"convert_s": 0.0, "import_s": 0.0, "compile_s": 0.0, "load_s": 0.0}
-    stage[0] = "convert"
+    stage[0] = Stage.CONVERT
     yield stage[0]
     start = time.perf_counter()
     artifact = artifacts.get(unit.model, unit.variant)
     times["convert_s"] = time.perf_counter() - start
     payload, built_target, unscheduled = artifact.payload, "", None
     if registry.get(unit.runtime).compiles:
-        stage[0] = "build"
+        stage[0] = Stage.BUILD
         yield stage[0]
         from deltann.convert._tools import input_shape
         from deltann.runtimes.tvm_rt import TvmBuild
@@ -100,7 +100,7 @@ def load_stages(unit: Unit, artifacts: ArtifactCache, stage: list[str]) -> Gener
             payload = builder()
         times["import_s"], times["compile_s"] = builder.import_s, builder.compile_s
         built_target, unscheduled = builder.resolved_target, builder.unscheduled
-    stage[0] = "load"
+    stage[0] = Stage.LOAD
     yield stage[0]
     runner = make_runner(unit, payload, artifact.layout, artifact.meta)
     runner.activate()

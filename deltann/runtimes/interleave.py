@@ -123,6 +123,12 @@ class SessionResult:
 WARM_UP_S = 2.0
 
 
+def _dropped(stage: str, exc: BaseException) -> str:
+    """Why a configuration dropped out of a session: the stage, the error type, its message
+    on one line (at most 500 characters)."""
+    return f"{stage}: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+
+
 def memory_budget() -> int:
     """Bytes a session's loaded runners may add (:data:`MEMORY_ENV`, else half of what is
     available now)."""
@@ -164,7 +170,7 @@ class Session:
             try:
                 slot.runner = slot.load()
             except Exception as exc:  # noqa: BLE001 - a slot that cannot load drops out, the rest go on
-                slot.error = f"load: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+                slot.error = _dropped("load", exc)
                 continue
             loaded += max(0, _rss() - before)
             if loaded > self.budget:
@@ -196,7 +202,7 @@ class Session:
                 try:
                     self._time_block(slot, block, samples[slot.name])
                 except Exception as exc:  # noqa: BLE001 - a configuration failing mid-session drops out
-                    slot.error = f"execute: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+                    slot.error = _dropped("execute", exc)
                     log.warning("timing: %s dropped out in block %d: %s", slot.name, block, slot.error)
             yield block
         for slot in self.slots:
@@ -227,7 +233,7 @@ class Session:
                     if time.perf_counter() > end:
                         break
             except Exception as exc:  # noqa: BLE001 - the same failure as a block's: it drops out
-                slot.error = f"execute: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+                slot.error = _dropped("execute", exc)
 
     def _slot(self, name: str) -> Slot:
         return next(s for s in self.slots if s.name == name)
