@@ -2,7 +2,7 @@
 reference? (issue 13: a study once stored TVM 4.5x onnxruntime while the bench measured
 1.36x, because the board's host target lacked the CPU and the bench shared the bug.)
 
-    .venv/bin/python bench/agreement.py [--images 10] [--repeat 25]
+    .venv/bin/python bench/agreement.py [--images 10] [--repeat 36] [--rounds 3]
 
 In one run, on this machine:
 
@@ -16,11 +16,16 @@ In one run, on this machine:
    own ONNX file on a bare ``onnxruntime.InferenceSession`` timed with
    ``time.perf_counter``, and TVM built for a target written out here (``llvm``, this
    CPU as ``mcpu`` for target and host) timed by TVM's own C++ ``time_evaluator``, the
-   two alternating in blocks. (The Relax passes are deltann's ``extended`` list: the
+   two alternating in blocks; its ratio is the median of the blocks' ratios, worked out
+   here with numpy. (The Relax passes are deltann's ``extended`` list: the
    reference checks where and how the module is built and timed, not which passes.)
 
-It prints the three TVM/onnxruntime ratios and their agreement (goal 0.85-1.15), and the
-study's TVM time over the reference's TVM time.
+The three run one after another, ``--rounds`` times (the study's later rounds reuse the
+first one's converted model and kept TVM module, so they only run and time): this VM
+moves between fast and slow states for tens of seconds, and a state that slows one
+runtime more than the other falls on one measurement of a round only. It prints each
+round, the three TVM/onnxruntime ratios (medians over the rounds) and their agreement
+(goal 0.85-1.15), and the study's TVM time over the reference's TVM time.
 """
 
 from __future__ import annotations
@@ -84,81 +89,107 @@ def bench_ratio(repeat: int) -> tuple[float, float, float]:
     return row["tvm_ms"], row["ort_ms"], row["ratio"]
 
 
-def reference_ratio(onnx_path: Path, x: np.ndarray, repeat: int, blocks: int = 5) -> tuple[float, float, float]:
-    """The independent reference (see the module docstring)."""
-    import onnxruntime as ort
-    import tvm
-    from tvm import relax
-    from tvm.target import codegen
+class Reference:
+    """The independent reference (see the module docstring), built once and timed once per
+    round."""
 
-    from deltann.compile.frontends import from_onnx
-    from deltann.compile.pipeline import build
-    from deltann.compile.settings import passes_of
+    def __init__(self, onnx_path: Path, x: np.ndarray) -> None:
+        import onnxruntime as ort
+        import tvm
+        from tvm import relax
+        from tvm.target import codegen
 
-    # Deliberately not deltann's one TVM path (compile.pipeline's make_target, Vm,
-    # runtimes.tvm_rt): the reference writes its own target and VM and times with TVM's
-    # time_evaluator, so a bug in the product's path cannot hide in both (issue 13).
-    cpu = codegen.llvm_get_system_cpu()
-    target = tvm.target.Target({"kind": "llvm", "mcpu": cpu}, host={"kind": "llvm", "mcpu": cpu})
-    vm = relax.VirtualMachine(build(from_onnx(onnx_path), passes_of(SETTING), target), tvm.cpu())
-    arg = tvm.runtime.tensor(x, device=tvm.cpu())
-    per_block = max(3, repeat // blocks)
-    evaluator = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=per_block)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x}
-    tvm_s: list[float] = []
-    ort_s: list[float] = []
-    for _ in range(blocks):
-        time.sleep(0.2)
-        tvm_s += list(evaluator(arg).results)  # one untimed call inside, then the samples
-        time.sleep(0.2)
-        session.run(None, feed)
-        for _ in range(per_block):
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            ort_s.append(time.perf_counter() - t0)
-    tvm_ms, ort_ms = float(np.median(tvm_s) * 1e3), float(np.median(ort_s) * 1e3)
-    return tvm_ms, ort_ms, tvm_ms / ort_ms
+        from deltann.compile.frontends import from_onnx
+        from deltann.compile.pipeline import build
+        from deltann.compile.settings import passes_of
+
+        # Deliberately not deltann's one TVM path (compile.pipeline's make_target, Vm,
+        # runtimes.tvm_rt): the reference writes its own target and VM and times with TVM's
+        # time_evaluator, so a bug in the product's path cannot hide in both (issue 13).
+        cpu = codegen.llvm_get_system_cpu()
+        target = tvm.target.Target({"kind": "llvm", "mcpu": cpu}, host={"kind": "llvm", "mcpu": cpu})
+        self.vm = relax.VirtualMachine(build(from_onnx(onnx_path), passes_of(SETTING), target), tvm.cpu())
+        self.arg = tvm.runtime.tensor(x, device=tvm.cpu())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.feed = {self.session.get_inputs()[0].name: x}
+
+    def ratio(self, repeat: int, blocks: int = 12) -> tuple[float, float, float]:
+        """(TVM ms, onnxruntime ms, TVM/onnxruntime paired by block), the two alternating
+        in ``blocks`` blocks."""
+        import tvm
+
+        per_block = max(3, repeat // blocks)
+        evaluator = self.vm.time_evaluator("main", tvm.cpu(), number=1, repeat=per_block)
+        tvm_s = np.zeros((blocks, per_block))
+        ort_s = np.zeros((blocks, per_block))
+        for block in range(blocks):
+            time.sleep(0.2)
+            tvm_s[block] = evaluator(self.arg).results  # one untimed call inside, then the samples
+            time.sleep(0.2)
+            self.session.run(None, self.feed)
+            for i in range(per_block):
+                t0 = time.perf_counter()
+                self.session.run(None, self.feed)
+                ort_s[block, i] = time.perf_counter() - t0
+        ratio = float(np.median(np.median(tvm_s, axis=1) / np.median(ort_s, axis=1)))  # paired by block
+        return float(np.median(tvm_s) * 1e3), float(np.median(ort_s) * 1e3), ratio
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10, help="sample photos in the study")
-    parser.add_argument("--repeat", type=int, default=25, help="timed calls per runtime in the bench and reference")
+    parser.add_argument("--repeat", type=int, default=36, help="timed calls per runtime in the bench and reference")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the three measurements, one after another (study, bench, reference)")
     args = parser.parse_args()
+
+    import shutil
+
+    import ray
 
     from deltann.convert.chain import ArtifactCache
     from deltann.fleet.driver import prepare_inputs, run_study
     from deltann.study import load_study
 
+    names = ["study", "bench", "reference"]  # the study (stored), bench/compile.py, the independent reference
+    measured: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = study_file(folder, args.images)
-        t0 = time.perf_counter()
-        run_study(path, folder / "results", progress=False)
-        study_s = time.perf_counter() - t0
-        import ray
+        reference = None
+        for round_ in range(args.rounds):
+            out = folder / f"results{round_}"
+            if round_:  # the same converted model and kept TVM module: the round only runs and times
+                shutil.copytree(folder / "results0" / "artifacts", out / "artifacts")
+            t0 = time.perf_counter()
+            run_study(path, out, progress=False)
+            study_s = time.perf_counter() - t0
+            ray.shutdown()  # the board's processes end: the bench and reference run on a quiet machine
+            measured[names[0]].append(study_ratio(out))
+            measured[names[1]].append(bench_ratio(args.repeat))
+            if reference is None:
+                onnx_path = Path(ArtifactCache(out / "artifacts").get(MODEL, VARIANT).payload)
+                reference = Reference(onnx_path, prepare_inputs(load_study(path), folder)[MODEL].tensors[:1])
+            measured[names[2]].append(reference.ratio(args.repeat))
+            print(f"round {round_ + 1}: study {study_s:.0f} s; " + "; ".join(
+                f"{name} {t:.2f}/{o:.2f} = {r:.3f}" for name, (t, o, r) in
+                ((n, measured[n][-1]) for n in names)), flush=True)
 
-        ray.shutdown()  # the board's processes end: the bench and reference run on a quiet machine
-        s_tvm, s_ort, s_ratio = study_ratio(folder / "results")
-        b_tvm, b_ort, b_ratio = bench_ratio(args.repeat)
-        onnx_path = Path(ArtifactCache(folder / "results" / "artifacts").get(MODEL, VARIANT).payload)
-        x = prepare_inputs(load_study(path), folder)[MODEL].tensors[:1]
-        r_tvm, r_ort, r_ratio = reference_ratio(onnx_path, x, args.repeat)
-
-    rows: list[tuple[str, Any, Any, Any]] = [("study (stored)", s_tvm, s_ort, s_ratio),
-                                             ("bench/compile.py", b_tvm, b_ort, b_ratio),
-                                             ("independent reference", r_tvm, r_ort, r_ratio)]
-    print(f"\n{MODEL} {VARIANT}, TVM {SETTING} vs onnxruntime; study took {study_s:.0f} s")
-    print(f"{'measured by':<24} {'tvm ms':>8} {'ort ms':>8} {'tvm/ort':>8}")
-    for name, t, o, r in rows:
-        print(f"{name:<24} {t:>8.2f} {o:>8.2f} {r:>8.3f}")
-    print(f"agreement study/bench     {s_ratio / b_ratio:.3f}   (goal 0.85-1.15)")
-    print(f"agreement study/reference {s_ratio / r_ratio:.3f}   (goal 0.85-1.15)")
-    print(f"agreement bench/reference {b_ratio / r_ratio:.3f}   (goal 0.85-1.15)")
-    print(f"TVM ms, study/reference   {s_tvm / r_tvm:.3f}   (the target and timing path alone)")
+    median = {name: tuple(float(np.median([m[i] for m in measured[name]])) for i in range(3)) for name in names}
+    print(f"\n{MODEL} {VARIANT}, TVM {SETTING} vs onnxruntime; medians of {args.rounds} rounds")
+    print(f"{'measured by':<24} {'tvm ms':>8} {'ort ms':>8} {'tvm/ort':>8} {'rounds':>13}")
+    for name in names:
+        t, o, r = median[name]
+        ratios = [m[2] for m in measured[name]]
+        print(f"{name:<24} {t:>8.2f} {o:>8.2f} {r:>8.3f} {min(ratios):>6.3f}-{max(ratios):<6.3f}")
+    for a, b in [(0, 1), (0, 2), (1, 2)]:
+        per_round = [x[2] / y[2] for x, y in zip(measured[names[a]], measured[names[b]], strict=True)]
+        pair = f"{names[a]}/{names[b]}"
+        print(f"agreement {pair:<16} {median[names[a]][2] / median[names[b]][2]:.3f}"
+              f"   (goal 0.85-1.15; per round {min(per_round):.3f}-{max(per_round):.3f})")
+    print(f"TVM ms, study/reference {median[names[0]][0] / median[names[2]][0]:.3f}   (the target and timing path alone)")
 
 
 if __name__ == "__main__":

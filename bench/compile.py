@@ -17,7 +17,8 @@ The TVM side is the product's own path, exactly as a board of the device kind
 resolved on this machine (deltann.compile.pipeline.make_target, host included), built by
 deltann.runtimes.tvm_rt.TvmBuild, run by TvmRunner, timed by the boards' interleaved
 session (deltann.runtimes.interleave: alternating blocks, settle pause, untimed call)
-with the boards' thread policy. The ratio is the ratio of the medians over every block.
+with the boards' thread policy. Ratios are paired by block as the study's are
+(deltann.analysis.stats.paired_ratio: the median over blocks of each block's ratio).
 
     .venv/bin/python bench/compile.py                       # all four models, ONNX frontend
     .venv/bin/python bench/compile.py --frontends onnx,torch.export,tflite --settings extended
@@ -64,7 +65,7 @@ from typing import Any
 import numpy as np
 
 #: Alternating timing blocks per setting, and the pause before each (see side_by_side).
-BLOCKS = 5
+BLOCKS = 12
 SETTLE_S = 0.2
 
 TORCHVISION = {"mobilenet_v2": 224, "resnet101": 224, "inception_v3": 299}
@@ -141,12 +142,14 @@ def ort_runner(path: Path, x: np.ndarray) -> tuple[Any, np.ndarray]:
 
 
 def side_by_side(tvm: Any, natives: dict[str, Any], x: np.ndarray, repeat: int,
-                 blocks: int = BLOCKS) -> tuple[float, dict[str, float], float, float, float]:
+                 blocks: int = BLOCKS) -> tuple[float, dict[str, float], dict[str, float], str, float, float]:
     """TVM and the native runtimes (onnxruntime, LiteRT where the model has a TFLite form)
     timed by the boards' interleaved session: ``blocks`` alternating blocks of
     ``repeat // blocks`` samples each (at least 3). Returns TVM's median (ms), each native
-    runtime's median (ms), the ratio of TVM's median to the faster native one, and the
-    smallest and largest per-block ratio to that one."""
+    runtime's median (ms), TVM's paired ratio to each native runtime (as a study's time
+    change pairs them), the faster native runtime, and the smallest and largest per-block
+    ratio to that one."""
+    from deltann.analysis.stats import paired_ratio
     from deltann.runtimes.interleave import Protocol, Slot, time_interleaved
 
     per_block = max(3, repeat // blocks)
@@ -157,9 +160,11 @@ def side_by_side(tvm: Any, natives: dict[str, Any], x: np.ndarray, repeat: int,
     result = time_interleaved(slots, protocol)
     ms = {name: result.samples[name] / 1e6 for name in ["tvm", *natives]}  # (images, blocks, repeat) ms
     medians = {name: float(np.median(v)) for name, v in ms.items()}
+    cells = {name: np.median(v, axis=2) for name, v in ms.items()}  # (images, blocks)
+    ratios = {n: paired_ratio(cells["tvm"], cells[n]) for n in natives}
     best = min(natives, key=lambda n: medians[n])
     per_block_ratio = np.median(ms["tvm"], axis=(0, 2)) / np.median(ms[best], axis=(0, 2))
-    return (medians["tvm"], {n: medians[n] for n in natives}, medians["tvm"] / medians[best],
+    return (medians["tvm"], {n: medians[n] for n in natives}, ratios, best,
             float(per_block_ratio.min()), float(per_block_ratio.max()))
 
 
@@ -373,7 +378,8 @@ def run(args: argparse.Namespace, target: tuple[str, str]) -> list[dict[str, Any
                     except Exception as exc:  # a failed build is a row, as in the seed's Table IV
                         print(f"{name:<19} {frontend:<12} {label:<13} FAILED {type(exc).__name__}: {exc}"[:200])
                         continue
-                    ms, native_ms, best, low, high = side_by_side(tvm, natives, x, args.repeat)
+                    ms, native_ms, ratios, fastest, low, high = side_by_side(tvm, natives, x, args.repeat)
+                    best = ratios[fastest]
                     tvm.deactivate()
                     out = np.asarray(out).reshape(ref.shape)
                     diff = float(np.abs(out - ref).max())
@@ -381,10 +387,10 @@ def run(args: argparse.Namespace, target: tuple[str, str]) -> list[dict[str, Any
                     lite_ms = native_ms.get("litert")
                     lite_txt = f"{lite_ms:>7.2f}" if lite_ms is not None else f"{'-':>7}"
                     print(f"{name:<19} {frontend:<12} {label:<13} {ms:>8.2f} {native_ms['ort']:>7.2f} {lite_txt} "
-                          f"{best:>6.2f} {low:>5.2f}-{high:<5.2f} {ms / native_ms['ort']:>5.2f} {nosched:>7d} "
+                          f"{best:>6.2f} {low:>5.2f}-{high:<5.2f} {ratios['ort']:>5.2f} {nosched:>7d} "
                           f"{diff:>8.1e} {rel:>7.1e} {build_s:>7.1f}", flush=True)
                     rows.append({"model": name, "frontend": frontend, "setting": label, "tvm_ms": ms,
-                                 "ort_ms": native_ms["ort"], "litert_ms": lite_ms, "ratio": ms / native_ms["ort"],
+                                 "ort_ms": native_ms["ort"], "litert_ms": lite_ms, "ratio": ratios["ort"],
                                  "best_ratio": best, "unscheduled": nosched, "max_abs": diff})
             for runner in natives.values():
                 if runner.active:

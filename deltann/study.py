@@ -13,7 +13,7 @@ allowed values. Example (``studies/quickstart.toml``)::
     [dataset]
     source = "samples"
     [timing]
-    blocks = 5
+    blocks = 20
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ class Timing(_Strict):
     number: int = Field(1, ge=1, le=1_000_000)
     repeat: int = Field(1, ge=1, le=10_000)
     min_repeat_ms: int = Field(0, ge=0, le=600_000)
-    blocks: int = Field(5, ge=1, le=1000)
-    pause_ms: int = Field(200, ge=0, le=60_000)
+    blocks: int = Field(20, ge=1, le=1000)
+    pause_ms: int = Field(100, ge=0, le=60_000)
     images: int | None = Field(None, ge=1, le=1_000_000)
 
     def protocol(self) -> Any:

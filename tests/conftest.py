@@ -55,6 +55,7 @@ def tiny_results(tmp_path_factory: pytest.TempPathFactory, ray_session: None) ->
         warmup = 1
         number = 2
         repeat = 3
+        blocks = 5
         """,
     )
     out = folder / "results"

@@ -86,7 +86,7 @@ def test_timing_groups_and_jobs() -> None:
     assert job.key != again.key  # every attempt is its own session
     assert job.units == tuple(units) and job.images == (0, 2)  # evenly spaced, first and last
     assert dict(job.protocol) == {"warmup": 1, "number": 1, "repeat": 1, "min_repeat_ms": 0, "blocks": 3,
-                                  "pause_ms": 200}
+                                  "pause_ms": 100}
     assert renewed(job).key != job.key and renewed(job).units == job.units
     assert timing_job(_study(), units, n_images=3).images == (0, 1, 2)  # default: every image
 

@@ -28,6 +28,13 @@ Why these and not the seed's uncorrected ANOVA:
    units (paired Wilcoxon signed-rank). The confidence interval resamples the two
    crossed factors, images and blocks, together (:func:`cell_bootstrap_ratio_ci`).
    :func:`min_detectable_change` says what a comparison of this size and noise can see.
+6. The ratio reported is the *paired* estimate that goes with the test
+   (:func:`paired_ratio`): the median over blocks of each block's median log(t_A / t_B),
+   not the ratio of the two sides' overall medians. A VM that moves between fast and slow
+   states for seconds at a time puts A's and B's samples of one block in one state, but
+   the overall medians of two sides may each fall in a different state: on this 2-core VM
+   the ratio of medians of one TVM/onnxruntime pair ranged 1.06-1.71 between runs, the
+   paired estimate far less (issue 13).
 """
 
 from __future__ import annotations
@@ -145,6 +152,21 @@ def block_test(la: np.ndarray, lb: np.ndarray) -> tuple[float, str, np.ndarray]:
     with one: the paired Wilcoxon signed-rank test over its images (unit "images").
     Returns (two-sided p-value, unit, the units' log-ratios). A zero spread between
     blocks gives p 0 for a change and 1 for none; NaN with no paired cell."""
+    unit, d = unit_log_ratios(la, lb)
+    if unit == "blocks":
+        if np.ptp(d) == 0:
+            return (1.0 if d[0] == 0 else 0.0), unit, d
+        return float(st.ttest_1samp(d, 0.0).pvalue), unit, d
+    if d.size == 0:
+        return math.nan, unit, d
+    return paired_wilcoxon(d, np.zeros_like(d)), unit, d
+
+
+def unit_log_ratios(la: np.ndarray, lb: np.ndarray) -> tuple[str, np.ndarray]:
+    """The units :func:`block_test` tests, from log cell matrices ``la[i, b]``, ``lb[i, b]``
+    (NaN where a cell is missing): with two or more blocks holding a paired cell, each
+    block's median over its images of ``la − lb`` (unit "blocks"); else the paired cells
+    themselves (unit "images")."""
     la, lb = np.asarray(la, float), np.asarray(lb, float)
     if la.ndim == 1:
         la, lb = la[:, None], lb[:, None]
@@ -152,14 +174,20 @@ def block_test(la: np.ndarray, lb: np.ndarray) -> tuple[float, str, np.ndarray]:
     valid = np.isfinite(d)
     blocks = [b for b in range(d.shape[1]) if valid[:, b].any()]
     if len(blocks) >= 2:
-        per_block = np.array([np.median(d[valid[:, b], b]) for b in blocks])
-        if np.ptp(per_block) == 0:
-            return (1.0 if per_block[0] == 0 else 0.0), "blocks", per_block
-        return float(st.ttest_1samp(per_block, 0.0).pvalue), "blocks", per_block
-    cells = d[valid]
-    if cells.size == 0:
-        return math.nan, "images", cells
-    return paired_wilcoxon(cells, np.zeros_like(cells)), "images", cells
+        return "blocks", np.array([np.median(d[valid[:, b], b]) for b in blocks])
+    return "images", d[valid]
+
+
+def paired_ratio(ta: np.ndarray, tb: np.ndarray) -> float:
+    """The paired estimate of t_A / t_B from cell matrices ``ta[i, b]``, ``tb[i, b]``
+    (image i, block b; NaN where missing; reason 6 of the module docstring): exp of the
+    median of :func:`unit_log_ratios` — over blocks, each block's median over its images;
+    with one block, over the paired images. NaN with no paired cell."""
+    ta, tb = np.asarray(ta, float), np.asarray(tb, float)
+    valid = np.isfinite(ta) & np.isfinite(tb) & (ta > 0) & (tb > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        _, d = unit_log_ratios(np.where(valid, np.log(ta), np.nan), np.where(valid, np.log(tb), np.nan))
+    return float(np.exp(np.median(d))) if d.size else math.nan
 
 
 def _median_ratio(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -197,7 +225,8 @@ def significant(p_holm: float, ratio: float, *, alpha: float = ALPHA, min_factor
 
 def cell_bootstrap_ratio_ci(ta: np.ndarray, tb: np.ndarray, *, confidence: float = 0.95, n_resamples: int = 2000,
                             seed: int = 0, max_cells: int = 20_000_000) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``median(ta) / median(tb)`` over paired cells
+    """Percentile bootstrap CI of the paired ratio (:func:`paired_ratio`: the median over
+    blocks of each block's median over images of t_A / t_B) over paired cells
     ``ta[i, b]``, ``tb[i, b]`` (image i, block b; NaN where a cell is missing): each
     resample draws images and blocks with replacement, the same for both sides (a two-way
     crossed bootstrap). Numpy has no such resampler and scipy.stats.bootstrap resamples
@@ -219,11 +248,13 @@ def cell_bootstrap_ratio_ci(ta: np.ndarray, tb: np.ndarray, *, confidence: float
     rng = np.random.default_rng(seed)
     ii = rng.integers(0, n_i, size=(reps, n_i))
     bb = rng.integers(0, n_b, size=(reps, n_b))
-    sa = ta[ii[:, :, None], bb[:, None, :]].reshape(reps, -1)
-    sb = tb[ii[:, :, None], bb[:, None, :]].reshape(reps, -1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.log(ta) - np.log(tb)
+    d = np.where(np.isfinite(d), d, np.nan)[ii[:, :, None], bb[:, None, :]]  # (resample, image, block)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a resample of only missing cells: NaN, dropped
-        ratios = np.nanmedian(sa, axis=1) / np.nanmedian(sb, axis=1)
+        per_block = np.nanmedian(d, axis=1)  # (resample, block): each block's median over its images
+        ratios = np.exp(np.nanmedian(per_block, axis=1) if n_b > 1 else per_block[:, 0])
     ratios = ratios[np.isfinite(ratios)]
     if ratios.size == 0:
         return math.nan, math.nan

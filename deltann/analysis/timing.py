@@ -21,7 +21,8 @@ import polars as pl
 from deltann.analysis import stats
 from deltann.store import Store
 
-SPEEDUP_CONVENTION = "speedup_pct(A→B) = (t_A / t_B − 1) × 100 — positive means B is faster (median latencies)."
+SPEEDUP_CONVENTION = ("speedup_pct(A→B) = (t_A / t_B − 1) × 100 — positive means B is faster (t_A / t_B: the median "
+                      "over the session's blocks of A against B timed in the same block).")
 
 #: Order of settings within a variant: a pair (A, B) always has A earlier than B.
 SETTING_ORDER = ["native", "unscheduled", "basic", "default", "extended", "tuned"]
@@ -183,9 +184,10 @@ def speedup_stats(
     seed: int = 0,
 ) -> pl.DataFrame:
     """:func:`speedup_table` with the statistics that decide whether a change is real
-    (see :mod:`deltann.analysis.stats`, reason 5): ``ratio`` = t_A / t_B (medians of the
-    samples) and its 95 % CI from a bootstrap over images and blocks (``ci_*_pct`` in the
-    speedup convention); ``n_paired`` cells (image × block) timed on both sides;
+    (see :mod:`deltann.analysis.stats`, reasons 5 and 6): ``ratio`` = t_A / t_B paired by
+    block (:func:`~deltann.analysis.stats.paired_ratio`; ``speedup_pct`` follows it, so
+    it may differ from the ratio of the two medians shown beside it) and its 95 % CI from
+    a bootstrap over images and blocks (``ci_*_pct`` in the speedup convention); ``n_paired`` cells (image × block) timed on both sides;
     ``p_value`` of :func:`~deltann.analysis.stats.block_test` (a t-test over the blocks'
     median log-ratios; over images with one block) and ``p_holm`` (Holm across every
     row); the effect size ``effect_rb`` (matched-pairs rank-biserial over the cells,
@@ -210,7 +212,8 @@ def speedup_stats(
         effect = stats.rank_biserial(la[valid], lb[valid]) if valid.any() else math.nan
         low, high = stats.cell_bootstrap_ratio_ci(ta, tb, n_resamples=n_resamples, seed=seed)
         diffs.append((d, unit))
-        rows.append({"ratio": t_a / t_b if t_b else math.nan, "ci_low": low, "ci_high": high,
+        rows.append({"ratio": stats.paired_ratio(ta, tb) if valid.any() else (t_a / t_b if t_b else math.nan),
+                     "ci_low": low, "ci_high": high,
                      "n_paired": int(valid.sum()), "p_value": p_value, "effect_rb": effect})
     mdc = [stats.min_detectable_change(d, tests=len(rows), alpha=alpha, min_factor=min_factor, unit=unit)
            for d, unit in diffs]
@@ -218,6 +221,7 @@ def speedup_stats(
     p_holm = stats.holm(out["p_value"].to_numpy())
     flags = [stats.significant(p, r, alpha=alpha, min_factor=min_factor) for p, r in zip(p_holm, out["ratio"], strict=True)]
     return out.with_columns(
+        ((pl.col("ratio") - 1) * 100).alias("speedup_pct"),
         ((pl.col("ci_low") - 1) * 100).alias("ci_low_pct"),
         ((pl.col("ci_high") - 1) * 100).alias("ci_high_pct"),
         pl.Series("p_holm", p_holm, dtype=pl.Float64),
@@ -247,8 +251,9 @@ def test_note(speedups: pl.DataFrame, *, alpha: float = stats.ALPHA, min_factor:
 def noise_floor(store: Store, per_session: pl.DataFrame | None = None) -> pl.DataFrame:
     """The A/A noise floor: each configuration (in its latest session) against itself, its
     even blocks against its odd blocks (cells paired by image and neighbouring blocks), in
-    the speedup convention: ``aa_speedup_pct = (median_even / median_odd − 1) × 100`` and
-    ``noise_pct`` its size. With one block, alternate samples of each image are compared
+    the speedup convention: ``aa_speedup_pct = (t_even / t_odd − 1) × 100``, the ratio
+    paired as time changes are (:func:`~deltann.analysis.stats.paired_ratio`: the median
+    over block pairs of each pair's median over images), and ``noise_pct`` its size. With one block, alternate samples of each image are compared
     instead. ``drift``: the same test as :func:`speedup_stats` says the configuration's
     time moved between blocks (``aa_p_value``, Holm-corrected, and ×1.05) — the machine
     changed state during the session. Time changes pair A and B within each block, so such
@@ -265,7 +270,7 @@ def noise_floor(store: Store, per_session: pl.DataFrame | None = None) -> pl.Dat
     for model, device, config, session in latest.iter_rows():
         even, odd = _halves(store, session, config, found[(session, config)][1])
         valid = np.isfinite(even) & np.isfinite(odd) & (even > 0) & (odd > 0)
-        aa = (np.median(even[valid]) / np.median(odd[valid]) - 1) * 100 if valid.any() else math.nan
+        aa = (stats.paired_ratio(even, odd) - 1) * 100 if valid.any() else math.nan
         p, _ = stats.paired_test(np.log(even[valid]), np.log(odd[valid]))
         rows.append({"model": model, "device": device, "config": config, "samples": int(valid.sum() * 2),
                      "aa_speedup_pct": aa, "noise_pct": abs(aa), "aa_p_value": p})

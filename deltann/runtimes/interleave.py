@@ -49,8 +49,8 @@ class Protocol:
     number: int = 1
     repeat: int = 1
     min_repeat_ms: int = 0
-    blocks: int = 5
-    pause_ms: int = 200
+    blocks: int = 20
+    pause_ms: int = 100
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

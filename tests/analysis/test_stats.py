@@ -209,7 +209,9 @@ def test_speedup_stats_on_a_real_run_match_scipy(tiny_results: Path) -> None:
         assert ca.shape == cb.shape == (4, 5) and row["n_paired"] == 20  # 4 images x 5 blocks
         per_block = np.median(np.log(ca) - np.log(cb), axis=0)  # the test's unit: a block
         assert row["p_value"] == pytest.approx(st.ttest_1samp(per_block, 0.0).pvalue)
-        assert row["ratio"] == pytest.approx(np.median(samples(row["A"])) / np.median(samples(row["B"])))
+        assert row["ratio"] == pytest.approx(np.exp(np.median(per_block)))  # paired by block
+        assert row["speedup_pct"] == pytest.approx((row["ratio"] - 1) * 100)
+        assert row["t_A_ms"] == pytest.approx(np.median(samples(row["A"])) / 1e6)  # each side's own median
         assert row["ci_low"] <= row["ratio"] <= row["ci_high"]
         assert row["significant"] == (row["p_holm"] <= 0.05 and max(row["ratio"], 1 / row["ratio"]) >= 1.05)
 
@@ -251,5 +253,5 @@ def test_an_aa_study_of_tiny_cnn_finds_no_significant_change(study_file, tmp_pat
     assert summary.failed == 0 and [r["status"] for r in summary.sessions] == ["ok"]
     store = Store(tmp_path / "out")
     row = analysis.speedup_stats(store).row(0, named=True)
-    assert row["n_paired"] == 20 and row["session"] == summary.sessions[0]["session"]
+    assert row["n_paired"] == 4 * 20 and row["session"] == summary.sessions[0]["session"]  # images x default blocks
     assert row["significant"] is False, row

@@ -193,9 +193,11 @@ def test_stability_two_boards_by_hand(hand) -> None:  # noqa: ANN001
 def test_noise_floor_by_hand(hand) -> None:  # noqa: ANN001
     hand.write(hand.unit("torch", "torch", "native"), top1=[1], samples_ms=[10, 20, 30, 40])
     row = analysis.noise_floor(hand.store).row(0, named=True)
-    # even positions 10, 30 -> median 20; odd 20, 40 -> 30
-    assert row["samples"] == 4 and row["aa_speedup_pct"] == pytest.approx((20 / 30 - 1) * 100)
-    assert row["noise_pct"] == pytest.approx(100 / 3)
+    # one block: sample pairs (10, 20) and (30, 40); the paired ratio is the median of the
+    # pairs' log-ratios, here the geometric mean of 10/20 and 30/40
+    aa = (np.sqrt(10 / 20 * 30 / 40) - 1) * 100
+    assert row["samples"] == 4 and row["aa_speedup_pct"] == pytest.approx(aa)
+    assert row["noise_pct"] == pytest.approx(-aa)
 
 
 def test_latency_matrix_by_hand(tmp_path: Path) -> None:
@@ -214,15 +216,18 @@ def test_new_tables_on_a_real_run_match_numpy(tiny_results: Path) -> None:
     top1 = {c: g.sort("image_id")["top1"].to_numpy() for (c,), g in p.group_by(["config"])}
 
     for row in analysis.noise_floor(store).iter_rows(named=True):
-        # A/A: blocks 0 and 2 against blocks 1 and 3 (of 5), image by image, each cell the
-        # median of its block's 3 samples
-        even, odd = [], []
+        # A/A: block 0 against 1 and block 2 against 3 (of 5), image by image, each cell the
+        # median of its block's 3 samples; a pair of blocks gives its median log-ratio over
+        # the images, and the estimate is the median of those
+        pair_01, pair_23 = [], []
         for samples, blocks in t.filter(pl.col("config") == row["config"]).select("samples_ns",
                                                                                   "sample_block").iter_rows():
             s, b = np.asarray(samples, float), np.asarray(blocks)
-            even += [np.median(s[b == 0]), np.median(s[b == 2])]
-            odd += [np.median(s[b == 1]), np.median(s[b == 3])]
-        assert row["aa_speedup_pct"] == pytest.approx((np.median(even) / np.median(odd) - 1) * 100)
+            cell = [np.median(s[b == k]) for k in range(4)]
+            pair_01.append(np.log(cell[0] / cell[1]))
+            pair_23.append(np.log(cell[2] / cell[3]))
+        aa = np.exp(np.median([np.median(pair_01), np.median(pair_23)]))
+        assert row["aa_speedup_pct"] == pytest.approx((aa - 1) * 100)
         assert row["samples"] == 16
 
     for row in analysis.stability(store).iter_rows(named=True):
