@@ -243,7 +243,9 @@ def test_note(speedups: pl.DataFrame, *, alpha: float = stats.ALPHA, min_factor:
     return (f"Test: one-sample t-test of log(t_A / t_B) over the blocks of an interleaved session (A and B "
             f"timed seconds apart in each; a block's value is the median over its images; a session of one "
             f"block: paired Wilcoxon signed-rank over its images), {size}; p_holm: Holm-corrected across this "
-            f"table; ratio CI: bootstrap over images and blocks together. significant: p_holm ≤ {alpha} and a "
+            f"table; ratio (and speedup_pct): the median of the blocks' values, so a machine state that moved "
+            f"between blocks does not move it; ratio CI: bootstrap over images and blocks together. "
+            f"significant: p_holm ≤ {alpha} and a "
             f"change of at least ×{min_factor} either way; {seen}. Pairs are only formed within one session "
             "(board, session columns).")
 
