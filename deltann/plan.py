@@ -32,9 +32,9 @@ from typing import Any
 
 from deltann import SCHEMA_VERSION, __version__, convert, zoo
 from deltann.compile import settings as compile_settings
-from deltann.convert.base import chain_framework, chain_quantize, framework_dist, parse_chain
+from deltann.convert.chain_spec import chain_framework, chain_quantize, framework_dist, parse_chain
 from deltann.dataset import Inputs, InputSet
-from deltann.fleet.devices import DeviceKind
+from deltann.core.device_catalogue import DeviceKind
 from deltann.fleet.identity import Lab, Platform
 from deltann.runtimes import registry
 from deltann.study import Study
@@ -68,8 +68,8 @@ class Unit:
     #: a user model's definition (deltann.zoo.user.definition), so the board that runs the
     #: unit can register it; "" for zoo models. Not part of the key (the file's content is).
     user_model: str = ""
-    #: setting ``tuned``: its kind's MetaSchedule records as JSON (compile.tuning), filled by
-    #: the driver after tuning (deltann.fleet.tuning); not part of the key (the budget is)
+    #: setting ``tuned``: its kind's MetaSchedule records as JSON (compile.metaschedule), filled by
+    #: the driver after tuning (deltann.fleet.tuning_driver); not part of the key (the budget is)
     tuning: str = ""
     #: the lab running the study and the board platform the unit is for (see
     #: deltann.fleet.identity; "" when planned without the driver's knowledge of them)
@@ -92,7 +92,7 @@ class Unit:
 
     @property
     def quantize(self) -> str:
-        """``none`` or the quantize modes the chain's hops applied (see convert.base)."""
+        """``none`` or the quantize modes the chain's hops applied (see convert.chain_spec)."""
         return chain_quantize(self.variant)
 
     @property

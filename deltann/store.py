@@ -213,7 +213,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("rows", pa.int64()),  # timings rows the session wrote
         pa.field("finished_at", pa.timestamp("us", tz="UTC")),
     ]),
-    # MetaSchedule's tuning database of the ``tuned`` setting (deltann.fleet.tuning): one row
+    # MetaSchedule's tuning database of the ``tuned`` setting (deltann.fleet.tuning_driver): one row
     # per record, MetaSchedule's own JSON. Partitioned like the others (model, device kind);
     # ``tuning_key`` (variant identity + resolved target) says which builds may use it.
     "tuning": pa.schema([

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from deltann import zoo
-    from deltann.compile.bisect import NoDifference, bisect_zoo_model, format_result
+    from deltann.compile.pass_bisect import NoDifference, bisect_zoo_model, format_result
 
     if args.model not in zoo.names():
         raise StudyError(f"bisect: unknown model {args.model!r}; allowed: {', '.join(zoo.names())}")

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from deltann import __version__
 from deltann.errors import FleetError
-from deltann.fleet.devices import DeviceKind, load_catalogue
+from deltann.core.device_catalogue import DeviceKind, load_catalogue
 
 log = logging.getLogger("deltann.fleet")
 

@@ -4,7 +4,7 @@ configuration B parts ways with reference A.
 Both configurations are made again from their ``builds`` rows (model, variant, runtime,
 setting's passes, target) with the results folder's artifact cache, run on the chosen
 images with every layer's output captured (:mod:`deltann.runtimes.layers`), aligned and
-measured (:mod:`deltann.analysis.localize`). Writes a ``layers`` table into the store and
+measured (:mod:`deltann.analysis.layer_diff`). Writes a ``layers`` table into the store and
 a Fig.-2-style plot under ``DIR/localize/``. The inputs are checked against the stored
 input hashes, so the layers compared are those of the very images the run classified.
 
@@ -46,7 +46,7 @@ class LocalizeResult:
     pair: str
     model: str
     image_ids: list[str]
-    localization: Any  # deltann.analysis.localize.Localization
+    localization: Any  # deltann.analysis.layer_diff.Localization
     plot: Path
     seconds: float
 
@@ -123,11 +123,11 @@ def capture_build(row: dict[str, Any], artifacts: Any, x: np.ndarray, kernels: b
 
 def _tuning_of(store: Store, row: dict[str, Any]) -> str:
     """A ``tuned`` build's records from the store's tuning table ("" for other builds)."""
-    from deltann.compile.tuning import APPLY
+    from deltann.compile.metaschedule import APPLY
 
     if APPLY not in (row["passes"] or ()):
         return ""
-    from deltann.fleet.tuning import records_for_build
+    from deltann.fleet.tuning_driver import records_for_build
 
     return records_for_build(store, row)
 
@@ -150,7 +150,7 @@ def localize_pair(results: Path | str, a: str, b: str, *, images: str = "flipped
     the plot. Returns what was found. ``kernels``: capture TVM builds kernel by kernel as
     built (what a setting fused is unobservable and listed as unmatched) instead of with
     every layer exposed as an output (see :mod:`deltann.runtimes.layers`)."""
-    from deltann.analysis import localize as loc_mod
+    from deltann.analysis import layer_diff as loc_mod
     from deltann.convert.chain import ArtifactCache
 
     start = time.perf_counter()

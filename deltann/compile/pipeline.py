@@ -153,7 +153,7 @@ def lower(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) 
     """The module as :func:`build` compiles it: TVM's library dispatch for ``target``,
     ``passes`` in order, then TVM's lowering tail (see
     :data:`deltann.compile.settings.LOWERING`). ``database``: the MetaSchedule database
-    that ``MetaScheduleApplyDatabase`` (setting ``tuned``, :mod:`deltann.compile.tuning`)
+    that ``MetaScheduleApplyDatabase`` (setting ``tuned``, :mod:`deltann.compile.metaschedule`)
     reads; required when that pass is listed."""
     import contextlib
 
@@ -164,7 +164,7 @@ def lower(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) 
 
     if database is None and APPLY_DATABASE in passes:
         raise ValueError(f"setting with {APPLY_DATABASE} built without a tuning database; tune first "
-                         "(deltann.compile.tuning)")
+                         "(deltann.compile.metaschedule)")
     dispatch = relax.pipeline.library_dispatch_passes(target)
     lowering = _dataflow_lower_passes(target) + relax.pipeline.finalize_passes(target)
     with target, (database if database is not None else contextlib.nullcontext()):
@@ -202,7 +202,7 @@ def build_counted(mod: Any, passes: tuple[str, ...], target: Any, database: Any 
 def resolved_spec(target_json: str, host_json: str) -> dict[str, Any]:
     """``{"target": ..., "host": ...}`` with ``mcpu = "native"`` resolved on this board and
     the host as the catalogue gives it (None when left out): what a tuning database is
-    keyed by (:func:`deltann.fleet.tuning.tuning_key`) and what :func:`tuning_target_of`
+    keyed by (:func:`deltann.fleet.tuning_driver.tuning_key`) and what :func:`tuning_target_of`
     reads back on the boards that tune."""
     return {"target": resolve_native(json.loads(target_json)),
             "host": resolve_native(json.loads(host_json)) if host_json else None}
@@ -280,9 +280,9 @@ def compile_payload(frontend: str, payload: Any, input_shape: tuple[int, ...], p
                     target: Any, tuning: str = "") -> Compiled:
     """Import ``payload`` through ``frontend`` (:func:`deltann.compile.frontends.import_relax`)
     and build it under ``passes`` for ``target`` (from :func:`make_target`). ``tuning``: the
-    ``tuned`` setting's MetaSchedule records (JSON, :mod:`deltann.compile.tuning`), "" for none."""
+    ``tuned`` setting's MetaSchedule records (JSON, :mod:`deltann.compile.metaschedule`), "" for none."""
     from deltann.compile.frontends import import_relax
-    from deltann.compile.tuning import database_from_json
+    from deltann.compile.metaschedule import database_from_json
 
     start = time.perf_counter()
     mod = import_relax(frontend, payload, input_shape)

@@ -60,7 +60,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {name: catalogue.compose(enabled) for nam
 
 #: The MetaSchedule setting: ``extended`` with the tuning database applied right before
 #: the tuning-free schedule, which then schedules only the kernels without a record
-#: (:mod:`deltann.compile.tuning`; budget from the study's ``[tuning]``). Not a catalogue
+#: (:mod:`deltann.compile.metaschedule`; budget from the study's ``[tuning]``). Not a catalogue
 #: entry and not an ablation base: it needs a tuning run, which an ablation should not.
 TUNED = "tuned"
 #: The Relax pass that applies a MetaSchedule database (it reads ``Database.current()``).
@@ -102,7 +102,7 @@ def without(base: str, entry: str) -> str | None:
 
 
 def is_tuned(name: str) -> bool:
-    """Whether a setting needs a MetaSchedule tuning database (deltann.compile.tuning)."""
+    """Whether a setting needs a MetaSchedule tuning database (deltann.compile.metaschedule)."""
     return APPLY_DATABASE in passes_of(name)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from deltann.convert.base import QUANTIZE, Hop, Produced, Step, format_chain, parse_chain
+from deltann.convert.chain_spec import QUANTIZE, Hop, Produced, Step, format_chain, parse_chain
 
 __all__ = ["QUANTIZE", "Hop", "Produced", "get", "hops", "register", "resolve", "route", "unregister"]
 

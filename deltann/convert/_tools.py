@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from deltann._native import before_tensorflow
-from deltann.convert.base import Layout, Produced
+from deltann.convert.chain_spec import Layout, Produced
 
 log = logging.getLogger("deltann.convert")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from deltann.convert.base import format_chain, parse_chain
+from deltann.convert.chain_spec import format_chain, parse_chain
 
 log = logging.getLogger("deltann.convert")
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import ray
 
 from deltann.dataset import Inputs
-from deltann.fleet.devices import DeviceKind
+from deltann.core.device_catalogue import DeviceKind
 from deltann.plan import TimingJob, Unit
 
 log = logging.getLogger("deltann.fleet")

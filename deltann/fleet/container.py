@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 
 from deltann.dataset import Inputs, InputSet
-from deltann.fleet.devices import DeviceKind
+from deltann.core.device_catalogue import DeviceKind
 from deltann.fleet.failure import Failure, Outcome, Stage
 from deltann.plan import TimingJob, Unit
 
@@ -228,7 +228,7 @@ def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, bo
     ``No module named 'torch'``; this row says which image, what is missing and why."""
     import importlib.util
 
-    from deltann.convert.base import parse_chain
+    from deltann.convert.chain_spec import parse_chain
     from deltann.fleet.markers import builds_row
     from deltann.runtimes import registry
 
@@ -293,7 +293,7 @@ def container_options(kind: DeviceKind, work: Path, cache: Path, *, serve: bool 
     CUDA, the Mali device node for OpenCL)."""
     import docker
 
-    from deltann.runtimes.base import thread_env
+    from deltann.runtimes.runner import thread_env
 
     # Least privilege (issue 8): the job folders are read-only except the out/ folder, the
     # artifact cache is the only other writable place; no network, no Linux capabilities,
@@ -306,7 +306,7 @@ def container_options(kind: DeviceKind, work: Path, cache: Path, *, serve: bool 
                     str(work / "out"): {"bind": f"{WORK_MOUNT}/out", "mode": "rw"},
                     str(cache): {"bind": CACHE_MOUNT, "mode": "rw"}},
         # HOME: the container's user (the board's, or nobody) may have none in the image.
-        # The board's thread policy (runtimes.base.thread_env, set on its actor) goes in too:
+        # The board's thread policy (runtimes.runner.thread_env, set on its actor) goes in too:
         # units measure with the board's threads inside the container as outside.
         "environment": {IMAGE_ENV: kind.name, "HOME": "/tmp"} | {
             name: os.environ[name] for name in thread_env(1) if name in os.environ},

@@ -23,7 +23,7 @@ from typing import Any
 from deltann import dataset, plan, zoo
 from deltann.errors import DeltannError
 from deltann.fleet import identity
-from deltann.fleet.devices import DeviceKind, load_catalogue
+from deltann.core.device_catalogue import DeviceKind, load_catalogue
 from deltann.fleet.execute import TENSORS
 from deltann.fleet.failure import Failure, Outcome, Stage
 from deltann.fleet.retry import to_retry
@@ -67,7 +67,7 @@ def prepare_inputs(study: Study, root: Path, skipped: list[dataset.Skipped] | No
     of images seen before are kept; ``crops``: the tensor cache of a board that is this
     machine (embedded), filled on the way. With ``skipped``, unreadable images are listed
     there instead of refused."""
-    from deltann.convert.base import parse_chain
+    from deltann.convert.chain_spec import parse_chain
     from deltann.zoo.base import Preprocess
 
     wanted: dict[str, Preprocess] = {}
@@ -242,11 +242,11 @@ class Dispatcher:
 
         from deltann.fleet.actor import Board
         from deltann.runtimes import registry
-        from deltann.runtimes.base import thread_env
+        from deltann.runtimes.runner import thread_env
 
         # Ray sets OMP_NUM_THREADS=1 in workers that reserve no CPU; a board measures with
         # all of its cores instead, the same count for torch, onnxruntime and TVM, and
-        # records it in every timing row (runtimes.base.thread_count).
+        # records it in every timing row (runtimes.runner.thread_count).
         lane.actor = Board.options(
             resources={lane.kind.resource: BOARD_SHARE},
             scheduling_strategy=NodeAffinitySchedulingStrategy(lane.node_id, soft=False),
@@ -896,12 +896,12 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.InputSe
             else:
                 bar_ref["display"].unit(row)
 
-    # Setting ``tuned`` (deltann.fleet.tuning): MetaSchedule over each kind's boards first;
+    # Setting ``tuned`` (deltann.fleet.tuning_driver): MetaSchedule over each kind's boards first;
     # tuned units then carry their records (also those only timed again), and one whose
     # tuning failed is already a row.
     retimed = [u for g in groups.values() for u in g.units if u.key in g.ok]
     if any(u.setting != "native" for u in todo + retimed):
-        from deltann.fleet import tuning as fleet_tuning
+        from deltann.fleet import tuning_driver as fleet_tuning
 
         def tune_failed(unit: plan.Unit, board: str, failure: Failure) -> None:
             from deltann.fleet.markers import builds_row

@@ -22,12 +22,12 @@ import numpy as np
 import pyarrow as pa
 
 from deltann import zoo
-from deltann.convert.base import parse_chain
+from deltann.convert.chain_spec import parse_chain
 from deltann.convert.chain import Artifact, ArtifactCache
 from deltann.dataset import Inputs, InputSet, TensorCache
 from deltann.plan import Unit
 from deltann.runtimes import registry
-from deltann.runtimes.base import Runner
+from deltann.runtimes.runner import Runner
 from deltann.fleet.failure import Failure, Outcome, Stage, UnitFailure
 from deltann.fleet.markers import builds_row, progress, unit_columns
 from deltann.store import SCHEMAS, tag
@@ -256,5 +256,5 @@ def build_memory_cap() -> Iterator[None]:
 
 def runtime_threads(runtime: str) -> int:
     """Threads the runtime actually ran with (its runner's thread policy: torch reports its
-    own; onnxruntime and TVM were configured from :func:`~deltann.runtimes.base.thread_count`)."""
+    own; onnxruntime and TVM were configured from :func:`~deltann.runtimes.runner.thread_count`)."""
     return registry.get(runtime).threads_used()

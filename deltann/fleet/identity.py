@@ -39,7 +39,7 @@ from typing import Any
 
 from deltann.compile.pipeline import is_native
 from deltann.errors import FleetError
-from deltann.fleet.devices import DeviceKind
+from deltann.core.device_catalogue import DeviceKind
 
 log = logging.getLogger("deltann.fleet")
 
@@ -203,7 +203,7 @@ def probe(kind: DeviceKind, boards: list[dict[str, Any]]) -> dict[str, Platform]
     :data:`PROBE_TIMEOUT_S` (or fails) is left out with a warning."""
     import ray
 
-    from deltann.fleet.tuning import _placement
+    from deltann.fleet.tuning_driver import _placement
 
     task = _probe_task()
     refs = {b["node_id"]: task.options(**_placement(kind, b)).remote(kind) for b in boards}

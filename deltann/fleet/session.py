@@ -28,7 +28,7 @@ from deltann.fleet.execute import load_runner, runtime_threads
 from deltann.fleet.failure import Failure, Outcome, Stage
 from deltann.fleet.markers import progress, unit_columns
 from deltann.plan import TimingJob, Unit
-from deltann.runtimes.base import Runner
+from deltann.runtimes.runner import Runner
 from deltann.store import SCHEMAS, tag
 
 log = logging.getLogger("deltann.fleet")

@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 
 from deltann import analysis
-from deltann.analysis import passes
+from deltann.analysis import pass_tables as passes
 from deltann.analysis.findings import Finding, findings, findings_table, slug
 from deltann.report import html as html_page
 from deltann.report import latex

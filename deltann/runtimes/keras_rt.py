@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from deltann._native import before_tensorflow
-from deltann.runtimes.base import Runner
+from deltann.runtimes.runner import Runner
 from deltann.runtimes.registry import register
 from deltann.runtimes.trace import Layer, Trace, dedupe, to_layout
 
@@ -81,7 +81,7 @@ class KerasRunner(Runner):
     def capture(cls, payload: Any, x: np.ndarray, layout: str, *, meta: dict[str, Any] | None = None,
                 **options: Any) -> Trace:
         from deltann.convert._tools import keras_model
-        from deltann.convert.base import Produced
+        from deltann.convert.chain_spec import Produced
 
         return capture_keras(keras_model(Produced(payload, layout, meta or {})), x, layout)
 

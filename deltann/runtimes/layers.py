@@ -1,9 +1,9 @@
 """Per-layer capture: every runtime's intermediate tensors, by name, in execution order,
 with each layer's own parameters and the layers it reads from (its producers) — what
-fault localization (:mod:`deltann.analysis.localize`) aligns and compares.
+fault localization (:mod:`deltann.analysis.layer_diff`) aligns and compares.
 
 :func:`capture` dispatches by runtime name through the registry to the runner class's
-own capture (:meth:`deltann.runtimes.base.Runner.capture`), which returns a
+own capture (:meth:`deltann.runtimes.runner.Runner.capture`), which returns a
 :class:`Trace` (an ordered list of :class:`Layer`, :mod:`deltann.runtimes.trace`). How
 each native runtime exposes its tensors lives in its module (see NOTES.md "Per-layer
 outputs"): torch (``torch_rt``), onnxruntime (``onnxrt``), LiteRT (``litert_rt``), TF
@@ -228,7 +228,7 @@ def capture(runtime: str, payload: Any, x: np.ndarray, layout: str, *, passes: t
     file path); ``frontend`` the TVM frontend the build imported through (told from the
     payload when empty); ``kernels``: a TVM build as built, one layer per kernel
     (:func:`capture_tvm_kernels`), instead of every layer exposed; ``tuning``: a ``tuned``
-    build's MetaSchedule records (JSON, :mod:`deltann.compile.tuning`)."""
+    build's MetaSchedule records (JSON, :mod:`deltann.compile.metaschedule`)."""
     try:
         runner = registry.get(runtime)
     except ValueError:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes.base import Runner
+from deltann.runtimes.runner import Runner
 from deltann.runtimes.registry import register
 from deltann.runtimes.trace import EMPTY, Layer, Trace, dedupe, stack, to_layout, unique
 

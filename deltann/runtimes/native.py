@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from deltann.runtimes import registry
-from deltann.runtimes.base import Runner
+from deltann.runtimes.runner import Runner
 
 
 def native_runner(runtime: str, payload: Any, layout: str, meta: dict[str, Any] | None = None) -> Runner:

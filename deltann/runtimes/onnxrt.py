@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes.base import Runner, thread_count
+from deltann.runtimes.runner import Runner, thread_count
 from deltann.runtimes.registry import register
 from deltann.runtimes.trace import EMPTY, Layer, Trace, dedupe, stack, to_layout, unique
 

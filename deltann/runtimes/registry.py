@@ -1,5 +1,5 @@
 """The runtimes by name: each runtime module registers its one
-:class:`~deltann.runtimes.base.Runner` subclass here (``register(TorchRunner)`` at its
+:class:`~deltann.runtimes.runner.Runner` subclass here (``register(TorchRunner)`` at its
 end), and everything that needs a fact about a runtime or a framework — the planner, the
 converters, user models, the board that runs a unit, the capture of its layers — asks
 this registry instead of keeping a table of names.
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
-from deltann.runtimes.base import Runner
+from deltann.runtimes.runner import Runner
 
 log = logging.getLogger("deltann.runtimes")
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from deltann._native import before_tensorflow
-from deltann.runtimes.base import Runner
+from deltann.runtimes.runner import Runner
 from deltann.runtimes.registry import register
 from deltann.runtimes.trace import EMPTY, Layer, Trace, dedupe, stack, to_layout, unique
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from deltann.runtimes import layers, registry
-from deltann.runtimes.base import Runner
+from deltann.runtimes.runner import Runner
 
 log = logging.getLogger("deltann.runtimes")
 
@@ -35,7 +35,7 @@ class TvmBuild:
                  cache_key: str = "") -> None:
         self.frontend, self.payload, self.input_shape = frontend, payload, input_shape
         self.passes, self.target_json, self.host_json = passes, target_json, host_json
-        self.tuning = tuning  # MetaSchedule records (JSON, compile.tuning) for setting ``tuned``
+        self.tuning = tuning  # MetaSchedule records (JSON, compile.metaschedule) for setting ``tuned``
         self.cache_dir, self.cache_key = cache_dir, cache_key
         self.executable: Any = None
         self.resolved_target = ""  # the target as built, host included ("native" resolved on the board)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from deltann.convert.base import Produced
+from deltann.convert.chain_spec import Produced
 from deltann.errors import WeightsNotFound
 
 

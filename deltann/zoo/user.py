@@ -34,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from deltann.convert.base import Produced
+from deltann.convert.chain_spec import Produced
 from deltann.errors import DeltannError
 from deltann.runtimes import registry
 from deltann.zoo.base import LabelSpace, ModelSpec, Preprocess

@@ -57,7 +57,7 @@ def test_a_run_and_localize_build_one_module_for_one_resolved_target(monkeypatch
     from deltann import zoo
     from deltann.compile import pipeline
     from deltann.compile.settings import passes_of
-    from deltann.fleet.devices import load_catalogue
+    from deltann.core.device_catalogue import load_catalogue
     from deltann.runtimes import layers
     from deltann.runtimes.tvm_rt import TvmBuild
 

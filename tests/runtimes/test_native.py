@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deltann.convert.base import Produced
+from deltann.convert.chain_spec import Produced
 from deltann.runtimes import registry
 from deltann.runtimes.native import native_runner
 

@@ -36,9 +36,9 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from deltann.compile import tuning as ms_tuning
+from deltann.compile import metaschedule as ms_tuning
 from deltann.compile import settings as compile_settings
-from deltann.fleet.devices import DeviceKind
+from deltann.core.device_catalogue import DeviceKind
 from deltann.fleet.failure import Failure, Stage
 from deltann.plan import Unit
 from deltann.store import SCHEMAS, Store, tag
@@ -79,8 +79,8 @@ def extract_remote(unit: Unit, cache_dir: str) -> dict[str, Any]:
 @ray.remote(num_cpus=0, max_retries=0)
 def tune_remote(tasks: list[dict[str, Any]], target_json: str, trials: int, trials_per_task: int | None,
                 previous: str, seconds: float | None = None) -> dict[str, Any]:
-    """On a board: tune ``tasks`` (compile.tuning.Task fields) for the resolved target with
-    ``trials`` candidates, or within ``seconds`` (compile.tuning.tune_budgeted) when given,
+    """On a board: tune ``tasks`` (compile.metaschedule.Task fields) for the resolved target with
+    ``trials`` candidates, or within ``seconds`` (compile.metaschedule.tune_budgeted) when given,
     starting from ``previous`` records (JSON); JSON records back."""
     import socket
 
@@ -108,7 +108,7 @@ def tuning_key(unit: Unit, resolved_target: str) -> str:
     passes that shape the kernels) and the target as resolved on the board. Not the
     device kind's name: two kinds with the same target share records."""
     from deltann import plan, zoo
-    from deltann.convert.base import framework_dist, parse_chain
+    from deltann.convert.chain_spec import framework_dist, parse_chain
 
     source = parse_chain(unit.variant)[0].framework
     return plan.content_key({
@@ -244,7 +244,7 @@ def _placement(kind: DeviceKind, board: dict[str, Any]) -> dict[str, Any]:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from deltann.fleet.driver import BOARD_SHARE
-    from deltann.runtimes.base import thread_env
+    from deltann.runtimes.runner import thread_env
 
     return {"resources": {kind.resource: BOARD_SHARE},
             "scheduling_strategy": NodeAffinitySchedulingStrategy(board["node_id"], soft=False),

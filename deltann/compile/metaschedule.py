@@ -3,7 +3,7 @@ and the database as JSON rows.
 
 Why this shape: tuning is the one build step that costs minutes to hours, so it is done
 once per (model variant, resolved target) and its records are kept in the results store
-(``table=tuning``, :mod:`deltann.fleet.tuning`), shared by every board of the kind and
+(``table=tuning``, :mod:`deltann.fleet.tuning_driver`), shared by every board of the kind and
 reused by reruns. Tasks are independent, so a kind's boards tune disjoint shares of them
 and the driver merges the records. Everything that crosses a process or node boundary
 is JSON text (TVM's own ``save_json`` of the task's IRModule, MetaSchedule's workload and
@@ -89,7 +89,7 @@ def prefix_passes(passes: tuple[str, ...]) -> tuple[str, ...]:
 
 def tuning_target(target: Any, threads: int) -> Any:
     """``target`` with ``num-cores`` (MetaSchedule's parallel rules need it) = the board's
-    thread count (runtimes.base.thread_count)."""
+    thread count (runtimes.runner.thread_count)."""
     import tvm
 
     spec = dict(target.export())
@@ -224,7 +224,7 @@ def _in_process() -> tuple[Any, Any]:
     measuring a few dozen candidates. The cost: a candidate that crashed would take the
     tuning process with it; MetaSchedule's postprocessors verify every llvm candidate
     before it is built, and on a board the process is the tuning task, whose death is a
-    ``tune`` failure row (deltann.fleet.tuning)."""
+    ``tune`` failure row (deltann.fleet.tuning_driver)."""
     import itertools
 
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
@@ -295,7 +295,7 @@ def _cpu_intrinsics_only(target: Any) -> None:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         return
-    package = types.ModuleType(name, "CPU tensor intrinsics only (deltann.compile.tuning)")
+    package = types.ModuleType(name, "CPU tensor intrinsics only (deltann.compile.metaschedule)")
     package.__path__ = list(spec.submodule_search_locations)
     package.__spec__ = spec
     sys.modules[name] = package
@@ -355,15 +355,15 @@ def tune(tasks: list[Task], target: Any, trials: int, *, trials_per_task: int | 
     """Tune ``tasks`` for ``target`` with ``trials`` measured candidates in all, starting
     from ``previous`` records (a resumed search starts from the best of them). Measures
     with the board's thread policy: the runner's worker processes inherit
-    ``TVM_NUM_THREADS`` (runtimes.base.thread_env), builders and search threads are
-    limited to ``threads`` (default: runtimes.base.thread_count). With ``default_schedule``
+    ``TVM_NUM_THREADS`` (runtimes.runner.thread_env), builders and search threads are
+    limited to ``threads`` (default: runtimes.runner.thread_count). With ``default_schedule``
     deltann's own schedule of each task is measured after the search and competes as a
     record (:func:`_add_default_schedule`). Returns the best
     records of every task tuned (``previous`` ones included where still the best)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from deltann.runtimes.base import thread_count
+    from deltann.runtimes.runner import thread_count
 
     threads = threads or thread_count()
     target = tuning_target(target, threads)
@@ -487,7 +487,7 @@ def tune_budgeted(tasks: list[Task], target: Any, seconds: float, *, previous: I
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from deltann.runtimes.base import thread_count
+    from deltann.runtimes.runner import thread_count
 
     start = time.perf_counter()
     threads = threads or thread_count()

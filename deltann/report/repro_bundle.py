@@ -95,7 +95,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def _save_model(payload: Any, layout: str, spec: Any, dst: Path, framework: str) -> Path:
     """An in-memory model as a file its runtime loads (torch as an ExportedProgram
-    ``.pt2``, Keras as ``.keras``: :meth:`deltann.runtimes.base.Runner.save_payload`)."""
+    ``.pt2``, Keras as ``.keras``: :meth:`deltann.runtimes.runner.Runner.save_payload`)."""
     from deltann.convert._tools import input_shape
     from deltann.runtimes import registry
 
@@ -122,7 +122,7 @@ def _compiled(store: Store, row: dict[str, Any], tuning: str) -> Path | None:
 def _side(store: Store, row: dict[str, Any], artifacts: Any, folder: Path, label: str) -> dict[str, Any]:
     """Ship one side's model into ``folder/label`` and describe it for bundle.json."""
     from deltann import zoo
-    from deltann.convert.base import chain_framework, framework_dist, parse_chain
+    from deltann.convert.chain_spec import chain_framework, framework_dist, parse_chain
     from deltann.plan import dist_version
     from deltann.runtimes import registry
 
@@ -156,10 +156,10 @@ def _side(store: Store, row: dict[str, Any], artifacts: Any, folder: Path, label
 
     side["device_kind"] = json.loads(row["target"]).get("kind", CPU_KIND) if row.get("target") else CPU_KIND
     tuning = ""
-    from deltann.compile.tuning import APPLY
+    from deltann.compile.metaschedule import APPLY
 
     if APPLY in side["passes"]:
-        from deltann.fleet.tuning import records_for_build
+        from deltann.fleet.tuning_driver import records_for_build
 
         tuning = records_for_build(store, row)
         (folder / label / "tuning.json").write_text(tuning)

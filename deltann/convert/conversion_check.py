@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from deltann.convert.base import parse_chain
+from deltann.convert.chain_spec import parse_chain
 from deltann.convert.chain import Artifact
 from deltann.runtimes import registry
 
