@@ -168,7 +168,7 @@ def container_overhead(jobs: int, folder: Path) -> None:
     from deltann.fleet.container import run_in_container, stop_board_containers
     from deltann.fleet.execute import run_unit
     from deltann.fleet.markers import is_progress
-    from deltann.runtimes.runner import thread_env
+    from deltann.core.runner import thread_env
     from deltann.study import parse_study
 
     import docker

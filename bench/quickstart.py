@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from deltann.runtimes.runner import thread_env
+from deltann.core.runner import thread_env
 
 # The board actor's thread policy (every logical core, for every runtime), set before any
 # framework starts its thread pool, so the comparison is of code, not of thread counts.

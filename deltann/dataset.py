@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from deltann import zoo
 from deltann.errors import DatasetError
 from deltann.zoo.base import Preprocess
 
@@ -701,8 +702,6 @@ def replay(study: dict[str, Any], model: str, variant: str, ids: list[str], hash
     the input hash the run stored (``hashes``). Only those images are read. Used by the
     commands that run a configuration again from a results folder (``localize``,
     ``repro``, hop attribution)."""
-    from deltann import zoo
-
     source = study.get("dataset", {}).get("source", "samples")
     limit = study.get("dataset", {}).get("limit")
     if source == "samples":

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes import registry
+from deltann.core import runtime_registry as registry
 from deltann.runtimes.layers import Layer, Trace
 
 DEFAULT_ATOL = 1e-3

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from deltann.store import Store
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tuning", help="export a results folder's tuning records, or import them into another")
@@ -30,8 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def export_main(args: argparse.Namespace) -> int:
-    from deltann.fleet.tuning_driver import export_records
-    from deltann.store import Store
+    from deltann.fleet.tuning_driver import export_records  # lazy: loads ray
 
     n = export_records(Store(args.results), args.out, devices=args.device, models=args.model, best_only=not args.all)
     print(f"{n} tuning record(s) written to {args.out}")
@@ -39,8 +40,7 @@ def export_main(args: argparse.Namespace) -> int:
 
 
 def import_main(args: argparse.Namespace) -> int:
-    from deltann.fleet.tuning_driver import import_records
-    from deltann.store import Store
+    from deltann.fleet.tuning_driver import import_records  # lazy: loads ray
 
     store = Store(args.results)
     store.ensure_manifest({"name": "tuning-import"})

@@ -44,8 +44,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from deltann.compile.pipeline import is_cpu
+from deltann.compile.catalogue import make_pass
+from deltann.compile.schedules import lanes_for, schedule_func
 from deltann.compile.settings import APPLY_DATABASE
+from deltann.core.runner import thread_count
+from deltann.core.targets import is_cpu
 
 log = logging.getLogger("deltann.compile")
 
@@ -104,8 +107,6 @@ def prepare(mod: Any, passes: tuple[str, ...], target: Any) -> Any:
     library dispatch, then the setting's passes before it (see pipeline.build)."""
     import tvm
     from tvm import relax
-
-    from deltann.compile.pipeline import make_pass
 
     dispatch = relax.pipeline.library_dispatch_passes(target)
     seq = tvm.transform.Sequential(dispatch + [make_pass(p) for p in prefix_passes(passes)])
@@ -323,8 +324,6 @@ def _add_default_schedule(db: Any, contexts: list[Any], target: Any, builder: An
     from tvm.s_tir.meta_schedule.database import TuningRecord
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
-    from deltann.compile.schedules import lanes_for, schedule_func
-
     # what MetaSchedule's own runner inputs name: the device ("cpu"), not the target kind
     device_type = str(tvm.runtime.device(target.get_target_device_type(), 0)).partition(":")[0]
     added = 0
@@ -362,8 +361,6 @@ def tune(tasks: list[Task], target: Any, trials: int, *, trials_per_task: int | 
     records of every task tuned (``previous`` ones included where still the best)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
-
-    from deltann.runtimes.runner import thread_count
 
     threads = threads or thread_count()
     target = tuning_target(target, threads)
@@ -486,8 +483,6 @@ def tune_budgeted(tasks: list[Task], target: Any, seconds: float, *, previous: I
     a :class:`BudgetReport`."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
-
-    from deltann.runtimes.runner import thread_count
 
     start = time.perf_counter()
     threads = threads or thread_count()

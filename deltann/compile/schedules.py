@@ -56,7 +56,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deltann.compile.pipeline import is_cpu, is_gpu
+from deltann.compile import rewrites
+from deltann.core.targets import is_cpu, is_gpu
 
 log = logging.getLogger("deltann.compile")
 
@@ -748,16 +749,12 @@ def kernels_without_schedule(mod: Any, target: Any) -> list[str]:
 def clip_to_min_max() -> Any:
     """``ClipToMinMax`` (:mod:`deltann.compile.rewrites`): clips as maximum/minimum, which
     ConvertLayout keeps channel-last and FuseOps fuses into the convolution before them."""
-    from deltann.compile import rewrites
-
     return rewrites.clip_to_min_max()
 
 
 def fold_explicit_padding() -> Any:
     """``FoldExplicitPadding`` (:mod:`deltann.compile.rewrites`): zero pads before a
     convolution become its own padding (no pad kernel, no transpose pair around it in NHWC)."""
-    from deltann.compile import rewrites
-
     return rewrites.fold_explicit_padding()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from deltann.convert.chain_spec import parse_chain
 from deltann.convert.chain import Artifact
-from deltann.runtimes import registry
+from deltann.core import runtime_registry as registry
 
 
 def native_logits(artifact: Artifact, spec: Any, tensors: np.ndarray) -> np.ndarray:

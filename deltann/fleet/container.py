@@ -48,9 +48,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from deltann.dataset import Inputs, InputSet
+import deltann
+from deltann.convert.chain import Artifact, ArtifactCache
+from deltann.convert.chain_spec import parse_chain
+from deltann.core import runtime_registry as registry
 from deltann.core.device_catalogue import DeviceKind
+from deltann.core.runner import thread_env
+from deltann.dataset import InputSet, Inputs, take_to_file
+from deltann.errors import ConversionError
+from deltann.fleet.execute import COMPILED, run_unit
 from deltann.fleet.failure import Failure, Outcome, Stage
+from deltann.fleet.markers import builds_row, is_progress, progress
+from deltann.fleet.session import STAGE, session_row, time_session
 from deltann.plan import TimingJob, Unit
 
 if TYPE_CHECKING:
@@ -79,8 +88,6 @@ def write_job(work: Path, units: list[Unit], inputs: dict[str, Inputs] | dict[st
     is that timing session (its units are ``units``). Only the images the job uses are
     written (the units' shards, or the session's timed images), made a chunk at a time
     straight into the file: the board's memory does not grow with the data set."""
-    from deltann.dataset import take_to_file
-
     work.mkdir(parents=True, exist_ok=True)
     (work / "out").mkdir(exist_ok=True)
     wanted = sorted({u.inputs or u.model for u in units})
@@ -119,16 +126,11 @@ def read_job(work: Path) -> tuple[dict[str, Any], list[Unit], dict[str, Inputs]]
 
 def execute_job(work: Path, cache: Path) -> None:
     """The container's side: run every unit, writing each table as it comes."""
-    from deltann.convert.chain import ArtifactCache
-    from deltann.fleet.execute import run_unit
-
     job, units, inputs = read_job(work)
     artifacts = PreparedArtifacts(ArtifactCache(cache), work, cache)  # what the board's actor converted
     out = work / "out"
     who = {"study": job["study"], "board": job["board"], "hostname": job["hostname"]}
     if job.get("timing"):
-        from deltann.fleet.session import time_session
-
         t = job["timing"]
         timing = TimingJob(key=t["key"], model=t["model"], device=t["device"], units=tuple(units),
                            protocol=tuple((str(k), int(v)) for k, v in t["protocol"]),
@@ -167,8 +169,6 @@ def prepare_artifacts(units: list[Unit], artifacts: ArtifactCache, cache_dir: Pa
     marker first so the driver's unit clock runs, and return what the container reads:
     ``{"model|variant": {payload, layout, meta, hops} | {error}}`` (a generator's return
     value). In-memory artifacts (a framework's own model object) are left to the container."""
-    from deltann.fleet.markers import progress
-
     prepared: dict[str, dict[str, Any]] = {}
     root = cache_dir.resolve()
     for unit in units:
@@ -191,8 +191,6 @@ def prepare_artifacts(units: list[Unit], artifacts: ArtifactCache, cache_dir: Pa
 
 
 def _conversion_error() -> type[Exception]:
-    from deltann.errors import ConversionError
-
     return ConversionError
 
 
@@ -210,8 +208,6 @@ class PreparedArtifacts:
         return _artifact_key(model, variant) in self.prepared
 
     def get(self, model: str, variant: str) -> Artifact:
-        from deltann.convert.chain import Artifact
-
         entry = self.prepared.get(_artifact_key(model, variant))
         if entry is None:
             return self.own.get(model, variant)
@@ -227,10 +223,6 @@ def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, bo
     None. Why before running: the import error would surface deep in a stage as
     ``No module named 'torch'``; this row says which image, what is missing and why."""
     import importlib.util
-
-    from deltann.convert.chain_spec import parse_chain
-    from deltann.fleet.markers import builds_row
-    from deltann.runtimes import registry
 
     def module(dist: str) -> str:
         return IMPORT_NAME.get(dist, dist)
@@ -293,8 +285,6 @@ def container_options(kind: DeviceKind, work: Path, cache: Path, *, serve: bool 
     CUDA, the Mali device node for OpenCL)."""
     import docker
 
-    from deltann.runtimes.runner import thread_env
-
     # Least privilege (issue 8): the job folders are read-only except the out/ folder, the
     # artifact cache is the only other writable place; no network, no Linux capabilities,
     # no setuid escalation.
@@ -337,8 +327,6 @@ SOURCE_LABEL = "deltann.source"
 def source_digest() -> str:
     """SHA-256 over this deltann's Python sources (relative path and bytes, sorted)."""
     import hashlib
-
-    import deltann
 
     root = Path(deltann.__file__).resolve().parent
     digest = hashlib.sha256()
@@ -466,7 +454,6 @@ def _board_container(client: Any, kind: DeviceKind, cache_dir: Path, *, study: s
     (session / "out").mkdir(parents=True)
     (session / HEARTBEAT_FILE).touch()
     if os.getuid() == 0:  # the container runs as nobody: give it the folders it writes
-        from deltann.fleet.execute import COMPILED
 
         (cache_dir / COMPILED).mkdir(exist_ok=True)  # its compiled modules (a board on the host may share it)
         for folder in (session / "out", cache_dir, cache_dir / COMPILED):
@@ -509,9 +496,6 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
     row (in the stage its progress last named) and the rest go on in a fresh container;
     every ``builds`` row carries the image it ran in."""
     import docker
-
-    from deltann.convert.chain import ArtifactCache
-    from deltann.fleet.markers import builds_row, is_progress
 
     def refuse_all(error: Exception, what: str) -> Iterator[pa.Table]:
         """The container never started: every unit left becomes a ``container`` failure row,
@@ -623,9 +607,6 @@ def time_in_container(kind: DeviceKind, job: TimingJob, inputs: dict[str, Inputs
     stream its tables. An image or engine that is not there, or a container that dies,
     ends the session as a failed ``sessions`` row (the next run times the group again)."""
     import docker
-
-    from deltann.convert.chain import ArtifactCache
-    from deltann.fleet.session import STAGE, session_row
 
     def failed(outcome: Outcome, error: str, message: str) -> pa.Table:
         return session_row(job, study=study, board=board, hostname=hostname,

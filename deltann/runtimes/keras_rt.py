@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 
 from deltann._native import before_tensorflow
-from deltann.runtimes.runner import Runner
-from deltann.runtimes.registry import register
-from deltann.runtimes.trace import Layer, Trace, dedupe, to_layout
+from deltann.convert._tools import keras_model
+from deltann.convert.chain_spec import Produced
+from deltann.core.runner import Runner
+from deltann.core.runtime_registry import register
+from deltann.core.trace import Layer, Trace, dedupe, to_layout
 
 
 class KerasRunner(Runner):
@@ -80,9 +82,6 @@ class KerasRunner(Runner):
     @classmethod
     def capture(cls, payload: Any, x: np.ndarray, layout: str, *, meta: dict[str, Any] | None = None,
                 **options: Any) -> Trace:
-        from deltann.convert._tools import keras_model
-        from deltann.convert.chain_spec import Produced
-
         return capture_keras(keras_model(Produced(payload, layout, meta or {})), x, layout)
 
 

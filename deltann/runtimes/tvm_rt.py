@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes import layers, registry
-from deltann.runtimes.runner import Runner
+from deltann.compile.pipeline import CPU_KIND, Vm, compile_payload, make_target
+from deltann.core import runtime_registry as registry
+from deltann.core.runner import Runner
+from deltann.runtimes import layers
 
 log = logging.getLogger("deltann.runtimes")
 
@@ -54,8 +56,6 @@ class TvmBuild:
 
     def __call__(self) -> Any:
         import tvm
-
-        from deltann.compile.pipeline import compile_payload, make_target
 
         target = make_target(self.target_json, self.host_json)
         self.resolved_target = str(target)
@@ -120,8 +120,6 @@ class TvmRunner(Runner):
         self.vm: Any = None
 
     def activate_impl(self) -> None:
-        from deltann.compile.pipeline import CPU_KIND, Vm
-
         self.vm = Vm(self.executable, self.device_name or CPU_KIND)
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from deltann import convert
-from deltann.convert.attribution import attribute, chain_steps
+from deltann.analysis.hop_attribution import attribute, chain_steps
 from deltann.convert.chain_spec import Hop, Produced
 from deltann.core.device_catalogue import load_catalogue
 from deltann.report import build_report

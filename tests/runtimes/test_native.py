@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deltann.convert.chain_spec import Produced
-from deltann.runtimes import registry
+from deltann.core import runtime_registry as registry
 from deltann.runtimes.native import native_runner
 
 

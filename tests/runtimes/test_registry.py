@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from deltann import convert
-from deltann.runtimes import registry
-from deltann.runtimes.runner import Runner
+from deltann.core import runtime_registry as registry
+from deltann.core.runner import Runner
 
 TOY = Path(__file__).with_name("toy_runtime.py")
 N_LAYERS = 8  # tiny_cnn: three convs and their ReLUs, the global mean, the dense layer
