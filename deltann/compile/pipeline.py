@@ -6,8 +6,9 @@ Why one module: runs, tuning, localize, bisect and the benches all build and run
 modules, and a target bug once lived in one of several copies of this path (issue 13:
 a host without the CPU). Every ``tvm.compile`` and ``relax.VirtualMachine`` of deltann is
 here (tests/compile/test_one_path.py scans for others), and so is every check of a
-target's kind (``llvm``, ``cuda``, ...), but for the device files Docker hands a board's
-container (fleet/container.py)."""
+target's kind by name (``cuda``, ``opencl``, ...), the host devices a board's container
+is handed included; the kind facts that need no TVM (:mod:`deltann.core.targets`) sit in
+the foundation, where the device catalogue reads them."""
 
 from __future__ import annotations
 
@@ -61,6 +62,18 @@ def _backend(target: Any) -> str:
     if kind == "opencl" and "adreno" in target.keys:
         return "adreno"
     return "gpu_generic"
+
+
+def host_device_of(target: Any) -> str:
+    """The host device a board's container must be handed to run ``target``: ``"gpu"``
+    (the NVIDIA GPUs, for ``cuda``), ``"opencl-device"`` (the board's OpenCL device, for
+    ``opencl``), or ``""`` (nothing beyond the CPU)."""
+    kind = kind_of(target)
+    if kind == "cuda":
+        return "gpu"
+    if kind == "opencl":
+        return "opencl-device"
+    return ""
 
 
 def _dataflow_lower_passes(target: Any) -> list[Any]:

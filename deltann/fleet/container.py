@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow as pa
 
 import deltann
+from deltann.compile.pipeline import host_device_of
 from deltann.convert.chain import Artifact, ArtifactCache
 from deltann.convert.chain_spec import parse_chain
 from deltann.core import runtime_registry as registry
@@ -310,10 +311,10 @@ def container_options(kind: DeviceKind, work: Path, cache: Path, *, serve: bool 
         "security_opt": ["no-new-privileges"],
         "pids_limit": 4096,  # a fork bomb in a model's custom op stays inside the container
     }
-    target = kind.target.get("kind")
-    if target == "cuda":
+    device = host_device_of(kind.target)
+    if device == "gpu":
         options["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    elif target == "opencl" and Path("/dev/mali0").exists():
+    elif device == "opencl-device" and Path("/dev/mali0").exists():
         options["devices"] = ["/dev/mali0:/dev/mali0:rwm"]
     return options
 

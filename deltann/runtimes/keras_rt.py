@@ -20,6 +20,10 @@ from deltann.core.runtime_registry import register
 from deltann.core.trace import Layer, Trace, dedupe, to_layout
 
 
+#: the Keras APIs a model can be loaded with: Keras 3, or the TF-bundled Keras 2
+KERAS_APIS = ("keras", "tf_keras")
+
+
 class KerasRunner(Runner):
     name = "keras"
     framework = "keras"
@@ -29,8 +33,8 @@ class KerasRunner(Runner):
 
     def __init__(self, payload: Any, layout: str = "NHWC", keras_api: str = "keras") -> None:
         super().__init__(layout)
-        if keras_api not in ("keras", "tf_keras"):
-            raise ValueError(f"unknown keras_api {keras_api!r}; allowed: keras, tf_keras")
+        if keras_api not in KERAS_APIS:
+            raise ValueError(f"unknown keras_api {keras_api!r}; allowed: {', '.join(KERAS_APIS)}")
         self.payload, self.keras_api = payload, keras_api
         self.model: Any = None
         self.fn: Any = None
