@@ -9,7 +9,10 @@ Why a manifest and not the tensors (:class:`InputSet`): 50,000 ImageNet images a
 of float32 tensors at 224 x 224. The driver hashes them a chunk at a time and keeps the
 hashes (the content keys need them); each board makes the tensors of the images it runs,
 a chunk at a time, and keeps the crops in a bounded disk cache (:class:`TensorCache`) so
-a shard is decoded once per board, not once per configuration."""
+a shard is decoded once per board, not once per configuration.
+
+One file because the manifest, decoding, the recipes, the input hashes and the tensor
+cache are one contract: a change to any of them changes every input hash."""
 
 from __future__ import annotations
 

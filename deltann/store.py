@@ -27,6 +27,10 @@ unit whose ``builds`` row counts more prediction rows than the store holds is mi
 (a part deleted together with its checksum file). Runs are recorded one file each under
 ``runs/``, written when the run starts and again when it ends, so concurrent runs never
 race on one manifest and a killed run stays on record as started and unfinished.
+
+One file because the layout, the schemas, atomic writes, checked reads and the run
+records are one on-disk format that must change as one (the checksum helpers it shares
+with merge live in store_integrity.py).
 """
 
 from __future__ import annotations

@@ -27,11 +27,15 @@ the end.
 
 Candidates are built and timed in the tuning process (``_in_process``), not in worker
 processes, and only the CPU tensor intrinsics are loaded (``_cpu_intrinsics_only``):
-each saves ~30 s of fixed cost per tuning call on a 2-core board.
+each saves a fixed cost of every tuning call that would dwarf a small budget on a
+small board.
 
 Which tasks are tuned (``tasks``): ``heavy`` (the default) only kernels with a
 convolution or matmul (``conv2d``, ``matmul``, ``dense`` in the fused kernel's name),
 which hold nearly all of a CNN's time; ``all`` every kernel.
+
+One file because extraction, tuning, the record format and the database a build applies
+must agree on one workload identity.
 """
 
 from __future__ import annotations

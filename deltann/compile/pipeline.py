@@ -33,8 +33,8 @@ log = logging.getLogger("deltann.compile")
 def resolve_native(spec: dict[str, Any]) -> dict[str, Any]:
     """``mcpu = "native"`` in the device catalogue means "the CPU of the board that
     builds": resolved here, on the board, with LLVM's host detection. Why: the
-    tuning-free schedules are ~5x faster with the real CPU's vector width than with
-    generic llvm (SSE2), and a catalogue kind cannot name one CPU for all its boards."""
+    tuning-free schedules need the real CPU's vector width (generic llvm is SSE2), and
+    a catalogue kind cannot name one CPU for all its boards."""
     if is_native(spec):
         from tvm.target import codegen
 

@@ -18,7 +18,7 @@ vectorised, register-tiled CPU loops on ``llvm``, TVM's dlight rules on GPU targ
 :mod:`deltann.compile.schedules`). Why: in Relay every operator was lowered through its
 TOPI strategy, with a real schedule, whatever the ``opt_level``; the seed's time tables
 compare graph-level passes over scheduled kernels. Without a schedule TVM 0.27 emits
-naive single-threaded loops, tens to hundreds of times slower than onnxruntime, and a
+naive single-threaded loops, far slower than onnxruntime, and a
 table of ``basic`` against ``extended`` would measure "scheduled vs unscheduled",
 dwarfing every pass.
 

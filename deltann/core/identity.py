@@ -18,9 +18,9 @@ them and still skips what is done.
 
 ``mcpu = "native"`` is resolved on the board, never in the driver: before planning, the
 driver asks each live board of a kind for its platform with a cheap Ray task placed like
-the board's actor (:func:`deltann.fleet.placement.probe`). On the embedded default the board is this machine, so
-it is resolved here (:func:`local_platform`). LLVM's CPU name needs TVM (a second or more
-to import, ~1 GB), so it is kept per machine in ``~/.cache/deltann`` keyed by the CPU's
+the board's actor (:func:`deltann.fleet.placement.probe`). On the embedded default the
+board is this machine, so it is resolved here (:func:`local_platform`). LLVM's CPU name
+needs TVM (slow and large to import), so it is kept per machine in ``~/.cache/deltann`` keyed by the CPU's
 identity and the TVM version.
 """
 

@@ -17,8 +17,8 @@ was on becomes a ``crash`` row and the rest run in a fresh container.
 One container per board serves job after job (``--serve``): the board's actor drops each
 job folder into the container's session folder and marks it ``ready``, and the process
 inside, already warm (TVM imported, LLVM initialised), runs it. Why: a cold container per
-job cost ~7 s of imports and first-build warm-up over the units themselves (bench/fleet.py
---container). It exits when its actor stops its heartbeat (the actor was killed) or after
+job pays the imports and first-build warm-up again for every job (bench/fleet.py
+--container prints what it costs). It exits when its actor stops its heartbeat (the actor was killed) or after
 :data:`IDLE_S` without a job; the board's next actor removes what an old one left.
 
 What a board image holds (``[tool.deltann.images] board`` in pyproject.toml): TVM, the
@@ -29,7 +29,10 @@ the shared artifact cache before the container starts (:func:`prepare_artifacts`
 container reads the files. A unit that needs a framework the image lacks (the ``torch``
 runtime, TVM's torch frontend) becomes a failure row naming what is missing
 (:func:`missing_in_image`), never a traceback. Every ``builds`` row a container made
-records its image (``name@id``) in the ``image`` column."""
+records its image (``name@id``) in the ``image`` column.
+
+One file because both ends of the job-folder protocol, the board's actor and the process
+inside the image, must change together."""
 
 from __future__ import annotations
 

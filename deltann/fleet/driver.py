@@ -5,7 +5,11 @@ machine is one board of kind ``local``), creates one :class:`~deltann.fleet.acto
 per live board of each kind the study names, feeds the units to them in batches, and
 writes every Arrow table as soon as any board yields it. Faults are handled here: a lost
 node's unfinished units move to another board of the kind (or stay pending), a dead
-actor's unit becomes a ``crash`` row, a unit past ``unit_timeout_s`` a ``timeout`` row."""
+actor's unit becomes a ``crash`` row, a unit past ``unit_timeout_s`` a ``timeout`` row.
+
+One file because dispatch, fault handling, the tuning hand-off and the run's bookkeeping
+share the dispatcher's state (lanes, pending units, the summary); what shares none of it
+lives beside it (placement, progress, retry, markers)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,9 @@ A user model becomes a :class:`~deltann.zoo.base.ModelSpec` registered under its
 the process (:func:`register`); its ``weights_id`` is the SHA-256 of the file's (or the
 folder's) content, cached by path, size and mtime so that planning stays cheap. Units
 carry the definition (``Unit.user_model``) so a board process registers it too.
+
+One file because validation, the loaders per file type and registration are one trust
+boundary: what a user's file may do is decided here and nowhere else.
 """
 
 from __future__ import annotations
