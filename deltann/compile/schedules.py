@@ -3,8 +3,8 @@
 legalised Relax module; on GPU targets, TVM's own dlight rules.
 
 Why: TVM 0.27's Relax CPU pipeline emits naive single-threaded scalar loops (no
-schedules), far slower than onnxruntime, and
-``tvm.s_tir.dlight`` has CPU rules for GEMV and reductions only. MetaSchedule fixes that but costs minutes to hours of tuning
+schedules), far slower than onnxruntime, and ``tvm.s_tir.dlight`` has CPU rules for
+GEMV and reductions only. MetaSchedule fixes that but costs minutes to hours of tuning
 per model. Every Relay build had a schedule for each operator (TOPI's, at every
 opt_level), so every deltann setting has this one (:mod:`deltann.compile.settings`).
 On ``llvm`` it is one deterministic dlight :class:`ScheduleRule` applied to every kernel:
