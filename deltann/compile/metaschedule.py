@@ -96,7 +96,7 @@ def prefix_passes(passes: tuple[str, ...]) -> tuple[str, ...]:
 
 def tuning_target(target: Any, threads: int) -> Any:
     """``target`` with ``num-cores`` (MetaSchedule's parallel rules need it) = the board's
-    thread count (runtimes.runner.thread_count)."""
+    thread count (core.runner.thread_count)."""
     import tvm
 
     spec = dict(target.export())
@@ -358,8 +358,8 @@ def tune(tasks: list[Task], target: Any, trials: int, *, trials_per_task: int | 
     """Tune ``tasks`` for ``target`` with ``trials`` measured candidates in all, starting
     from ``previous`` records (a resumed search starts from the best of them). Measures
     with the board's thread policy: the runner's worker processes inherit
-    ``TVM_NUM_THREADS`` (runtimes.runner.thread_env), builders and search threads are
-    limited to ``threads`` (default: runtimes.runner.thread_count). With ``default_schedule``
+    ``TVM_NUM_THREADS`` (core.runner.thread_env), builders and search threads are
+    limited to ``threads`` (default: core.runner.thread_count). With ``default_schedule``
     deltann's own schedule of each task is measured after the search and competes as a
     record (:func:`_add_default_schedule`). Returns the best
     records of every task tuned (``previous`` ones included where still the best)."""

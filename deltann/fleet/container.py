@@ -300,7 +300,7 @@ def container_options(kind: DeviceKind, work: Path, cache: Path, *, serve: bool 
                     str(work / "out"): {"bind": f"{WORK_MOUNT}/out", "mode": "rw"},
                     str(cache): {"bind": CACHE_MOUNT, "mode": "rw"}},
         # HOME: the container's user (the board's, or nobody) may have none in the image.
-        # The board's thread policy (runtimes.runner.thread_env, set on its actor) goes in too:
+        # The board's thread policy (core.runner.thread_env, set on its actor) goes in too:
         # units measure with the board's threads inside the container as outside.
         "environment": {IMAGE_ENV: kind.name, "HOME": "/tmp"} | {
             name: os.environ[name] for name in thread_env(1) if name in os.environ},

@@ -237,7 +237,7 @@ class Dispatcher:
 
         # Ray sets OMP_NUM_THREADS=1 in workers that reserve no CPU; a board measures with
         # all of its cores instead, the same count for torch, onnxruntime and TVM, and
-        # records it in every timing row (runtimes.runner.thread_count).
+        # records it in every timing row (core.runner.thread_count).
         lane.actor = Board.options(
             resources={lane.kind.resource: BOARD_SHARE},
             scheduling_strategy=NodeAffinitySchedulingStrategy(lane.node_id, soft=False),
