@@ -35,7 +35,7 @@ import polars as pl
 import pyarrow as pa
 
 from deltann.analysis import layer_diff as loc_mod
-from deltann.analysis.names import build_row, split_device
+from deltann.analysis.names import build_row
 from deltann.compile.metaschedule import APPLY
 from deltann.convert.chain import ArtifactCache
 from deltann.dataset import replay as replay_inputs

@@ -46,7 +46,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -65,9 +65,6 @@ from deltann.fleet.failure import Failure, Outcome, Stage
 from deltann.fleet.markers import builds_row, is_progress, progress
 from deltann.fleet.session import STAGE, session_row, time_session
 from deltann.plan import TimingJob, Unit
-
-if TYPE_CHECKING:
-    from deltann.convert.chain import Artifact, ArtifactCache
 
 log = logging.getLogger("deltann.fleet")
 

@@ -47,7 +47,7 @@ from deltann.core import runtime_registry as registry
 from deltann.core.device_catalogue import DeviceKind
 from deltann.errors import StoreError
 from deltann.fleet.failure import Failure, Stage
-from deltann.fleet.placement import alive_boards
+from deltann.fleet.placement import alive_boards, placement
 from deltann.plan import Unit
 from deltann.store import SCHEMAS, Store, tag
 from deltann.study import Study
