@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 
-from deltann.runtimes.base import thread_env
+from deltann.core.runner import thread_env
 
 for _name, _value in thread_env(os.cpu_count() or 1).items():  # the board's thread policy
     os.environ.setdefault(_name, _value)

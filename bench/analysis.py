@@ -114,7 +114,7 @@ def generate(root: Path, rows: int, devices: int, configs: int, logits: int, see
 def run_tables(root: Path) -> None:
     """Every analysis table on the store, each timed; prints one JSON line."""
     from deltann import analysis
-    from deltann.analysis import passes
+    from deltann.analysis import pass_tables as passes
     from deltann.analysis.findings import findings
     from deltann.store import Store
 

@@ -30,7 +30,7 @@ with the boards' thread policy. Ratios are paired by block as the study's are
     .venv/bin/python bench/compile.py --kind x86-server   # another kind's target (it must run here)
 
 ``tuned`` tunes the model's heavy kernels (``--tasks``) in this process
-(deltann.compile.tuning, as a board does), within ``--minutes`` of wall time (heaviest
+(deltann.compile.metaschedule, as a board does), within ``--minutes`` of wall time (heaviest
 measured kernels first, each until it stops improving) or with ``--trials`` measured
 candidates, then builds and times it like the other settings; the row says the budget.
 With ``--records FILE`` the records are kept (FILE.<model>.<frontend>.json) and a later
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import os
 
-from deltann.runtimes.base import thread_env
+from deltann.core.runner import thread_env
 
 # The board actor's thread policy (every logical core, for every runtime), set before any
 # framework starts its thread pool, so the comparison is of code, not of thread counts.
@@ -180,7 +180,7 @@ def board_target(kind_name: str) -> tuple[str, str]:
     """The device kind's target and host as a board receives them (JSON, as in a unit)."""
     import json
 
-    from deltann.fleet.devices import load_catalogue
+    from deltann.core.device_catalogue import load_catalogue
 
     kind = load_catalogue()[kind_name]
     return json.dumps(kind.target, sort_keys=True), json.dumps(kind.host, sort_keys=True)
@@ -190,7 +190,7 @@ def tflite_form(onnx_path: Path, out_dir: Path) -> Path:
     """The model's TFLite form as deltann's ``onnx->tf->tflite`` hops make it (onnx2tf to
     an NHWC SavedModel, then TF's converter, float32): the file LiteRT runs and TVM's
     TFLite frontend imports. Kept in ``out_dir`` (several minutes per model on 2 cores)."""
-    from deltann.convert.base import Produced
+    from deltann.convert.chain_spec import Produced
     from deltann.convert.onnx_tf import onnx_to_tf
     from deltann.convert.tf_tflite import tf_to_tflite
 
@@ -235,13 +235,13 @@ def tune(frontend: str, payload: Any, shape: tuple[int, ...], passes: tuple[str,
          args: argparse.Namespace, name: str) -> tuple[str, str]:
     """MetaSchedule records for the tuned setting as the JSON a tuned unit carries, and the
     row's label: the setting with its budget. With ``--minutes`` the budget is wall time
-    (deltann.compile.tuning.tune_budgeted: heaviest measured kernels first, a kernel stops
+    (deltann.compile.metaschedule.tune_budgeted: heaviest measured kernels first, a kernel stops
     when it stops improving), else ``--trials`` (tuning.tune). Records resume from
     ``--records`` (written back, merged) and every ``--merge`` file (other searches of the
     same model: tuning.merge_records keeps the best of all)."""
     import json
 
-    from deltann.compile import tuning
+    from deltann.compile import metaschedule as tuning
     from deltann.compile.frontends import import_relax
     from deltann.compile.pipeline import make_target
 

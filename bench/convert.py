@@ -20,7 +20,7 @@ from pathlib import Path
 
 from deltann import convert, dataset, zoo
 from deltann.convert.chain import ArtifactCache
-from deltann.convert.verify import agreement, native_logits
+from deltann.convert.conversion_check import agreement, native_logits
 from deltann.errors import ConversionError
 
 DEFAULT_CHAINS = [

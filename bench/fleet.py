@@ -50,7 +50,7 @@ import pyarrow as pa
 
 from deltann import plan
 from deltann.fleet import driver
-from deltann.fleet.devices import load_catalogue
+from deltann.core.device_catalogue import load_catalogue
 from deltann.store import SCHEMAS, Store
 from deltann.study import load_study
 
@@ -168,7 +168,7 @@ def container_overhead(jobs: int, folder: Path) -> None:
     from deltann.fleet.container import run_in_container, stop_board_containers
     from deltann.fleet.execute import run_unit
     from deltann.fleet.markers import is_progress
-    from deltann.runtimes.base import thread_env
+    from deltann.core.runner import thread_env
     from deltann.study import parse_study
 
     import docker

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from deltann import dataset, zoo
-from deltann.analysis.localize import localize
+from deltann.analysis.layer_diff import localize
 from deltann.compile.settings import passes_of
 from deltann.convert.chain import ArtifactCache
 from deltann.runtimes import layers

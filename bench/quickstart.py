@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from deltann.runtimes.base import thread_env
+from deltann.core.runner import thread_env
 
 # The board actor's thread policy (every logical core, for every runtime), set before any
 # framework starts its thread pool, so the comparison is of code, not of thread counts.
@@ -32,7 +32,7 @@ import polars as pl
 
 from deltann import zoo
 from deltann.fleet.driver import prepare_inputs, run_study
-from deltann.fleet.devices import load_catalogue
+from deltann.core.device_catalogue import load_catalogue
 from deltann.plan import expand
 from deltann.report import build_report
 from deltann.store import Store

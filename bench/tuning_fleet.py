@@ -7,7 +7,7 @@ ratio (issue 19's goal: two boards <= 0.6 of one board's wall time).
     .venv/bin/python bench/tuning_fleet.py --model efficientnet_lite0 --minutes 30
 
 The product's path: the study's tuned units (deltann.plan.expand) go through the driver's
-tuning phase (deltann.fleet.tuning.tune_units): one board extracts the kernels, the
+tuning phase (deltann.fleet.tuning_driver.tune_units): one board extracts the kernels, the
 driver splits them over the kind's live boards (balanced by work), each board tunes its
 share in a Ray task placed by the kind's resource, the records land in a fresh results
 folder. Each board is a node with ``--cpus`` CPUs (default 1: two boards use this
@@ -38,8 +38,8 @@ def tune_on(boards: int, args: argparse.Namespace, work: Path) -> tuple[float, A
     from ray.cluster_utils import Cluster
 
     from deltann import dataset, zoo
-    from deltann.fleet.devices import load_catalogue
-    from deltann.fleet.tuning import tune_units
+    from deltann.core.device_catalogue import load_catalogue
+    from deltann.fleet.tuning_driver import tune_units
     from deltann.plan import expand
     from deltann.store import Store
     from deltann.study import Study

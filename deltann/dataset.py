@@ -9,7 +9,10 @@ Why a manifest and not the tensors (:class:`InputSet`): 50,000 ImageNet images a
 of float32 tensors at 224 x 224. The driver hashes them a chunk at a time and keeps the
 hashes (the content keys need them); each board makes the tensors of the images it runs,
 a chunk at a time, and keeps the crops in a bounded disk cache (:class:`TensorCache`) so
-a shard is decoded once per board, not once per configuration."""
+a shard is decoded once per board, not once per configuration.
+
+One file because the manifest, decoding, the recipes, the input hashes and the tensor
+cache are one contract: a change to any of them changes every input hash."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from deltann import zoo
 from deltann.errors import DatasetError
 from deltann.zoo.base import Preprocess
 
@@ -701,8 +705,6 @@ def replay(study: dict[str, Any], model: str, variant: str, ids: list[str], hash
     the input hash the run stored (``hashes``). Only those images are read. Used by the
     commands that run a configuration again from a results folder (``localize``,
     ``repro``, hop attribution)."""
-    from deltann import zoo
-
     source = study.get("dataset", {}).get("source", "samples")
     limit = study.get("dataset", {}).get("limit")
     if source == "samples":

@@ -6,7 +6,7 @@ chain and tool versions, runtime and compiler versions, passes, target, device k
 the exact input tensors — and nothing else (not the study's name, not the order of its
 lists). A unit whose key is in the store is not run again.
 
-Where the driver knows them (issue 15, :mod:`deltann.fleet.identity`), the key also holds
+Where the driver knows them (issue 15, :mod:`deltann.core.identity`), the key also holds
 the lab running the study and the platform of the kind's boards: the target as the boards
 resolve it (``mcpu = "native"`` is their CPU) and their CPU. A kind whose live boards
 differ in platform gets one unit per platform, each run only by boards of its platform.
@@ -26,27 +26,18 @@ import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
-from functools import cache
-from importlib import metadata
 from typing import Any
 
 from deltann import SCHEMA_VERSION, __version__, convert, zoo
 from deltann.compile import settings as compile_settings
-from deltann.convert.base import chain_framework, chain_quantize, framework_dist, parse_chain
+from deltann.core import runtime_registry as registry
+from deltann.core.versions import dist_version
+from deltann.convert.chain_spec import chain_framework, chain_quantize, framework_dist, parse_chain
 from deltann.dataset import Inputs, InputSet
-from deltann.fleet.devices import DeviceKind
-from deltann.fleet.identity import Lab, Platform
-from deltann.runtimes import registry
+from deltann.core.device_catalogue import DeviceKind
+from deltann.core.identity import Lab, Platform
 from deltann.study import Study
 from deltann.zoo import user
-
-
-@cache
-def dist_version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "absent"
 
 
 @dataclass(frozen=True)
@@ -68,11 +59,11 @@ class Unit:
     #: a user model's definition (deltann.zoo.user.definition), so the board that runs the
     #: unit can register it; "" for zoo models. Not part of the key (the file's content is).
     user_model: str = ""
-    #: setting ``tuned``: its kind's MetaSchedule records as JSON (compile.tuning), filled by
-    #: the driver after tuning (deltann.fleet.tuning); not part of the key (the budget is)
+    #: setting ``tuned``: its kind's MetaSchedule records as JSON (compile.metaschedule), filled by
+    #: the driver after tuning (deltann.fleet.tuning_driver); not part of the key (the budget is)
     tuning: str = ""
     #: the lab running the study and the board platform the unit is for (see
-    #: deltann.fleet.identity; "" when planned without the driver's knowledge of them)
+    #: deltann.core.identity; "" when planned without the driver's knowledge of them)
     lab: str = ""
     cpu: str = ""
     platform: str = ""  # Platform.key: only boards of this platform run the unit
@@ -92,7 +83,7 @@ class Unit:
 
     @property
     def quantize(self) -> str:
-        """``none`` or the quantize modes the chain's hops applied (see convert.base)."""
+        """``none`` or the quantize modes the chain's hops applied (see convert.chain_spec)."""
         return chain_quantize(self.variant)
 
     @property

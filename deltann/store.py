@@ -27,6 +27,10 @@ unit whose ``builds`` row counts more prediction rows than the store holds is mi
 (a part deleted together with its checksum file). Runs are recorded one file each under
 ``runs/``, written when the run starts and again when it ends, so concurrent runs never
 race on one manifest and a killed run stays on record as started and unfinished.
+
+One file because the layout, the schemas, atomic writes, checked reads and the run
+records are one on-disk format that must change as one (the checksum helpers it shares
+with merge live in store_integrity.py).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import tempfile
 import uuid
@@ -45,9 +50,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deltann import SCHEMA_VERSION, __version__
-from deltann import store_integrity as integrity
-from deltann.errors import StoreError, refusing
+from deltann import SCHEMA_VERSION, __version__, store_integrity as integrity
+from deltann.core import runtime_registry as registry
+from deltann.errors import StoreError, refusing, storage_error
 
 log = logging.getLogger("deltann.store")
 
@@ -213,7 +218,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         pa.field("rows", pa.int64()),  # timings rows the session wrote
         pa.field("finished_at", pa.timestamp("us", tz="UTC")),
     ]),
-    # MetaSchedule's tuning database of the ``tuned`` setting (deltann.fleet.tuning): one row
+    # MetaSchedule's tuning database of the ``tuned`` setting (deltann.fleet.tuning_driver): one row
     # per record, MetaSchedule's own JSON. Partitioned like the others (model, device kind);
     # ``tuning_key`` (variant identity + resolved target) says which builds may use it.
     "tuning": pa.schema([
@@ -279,8 +284,6 @@ def environment() -> dict[str, Any]:
     except OSError:
         pass
     from importlib import metadata
-
-    from deltann.runtimes import registry
 
     packages = {}
     # every runtime's and framework's distribution, then the tools and libraries around them
@@ -777,3 +780,48 @@ class Store:
         if not self.files("builds"):
             return set()
         return set(self.scan("builds").select("unit_key").collect().to_series().to_list())
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` deltann cannot use, in one line naming it, before anything is
+    written: a name that is not UTF-8, a file, a non-empty folder that is not a results
+    folder (never write beside someone's files), a read-only or full file system."""
+    name = printable(out)
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"{name}: the folder name is not valid UTF-8; give --out a folder whose name is") from None
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise StoreError(f"{name}: is a file, not a folder; give --out a new folder, an empty one or an earlier "
+                             "results folder")
+        try:
+            entries = sorted(p.name for p in out.iterdir())
+        except OSError as exc:
+            raise StoreError(f"{name}: cannot list the folder ({exc.strerror}); give --out a folder you may "
+                             "read and write") from None
+        if entries and not is_results_folder(out):
+            shown = ", ".join(printable(e) for e in entries[:3]) + (", …" if len(entries) > 3 else "")
+            raise StoreError(f"{name}: not empty and not a deltann results folder (it holds {shown}); give --out a "
+                             "new folder, an empty one or an earlier results folder")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        import errno as _errno
+
+        try:
+            ro = os.statvfs(probe).f_flag & os.ST_RDONLY
+        except OSError:
+            ro = 0
+        code = _errno.EROFS if ro else _errno.EACCES
+        raise storage_error(OSError(code, os.strerror(code)), probe, "checking --out")  # type: ignore[misc]
+    free = shutil.disk_usage(probe).free
+    if free < MIN_FREE_BYTES:
+        raise StoreError(f"{name}: disk full ({free // 1024} KiB free, deltann needs at least "
+                         f"{MIN_FREE_BYTES >> 20} MiB to start); free space on that disk or give --out a folder on "
+                         "another one")
+
+#: Free space below which a run refuses to start (a run that fills the disk midway stops
+#: with a one-line error and keeps what is complete).
+MIN_FREE_BYTES = 1 << 20

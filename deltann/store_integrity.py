@@ -6,7 +6,7 @@ and the unit, session or tuning key the part belongs to) rather than one list fo
 folder: concurrent runs into one folder each write their own parts, so no two writers
 ever update the same checksum file. Why a checksum at all: a Parquet footer can be intact
 while a data page is not, and a flipped bit in a page of logits still decodes, to a wrong
-number (issue 15 saw max |Δlogit| 1.395 instead of ~1e-6 from one flipped bit).
+number (issue 15: one flipped bit made a large logit difference out of a tiny one).
 
 A part and its checksum file change together under an exclusive lock of their folder
 (``.lock``, ``fcntl.flock``); a reader checks a part under the shared lock, so it never

@@ -29,8 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from deltann import convert, zoo
 from deltann.compile import settings as compile_settings
-from deltann.convert.base import parse_chain
+from deltann.convert.chain_spec import parse_chain
+from deltann.core.device_catalogue import load_catalogue
 from deltann.errors import StudyError
+from deltann.runtimes.interleave import Protocol
+from deltann.zoo import user
 from deltann.zoo.user import UserModel
 
 RUNTIME_KINDS = ("native", "tvm")
@@ -68,8 +71,6 @@ class Timing(_Strict):
 
     def protocol(self) -> Any:
         """The board-side :class:`~deltann.runtimes.interleave.Protocol`."""
-        from deltann.runtimes.interleave import Protocol
-
         return Protocol(**self.model_dump(exclude={"images"}))
 
     def timed_indices(self, n: int) -> list[int]:
@@ -80,7 +81,7 @@ class Timing(_Strict):
 
 
 class Tuning(_Strict):
-    """MetaSchedule's budget for the ``tuned`` setting (deltann.compile.tuning); part of
+    """MetaSchedule's budget for the ``tuned`` setting (deltann.compile.metaschedule); part of
     the tuned units' content keys. Without ``[tuning]`` these defaults apply."""
 
     trials: int = Field(64, ge=1, le=1_000_000, description="measured candidates in all, over the kind's boards")
@@ -148,7 +149,7 @@ class Study(_Strict):
     @classmethod
     def _variants_known(cls, v: list[str]) -> list[str]:
         """Each entry is a chain (``torch->onnx``, ``torch->tf->tflite:dynamic-range``;
-        see :mod:`deltann.convert.base`). A pair with no direct tool is expanded to the
+        see :mod:`deltann.convert.chain_spec`). A pair with no direct tool is expanded to the
         route it really takes (``torch->tf`` is ``torch->onnx->tf``), so the variant names
         every hop; a quantize mark must be one its hop can apply."""
         available = convert.hops()
@@ -286,14 +287,11 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
 def parse_study(data: dict[str, Any], path: Path, catalogue: dict[str, Any] | None = None) -> Study:
     """Validate a parsed study mapping; ``catalogue`` is the device catalogue to check
     ``devices`` against (loaded from cluster/devices.toml when None)."""
-    from deltann.fleet.devices import load_catalogue
-
     try:
         # Paths in the study (user model files) are relative to the study file's folder.
         study = Study.model_validate(data, context={"root": Path(path).parent.resolve()})
     except ValidationError as exc:
         raise _study_error(path, exc) from None
-    from deltann.zoo import user
 
     for name, um in study.user_models.items():  # this process plans them; units carry them to boards
         user.register(name, um)

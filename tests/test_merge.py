@@ -15,7 +15,7 @@ import pytest
 from deltann.cli import main
 from deltann.commands.verify import verify
 from deltann.errors import StoreError
-from deltann.merge import merge
+from deltann.store_merge import merge
 from deltann.store import Store
 from deltann.store_integrity import sidecar_path
 

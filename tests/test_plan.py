@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from deltann import dataset, zoo
-from deltann.fleet.devices import load_catalogue
+from deltann.core.device_catalogue import load_catalogue
 from deltann.plan import expand, renewed, timing_groups, timing_job, timing_protocol
 from deltann.study import Study
 

@@ -16,7 +16,7 @@ group's representative), not seven. A group's representative is its most basic m
 a framework's own runtime before TVM, a shorter conversion chain before a longer one.
 
 Pure Polars/numpy over the store: no framework is imported here (hop attribution, which
-runs models, is :mod:`deltann.convert.attribution`).
+runs models, is :mod:`deltann.analysis.hop_attribution`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from deltann import analysis
+from deltann.analysis.aligned import image_ranges
 from deltann.analysis.timing import SETTING_ORDER, quiet_warnings
 from deltann.store import Store
 
@@ -175,8 +177,6 @@ def _flips(sides: dict[str, pl.DataFrame], a: str, b: str) -> pl.DataFrame:
 def _worst_image(store: Store, model: str, device: str, a: str, b: str, chunk: int = 4096) -> str:
     """The image with the largest |logit_A − logit_B| (logits compared as arrays, a chunk
     of images at a time; a large store read a range of images at a time)."""
-    from deltann.analysis.aligned import image_ranges
-
     best, worst = "", -1.0
     for span in image_ranges(store, ["model", "device"], "config", sides=2):
         where = pl.lit(True) if span is None else pl.col("image_index").is_between(span[0], span[1] - 1)
@@ -386,8 +386,6 @@ def findings(
 ) -> list[Finding]:
     """Every finding of the store, grouped by model and device kind (in that order), the
     tables computed here unless given (the report passes the ones it has)."""
-    from deltann import analysis
-
     pairs = pairs if pairs is not None else analysis.pairwise_agreement(store)
     speedups = speedups if speedups is not None else analysis.speedup_stats(store)
     failed = failed if failed is not None else analysis.failures(store)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 
+from deltann import zoo
 from deltann.compile import settings as compile_settings
+from deltann.compile.pass_bisect import NoDifference, bisect_zoo_model, format_result
 from deltann.errors import StudyError
 
 
@@ -22,9 +24,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from deltann import zoo
-    from deltann.compile.bisect import NoDifference, bisect_zoo_model, format_result
-
     if args.model not in zoo.names():
         raise StudyError(f"bisect: unknown model {args.model!r}; allowed: {', '.join(zoo.names())}")
     for name in (args.good, args.bad):

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from deltann.fleet.devices import DeviceKind, catalogue_path, load_catalogue
+from deltann.core.device_catalogue import DeviceKind, catalogue_path, load_catalogue
 
 log = logging.getLogger("deltann.fleet")
 

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from deltann import __version__
+from deltann.core.device_catalogue import DeviceKind, load_catalogue
 from deltann.errors import FleetError
-from deltann.fleet.devices import DeviceKind, load_catalogue
+from deltann.fleet.container import SOURCE_LABEL, source_digest
 
 log = logging.getLogger("deltann.fleet")
 
@@ -66,7 +67,6 @@ def build_options(kind: DeviceKind, root: Path = ROOT, base: str | None = None) 
     buildargs = {"DELTANN_VERSION": __version__, "BOARD_PINS": board_pins(root)}
     if base:
         buildargs["BASE"] = base
-    from deltann.fleet.container import SOURCE_LABEL, source_digest
 
     return {
         "dockerfile": str(dockerfile.relative_to(root)), "tag": kind.image, "buildargs": buildargs,

@@ -4,7 +4,7 @@ configuration B parts ways with reference A.
 Both configurations are made again from their ``builds`` rows (model, variant, runtime,
 setting's passes, target) with the results folder's artifact cache, run on the chosen
 images with every layer's output captured (:mod:`deltann.runtimes.layers`), aligned and
-measured (:mod:`deltann.analysis.localize`). Writes a ``layers`` table into the store and
+measured (:mod:`deltann.analysis.layer_diff`). Writes a ``layers`` table into the store and
 a Fig.-2-style plot under ``DIR/localize/``. The inputs are checked against the stored
 input hashes, so the layers compared are those of the very images the run classified.
 
@@ -34,9 +34,15 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from deltann.analysis import layer_diff as loc_mod
+from deltann.analysis.names import build_row
+from deltann.compile.metaschedule import APPLY
+from deltann.convert.chain import ArtifactCache
 from deltann.dataset import replay as replay_inputs
 from deltann.errors import StoreError
-from deltann.store import SCHEMAS, UNIT_FIELDS, Store, tag
+from deltann.runtimes.layers import capture
+from deltann.store import SCHEMAS, Store, UNIT_FIELDS, tag
+from deltann.zoo import user
 
 log = logging.getLogger("deltann.analysis")
 
@@ -46,38 +52,9 @@ class LocalizeResult:
     pair: str
     model: str
     image_ids: list[str]
-    localization: Any  # deltann.analysis.localize.Localization
+    localization: Any  # deltann.analysis.layer_diff.Localization
     plot: Path
     seconds: float
-
-
-def split_device(name: str) -> tuple[str, str | None]:
-    """``'torch [torch]@gpu-xavier'`` -> ``('torch [torch]', 'gpu-xavier')``."""
-    config, at, device = name.rpartition("@")
-    return (config, device) if at and "]" not in device else (name, None)
-
-
-def build_row(builds: pl.DataFrame, name: str, model: str | None) -> dict[str, Any]:
-    """The latest successful ``builds`` row of configuration ``name`` (optionally
-    ``@device``; the study's own chain name works too, see :mod:`deltann.analysis.names`)."""
-    from deltann.analysis.names import resolve
-
-    config, device = split_device(name)
-    config = resolve(config, builds["config"].unique().to_list())
-    rows = builds.filter(pl.col("config") == config)
-    if device is not None:
-        rows = rows.filter(pl.col("device") == device)
-    if model is not None:
-        rows = rows.filter(pl.col("model") == model)
-    if rows.is_empty():
-        known = builds.select("config").unique()["config"].sort().to_list()
-        raise StoreError(f"no successful build of {name!r}; configurations: {', '.join(known) or 'none'}")
-    for col in ("model", "device"):
-        values = rows[col].unique().sort().to_list()
-        if len(values) > 1:
-            flag = "--model" if col == "model" else "'@device' after the configuration"
-            raise StoreError(f"{name!r} ran for several {col}s ({', '.join(values)}); pick one with {flag}")
-    return rows.sort("finished_at").row(-1, named=True)
 
 
 def _choose_images(store: Store, ka: list[str], kb: list[str], images: str) -> tuple[list[str], dict[str, str]]:
@@ -113,8 +90,6 @@ def capture_build(row: dict[str, Any], artifacts: Any, x: np.ndarray, kernels: b
     is imported through the row's own frontend and built with its passes for its target
     (and, for setting ``tuned``, its ``tuning`` records); with ``kernels``, as built (one
     layer per kernel) instead of with every layer exposed."""
-    from deltann.runtimes.layers import capture
-
     artifact = artifacts.get(row["model"], row["variant"])
     return capture(row["runtime"], artifact.payload, x, artifact.layout, passes=tuple(row["passes"] or ()),
                    target_json=row["target"] or "", meta=artifact.meta, frontend=row.get("frontend") or "",
@@ -123,11 +98,9 @@ def capture_build(row: dict[str, Any], artifacts: Any, x: np.ndarray, kernels: b
 
 def _tuning_of(store: Store, row: dict[str, Any]) -> str:
     """A ``tuned`` build's records from the store's tuning table ("" for other builds)."""
-    from deltann.compile.tuning import APPLY
-
     if APPLY not in (row["passes"] or ()):
         return ""
-    from deltann.fleet.tuning import records_for_build
+    from deltann.fleet.tuning_driver import records_for_build  # lazy: loads ray
 
     return records_for_build(store, row)
 
@@ -150,14 +123,10 @@ def localize_pair(results: Path | str, a: str, b: str, *, images: str = "flipped
     the plot. Returns what was found. ``kernels``: capture TVM builds kernel by kernel as
     built (what a setting fused is unobservable and listed as unmatched) instead of with
     every layer exposed as an output (see :mod:`deltann.runtimes.layers`)."""
-    from deltann.analysis import localize as loc_mod
-    from deltann.convert.chain import ArtifactCache
-
     start = time.perf_counter()
     results = Path(results)
     store = Store(results)
     manifest = store.read_manifest()
-    from deltann.zoo import user
 
     user.register_from_study(manifest.get("study", {}))  # the study's [user_models], if any
     builds = store.scan("builds").filter(pl.col("status") == "ok").collect()

@@ -1,12 +1,12 @@
 """``deltann merge SRC... --into DIR``: bring results folders (one per lab, say) together
-without replacing anything; see :mod:`deltann.merge`. Prints each conflict and each unit
+without replacing anything; see :mod:`deltann.store_merge`. Prints each conflict and each unit
 left out for a bad part in one line, then a summary; exit 1 if there was any."""
 
 from __future__ import annotations
 
 import argparse
 
-from deltann.merge import merge
+from deltann.store_merge import merge
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

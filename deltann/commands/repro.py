@@ -1,12 +1,12 @@
 """``deltann repro DIR --pair A B [--image ID]``: pack one discrepancy into a folder that
-its maintainers can run without deltann or the study (see :mod:`deltann.report.repro`)."""
+its maintainers can run without deltann or the study (see :mod:`deltann.report.repro_bundle`)."""
 
 from __future__ import annotations
 
 import argparse
 
 from deltann.commands.localize import add_pair_arguments
-from deltann.report.repro import write_bundle
+from deltann.report.repro_bundle import write_bundle
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

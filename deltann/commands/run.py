@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
                                     lab=args.lab, retry_failed=args.retry_failed)
     print(summary.line() if args.quiet else f"results: {summary.out}")
     if args.report:
-        from deltann.commands.report import print_report
+        from deltann.commands.report import print_report  # lazy: loads matplotlib, polars, scipy
 
         print_report(summary.out)
     return 0

@@ -1,13 +1,15 @@
 """``deltann tuning export RESULTS OUT`` and ``deltann tuning import FILE RESULTS``: keep
 the tuning records a results folder holds (``table=tuning``) and bring them into another,
 so a lab does not tune the same models for the same target twice
-(:func:`deltann.fleet.tuning.export_records` / :func:`~deltann.fleet.tuning.import_records`).
+(:func:`deltann.fleet.tuning_driver.export_records` / :func:`~deltann.fleet.tuning_driver.import_records`).
 The records keep the identity they were tuned for (model variant, TVM version, passes, the
 target as the board resolved it): a study elsewhere uses them only where that matches."""
 
 from __future__ import annotations
 
 import argparse
+
+from deltann.store import Store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def export_main(args: argparse.Namespace) -> int:
-    from deltann.fleet.tuning import export_records
-    from deltann.store import Store
+    from deltann.fleet.tuning_driver import export_records  # lazy: loads ray
 
     n = export_records(Store(args.results), args.out, devices=args.device, models=args.model, best_only=not args.all)
     print(f"{n} tuning record(s) written to {args.out}")
@@ -39,8 +40,7 @@ def export_main(args: argparse.Namespace) -> int:
 
 
 def import_main(args: argparse.Namespace) -> int:
-    from deltann.fleet.tuning import import_records
-    from deltann.store import Store
+    from deltann.fleet.tuning_driver import import_records  # lazy: loads ray
 
     store = Store(args.results)
     store.ensure_manifest({"name": "tuning-import"})

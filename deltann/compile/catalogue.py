@@ -22,6 +22,9 @@ the FoldScaleAxis entry ends with a ``FoldConstant`` so that never happens).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from deltann.compile import schedules
 
 #: Always between the ``pre`` and ``post`` passes: operators become TIR kernels here.
 LEGALIZE: tuple[str, ...] = ("LegalizeOps", "AnnotateTIROpPattern")
@@ -166,3 +169,16 @@ def compose(enabled: set[str] | frozenset[str]) -> tuple[str, ...]:
         return out
 
     return tuple(dedup([e.pre for e in chosen if e.pre]) + list(LEGALIZE) + dedup([e.post for e in chosen if e.post]))
+
+
+def make_pass(name: str) -> Any:
+    """A pass by the name a setting lists: deltann's own (:data:`schedules.PASSES`) or
+    ``tvm.relax.transform.<name>(**PASS_ARGS.get(name, {}))``."""
+    from tvm import relax
+
+    if name in schedules.PASSES:
+        return schedules.PASSES[name]()
+    factory = getattr(relax.transform, name, None)
+    if factory is None:
+        raise ValueError(f"TVM has no Relax pass {name!r}")
+    return factory(**PASS_ARGS.get(name, {}))

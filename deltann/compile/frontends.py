@@ -4,6 +4,7 @@ direct route its framework has (torch exported program, ONNX, TFLite)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,15 +119,21 @@ def from_tflite(path: Any) -> Any:
     return relax_tflite.from_tflite(model)
 
 
+#: TVM's Relax frontends by the name a runner declares (``Runner.frontends``): the
+#: importer of a payload at an input shape (TFLite files carry their own).
+FRONTENDS: dict[str, Callable[[Any, tuple[int, ...]], Any]] = {
+    "onnx": from_onnx,
+    "torch.export": from_torch,
+    "tflite": lambda payload, _shape: from_tflite(payload),
+}
+
+
 def import_relax(frontend: str, payload: Any, input_shape: tuple[int, ...]) -> Any:
     """Relax IRModule of ``payload`` through ``frontend`` (``onnx``, ``torch.export`` or
     ``tflite``). ``input_shape`` is the artifact's own (layout-specific) input shape.
     ``payload``: the artifact's file or module, or what localize made of it (a folded
     ``ModelProto``, an ``ExportedProgram``, a flatbuffer's bytes), imported as it is."""
-    if frontend == "onnx":
-        return from_onnx(payload, input_shape)
-    if frontend == "torch.export":
-        return from_torch(payload, input_shape)
-    if frontend == "tflite":
-        return from_tflite(payload)
+    importer = FRONTENDS.get(frontend)
+    if importer is not None:
+        return importer(payload, input_shape)
     raise ValueError(f"no TVM frontend {frontend!r}")

@@ -6,8 +6,9 @@ Why one module: runs, tuning, localize, bisect and the benches all build and run
 modules, and a target bug once lived in one of several copies of this path (issue 13:
 a host without the CPU). Every ``tvm.compile`` and ``relax.VirtualMachine`` of deltann is
 here (tests/compile/test_one_path.py scans for others), and so is every check of a
-target's kind (``llvm``, ``cuda``, ...), but for the device files Docker hands a board's
-container (fleet/container.py)."""
+target's kind by name (``cuda``, ``opencl``, ...), the host devices a board's container
+is handed included; the kind facts that need no TVM (:mod:`deltann.core.targets`) sit in
+the foundation, where the device catalogue reads them."""
 
 from __future__ import annotations
 
@@ -17,84 +18,28 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from deltann.compile import schedules
+from deltann.compile.catalogue import make_pass
+from deltann.compile.frontends import import_relax
+from deltann.compile.metaschedule import database_from_json
+from deltann.compile.settings import APPLY_DATABASE
+from deltann.core.targets import CPU_KIND, DEFAULT_TARGET, host_of, is_cpu, is_gpu, is_native, kind_of
+
+__all__ = ["CPU_KIND", "DEFAULT_TARGET", "host_of", "is_cpu", "is_gpu", "is_native", "kind_of", "make_pass"]
+
 log = logging.getLogger("deltann.compile")
-
-#: The CPU target kind: its kernels are host code, run on the ``cpu`` device.
-CPU_KIND = "llvm"
-
-#: The target a build gets when none is named (localize, bisect): generic CPU code.
-DEFAULT_TARGET = json.dumps({"kind": CPU_KIND})
-
-
-def kind_of(target: Any) -> str:
-    """The kind of ``target``: a ``tvm.target.Target``, a spec dict, or a kind name."""
-    if isinstance(target, str):
-        return target
-    if isinstance(target, dict):
-        return str(target.get("kind", ""))
-    return str(target.kind.name)
-
-
-def is_cpu(target: Any) -> bool:
-    """Whether ``target`` (as :func:`kind_of` takes it) compiles CPU (LLVM host) code."""
-    return kind_of(target) == CPU_KIND
-
-
-def is_gpu(target: Any) -> bool:
-    """Whether a ``tvm.target.Target`` is a GPU target (its keys say ``gpu``: cuda, rocm,
-    opencl, vulkan, metal): kernels need a thread binding."""
-    return "gpu" in target.keys
-
-
-def is_native(spec: dict[str, Any] | None) -> bool:
-    """Whether a catalogue spec names ``mcpu = "native"``: the CPU of the board that builds."""
-    return bool(spec) and is_cpu(spec) and spec.get("mcpu") == "native"
-
-
-def make_pass(name: str) -> Any:
-    """A pass by the name a setting lists: deltann's own (:data:`schedules.PASSES`) or
-    ``tvm.relax.transform.<name>(**catalogue.PASS_ARGS.get(name, {}))``."""
-    from tvm import relax
-
-    from deltann.compile import catalogue, schedules
-
-    if name in schedules.PASSES:
-        return schedules.PASSES[name]()
-    factory = getattr(relax.transform, name, None)
-    if factory is None:
-        raise ValueError(f"TVM has no Relax pass {name!r}")
-    return factory(**catalogue.PASS_ARGS.get(name, {}))
 
 
 def resolve_native(spec: dict[str, Any]) -> dict[str, Any]:
     """``mcpu = "native"`` in the device catalogue means "the CPU of the board that
     builds": resolved here, on the board, with LLVM's host detection. Why: the
-    tuning-free schedules are ~5x faster with the real CPU's vector width than with
-    generic llvm (SSE2), and a catalogue kind cannot name one CPU for all its boards."""
+    tuning-free schedules need the real CPU's vector width (generic llvm is SSE2), and
+    a catalogue kind cannot name one CPU for all its boards."""
     if is_native(spec):
         from tvm.target import codegen
 
         return {**spec, "mcpu": codegen.llvm_get_system_cpu()}
     return spec
-
-
-def host_of(target: dict[str, Any], host: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The host part of a kind's target. On a CPU target (``llvm``) the kernels are host
-    code, so the host *is* the target: a host that leaves out the CPU (``{kind = "llvm"}``)
-    takes the target's keys, and one that names another CPU or triple is refused. Why:
-    TVM compiles every CPU kernel with the host's LLVM target, so a host without ``mcpu``
-    made every kernel generic x86-64 (SSE2) whatever the target said (issue 13: 2-3x
-    slower). On an accelerator target the host is the board's CPU side, as given."""
-    if not is_cpu(target):
-        return host
-    if host is None:
-        return dict(target)
-    clash = {k: (v, target.get(k)) for k, v in host.items() if k in target and target[k] != v}
-    extra = sorted(set(host) - set(target))
-    if clash or extra or not is_cpu(host):
-        named = ", ".join([f"{k} = {a!r} (target: {b!r})" for k, (a, b) in clash.items()] + [f"{k}" for k in extra])
-        raise ValueError(f"a CPU target's host must be the target itself or left out; the host sets {named}")
-    return dict(target)
 
 
 def make_target(target_json: str, host_json: str) -> Any:
@@ -117,6 +62,18 @@ def _backend(target: Any) -> str:
     if kind == "opencl" and "adreno" in target.keys:
         return "adreno"
     return "gpu_generic"
+
+
+def host_device_of(target: Any) -> str:
+    """The host device a board's container must be handed to run ``target``: ``"gpu"``
+    (the NVIDIA GPUs, for ``cuda``), ``"opencl-device"`` (the board's OpenCL device, for
+    ``opencl``), or ``""`` (nothing beyond the CPU)."""
+    kind = kind_of(target)
+    if kind == "cuda":
+        return "gpu"
+    if kind == "opencl":
+        return "opencl-device"
+    return ""
 
 
 def _dataflow_lower_passes(target: Any) -> list[Any]:
@@ -153,18 +110,16 @@ def lower(mod: Any, passes: tuple[str, ...], target: Any, database: Any = None) 
     """The module as :func:`build` compiles it: TVM's library dispatch for ``target``,
     ``passes`` in order, then TVM's lowering tail (see
     :data:`deltann.compile.settings.LOWERING`). ``database``: the MetaSchedule database
-    that ``MetaScheduleApplyDatabase`` (setting ``tuned``, :mod:`deltann.compile.tuning`)
+    that ``MetaScheduleApplyDatabase`` (setting ``tuned``, :mod:`deltann.compile.metaschedule`)
     reads; required when that pass is listed."""
     import contextlib
 
     import tvm
     from tvm import relax
 
-    from deltann.compile.settings import APPLY_DATABASE
-
     if database is None and APPLY_DATABASE in passes:
         raise ValueError(f"setting with {APPLY_DATABASE} built without a tuning database; tune first "
-                         "(deltann.compile.tuning)")
+                         "(deltann.compile.metaschedule)")
     dispatch = relax.pipeline.library_dispatch_passes(target)
     lowering = _dataflow_lower_passes(target) + relax.pipeline.finalize_passes(target)
     with target, (database if database is not None else contextlib.nullcontext()):
@@ -189,8 +144,6 @@ def build_counted(mod: Any, passes: tuple[str, ...], target: Any, database: Any 
     scheduled setting that leaves some is logged."""
     import tvm
 
-    from deltann.compile import schedules
-
     lowered = lower(mod, passes, target, database)
     missing = schedules.kernels_without_schedule(lowered, target)
     if missing and schedules.SCHEDULING.intersection(passes):
@@ -202,7 +155,7 @@ def build_counted(mod: Any, passes: tuple[str, ...], target: Any, database: Any 
 def resolved_spec(target_json: str, host_json: str) -> dict[str, Any]:
     """``{"target": ..., "host": ...}`` with ``mcpu = "native"`` resolved on this board and
     the host as the catalogue gives it (None when left out): what a tuning database is
-    keyed by (:func:`deltann.fleet.tuning.tuning_key`) and what :func:`tuning_target_of`
+    keyed by (:func:`deltann.fleet.tuning_driver.tuning_key`) and what :func:`tuning_target_of`
     reads back on the boards that tune."""
     return {"target": resolve_native(json.loads(target_json)),
             "host": resolve_native(json.loads(host_json)) if host_json else None}
@@ -280,10 +233,7 @@ def compile_payload(frontend: str, payload: Any, input_shape: tuple[int, ...], p
                     target: Any, tuning: str = "") -> Compiled:
     """Import ``payload`` through ``frontend`` (:func:`deltann.compile.frontends.import_relax`)
     and build it under ``passes`` for ``target`` (from :func:`make_target`). ``tuning``: the
-    ``tuned`` setting's MetaSchedule records (JSON, :mod:`deltann.compile.tuning`), "" for none."""
-    from deltann.compile.frontends import import_relax
-    from deltann.compile.tuning import database_from_json
-
+    ``tuned`` setting's MetaSchedule records (JSON, :mod:`deltann.compile.metaschedule`), "" for none."""
     start = time.perf_counter()
     mod = import_relax(frontend, payload, input_shape)
     import_s = time.perf_counter() - start

@@ -3,7 +3,7 @@
 legalised Relax module; on GPU targets, TVM's own dlight rules.
 
 Why: TVM 0.27's Relax CPU pipeline emits naive single-threaded scalar loops (no
-schedules), 15-190x slower than onnxruntime here, and ``tvm.s_tir.dlight`` has CPU rules for
+schedules), far slower than onnxruntime, and ``tvm.s_tir.dlight`` has CPU rules for
 GEMV and reductions only. MetaSchedule fixes that but costs minutes to hours of tuning
 per model. Every Relay build had a schedule for each operator (TOPI's, at every
 opt_level), so every deltann setting has this one (:mod:`deltann.compile.settings`).
@@ -34,10 +34,11 @@ rule cannot schedule is left as it was (logged at debug level), so the pass neve
 a build that would build without it; :func:`unscheduled_kernels` lists such kernels.
 
 Known gap: prime output widths longer than a register file holds (InceptionV3's 149, 73
-and 71 columns) get no column tile, only channel tiles (71x71 3x3 conv: ~60 GFLOP/s
-against ~180 elsewhere, one thread); a short one (17) is tiled whole (:data:`ROW_WIDE`). Splitting such widths with TIR's ``loop_partition`` into a multiple of 8 and a
-remainder was tried and measured 6-10x slower: the partition's wrapper blocks keep the
-accumulator buffer from being compacted to one tile.
+and 71 columns) get no column tile, only channel tiles, and run below the other
+convolutions' throughput; a short one (17) is tiled whole (:data:`ROW_WIDE`). Splitting
+such widths with TIR's ``loop_partition`` into a multiple of 8 and a remainder was tried
+and was slower: the partition's wrapper blocks keep the accumulator buffer from being
+compacted to one tile.
 
 ReLU6 (clip) has no ConvertLayout rule, and the ONNX frontend emits it already legalised
 (``call_tir(maximum/minimum)``); ``ClipToMinMax`` (:mod:`deltann.compile.rewrites`, run
@@ -45,8 +46,12 @@ before ConvertLayout) raises both forms to Relax maximum/minimum, so an NHWC ReL
 longer sits between two transposes and fuses into its convolution's epilogue here.
 
 The target's ``mcpu`` matters more than anything here: generic ``llvm`` compiles for
-SSE2; the same schedule with ``mcpu`` set to this machine's CPU (AVX-512) measured 5x
-faster on a 3x3 conv (176 vs 37 GFLOP/s, one thread).
+SSE2, so the vector lanes above only exist with ``mcpu`` set to the board's CPU (the
+catalogue's ``mcpu = "native"``).
+
+One file because the rule's parts (inlining, tiling, the channel-last rewrite of NCHW
+convolutions, weight prepacking, the checks of what got a schedule) serve this one
+schedule and nothing else.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deltann.compile.pipeline import is_cpu, is_gpu
+from deltann.compile import rewrites
+from deltann.core.targets import is_cpu, is_gpu
 
 log = logging.getLogger("deltann.compile")
 
@@ -748,16 +754,12 @@ def kernels_without_schedule(mod: Any, target: Any) -> list[str]:
 def clip_to_min_max() -> Any:
     """``ClipToMinMax`` (:mod:`deltann.compile.rewrites`): clips as maximum/minimum, which
     ConvertLayout keeps channel-last and FuseOps fuses into the convolution before them."""
-    from deltann.compile import rewrites
-
     return rewrites.clip_to_min_max()
 
 
 def fold_explicit_padding() -> Any:
     """``FoldExplicitPadding`` (:mod:`deltann.compile.rewrites`): zero pads before a
     convolution become its own padding (no pad kernel, no transpose pair around it in NHWC)."""
-    from deltann.compile import rewrites
-
     return rewrites.fold_explicit_padding()
 
 

@@ -18,7 +18,7 @@ vectorised, register-tiled CPU loops on ``llvm``, TVM's dlight rules on GPU targ
 :mod:`deltann.compile.schedules`). Why: in Relay every operator was lowered through its
 TOPI strategy, with a real schedule, whatever the ``opt_level``; the seed's time tables
 compare graph-level passes over scheduled kernels. Without a schedule TVM 0.27 emits
-naive single-threaded loops, tens to hundreds of times slower than onnxruntime, and a
+naive single-threaded loops, far slower than onnxruntime, and a
 table of ``basic`` against ``extended`` would measure "scheduled vs unscheduled",
 dwarfing every pass.
 
@@ -60,7 +60,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {name: catalogue.compose(enabled) for nam
 
 #: The MetaSchedule setting: ``extended`` with the tuning database applied right before
 #: the tuning-free schedule, which then schedules only the kernels without a record
-#: (:mod:`deltann.compile.tuning`; budget from the study's ``[tuning]``). Not a catalogue
+#: (:mod:`deltann.compile.metaschedule`; budget from the study's ``[tuning]``). Not a catalogue
 #: entry and not an ablation base: it needs a tuning run, which an ablation should not.
 TUNED = "tuned"
 #: The Relax pass that applies a MetaSchedule database (it reads ``Database.current()``).
@@ -102,7 +102,7 @@ def without(base: str, entry: str) -> str | None:
 
 
 def is_tuned(name: str) -> bool:
-    """Whether a setting needs a MetaSchedule tuning database (deltann.compile.tuning)."""
+    """Whether a setting needs a MetaSchedule tuning database (deltann.compile.metaschedule)."""
     return APPLY_DATABASE in passes_of(name)
 
 

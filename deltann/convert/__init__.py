@@ -1,6 +1,7 @@
 """Conversions between frameworks: one module per hop (``torch_onnx.py`` is
 ``torch->onnx``), each registering a :class:`Hop`. Adding a conversion is adding a file
-and one import line in :func:`_load_builtin`.
+and its name in :data:`BUILTIN` (imported by dotted name on first lookup, so this package
+never imports a module that imports it).
 
 Where no maintained tool converts ``a`` to ``b`` directly, :func:`resolve` routes the pair
 through ONNX (and TF where only TF reaches the target, e.g. ``torch->tflite`` is
@@ -8,14 +9,18 @@ through ONNX (and TF where only TF reaches the target, e.g. ``torch->tflite`` is
 
 from __future__ import annotations
 
+import importlib
 from collections import deque
 
-from deltann.convert.base import QUANTIZE, Hop, Produced, Step, format_chain, parse_chain
+from deltann.convert.chain_spec import QUANTIZE, Hop, Produced, Step, format_chain, parse_chain
 
 __all__ = ["QUANTIZE", "Hop", "Produced", "get", "hops", "register", "resolve", "route", "unregister"]
 
 _HOPS: dict[tuple[str, str], Hop] = {}
 _LOADED = False
+#: the conversion modules shipped with deltann (under this package), one per hop
+BUILTIN: tuple[str, ...] = ("keras_onnx", "keras_tf", "keras_tflite", "onnx_keras", "onnx_tf", "onnx_torch", "tf_onnx",
+                             "tf_tflite", "tflite_onnx", "torch_onnx")
 
 #: Intermediate frameworks tried first when routing a pair with no direct tool: ONNX is
 #: the exchange format every tool reads; TF next (TFLiteConverter's own input).
@@ -36,18 +41,8 @@ def _load_builtin() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from deltann.convert import (  # noqa: F401
-            keras_onnx,
-            keras_tf,
-            keras_tflite,
-            onnx_keras,
-            onnx_tf,
-            onnx_torch,
-            tf_onnx,
-            tf_tflite,
-            tflite_onnx,
-            torch_onnx,
-        )
+        for module in BUILTIN:
+            importlib.import_module(f"{__name__}.{module}")
 
 
 def hops() -> dict[tuple[str, str], Hop]:

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from deltann import dataset
 from deltann._native import before_tensorflow
-from deltann.convert.base import Layout, Produced
+from deltann.convert.chain_spec import Layout, Produced
+from deltann.zoo.base import Preprocess
 
 log = logging.getLogger("deltann.convert")
 
@@ -56,9 +58,6 @@ def onnx2tf_sample_data(folder: Path) -> Path:
     own offline sample photos, so onnx2tf never reaches for the network. onnx2tf uses them
     only to compare ONNX and TF outputs during conversion (and for int8 calibration, which
     we never ask for)."""
-    from deltann import dataset
-    from deltann.zoo.base import Preprocess
-
     images = dataset.load_samples()
     recipe = Preprocess(size=128, resize_shorter=128, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     x = dataset.preprocess(images, recipe).tensors.transpose(0, 2, 3, 1)

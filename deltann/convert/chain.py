@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from deltann import convert, zoo
-from deltann.convert.base import Layout, Produced, chain_quantize, format_chain, parse_chain
+from deltann.convert.chain_spec import Layout, Produced, chain_quantize, format_chain, parse_chain
 from deltann.errors import ConversionError
-from deltann.plan import dist_version
+from deltann.core.versions import dist_version
 
 log = logging.getLogger("deltann.convert")
 

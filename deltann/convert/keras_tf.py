@@ -9,7 +9,7 @@ from typing import Any
 
 from deltann.convert import register
 from deltann.convert._tools import export_saved_model, keras_tool
-from deltann.convert.base import Hop, Produced
+from deltann.convert.chain_spec import Hop, Produced
 
 
 def keras_to_tf(parent: Produced, spec: Any, out_dir: Path, quantize: str) -> Produced:

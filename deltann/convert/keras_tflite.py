@@ -11,7 +11,7 @@ from typing import Any
 from deltann._native import before_tensorflow
 from deltann.convert import register
 from deltann.convert._tools import export_saved_model, tflite_bytes, write_atomic
-from deltann.convert.base import QUANTIZE, Hop, Produced
+from deltann.convert.chain_spec import QUANTIZE, Hop, Produced
 
 
 def keras_to_tflite(parent: Produced, spec: Any, out_dir: Path, quantize: str) -> Produced:

@@ -11,7 +11,7 @@ from typing import Any
 
 from deltann._native import before_torch_dynamo
 from deltann.convert import register
-from deltann.convert.base import Hop, Produced
+from deltann.convert.chain_spec import Hop, Produced
 
 
 def identity_to_initializers(model: Any) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from deltann.convert import register
 from deltann.convert._tools import tf2onnx_from_saved_model
-from deltann.convert.base import Hop, Produced
+from deltann.convert.chain_spec import Hop, Produced
 
 
 def tf_to_onnx(parent: Produced, spec: Any, out_dir: Path, quantize: str) -> Produced:

@@ -9,7 +9,7 @@ from typing import Any
 
 from deltann.convert import register
 from deltann.convert._tools import tflite_bytes, tflite_converter_for_tf, write_atomic
-from deltann.convert.base import QUANTIZE, Hop, Produced
+from deltann.convert.chain_spec import QUANTIZE, Hop, Produced
 
 
 def tf_to_tflite(parent: Produced, spec: Any, out_dir: Path, quantize: str) -> Produced:

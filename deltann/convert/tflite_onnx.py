@@ -9,7 +9,7 @@ from typing import Any
 from deltann._native import before_tensorflow
 from deltann.convert import register
 from deltann.convert._tools import ONNX_OPSET
-from deltann.convert.base import Hop, Produced
+from deltann.convert.chain_spec import Hop, Produced
 
 
 def tflite_to_onnx(parent: Produced, spec: Any, out_dir: Path, quantize: str) -> Produced:

@@ -11,7 +11,7 @@ from typing import Any
 
 from deltann.convert import register
 from deltann.convert._tools import ONNX_OPSET, input_shape
-from deltann.convert.base import Hop, Produced
+from deltann.convert.chain_spec import Hop, Produced
 
 OPSET = ONNX_OPSET
 

@@ -20,9 +20,16 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from deltann.convert.chain import ArtifactCache
+from deltann.core.device_catalogue import DeviceKind
 from deltann.dataset import Inputs
-from deltann.fleet.devices import DeviceKind
+from deltann.fleet.container import inside_image, run_in_container, time_in_container
+from deltann.fleet.execute import run_unit
+from deltann.fleet.failure import Stage
+from deltann.fleet.markers import progress
+from deltann.fleet.session import time_session
 from deltann.plan import TimingJob, Unit
+from deltann.store import SCHEMAS, tag
 
 log = logging.getLogger("deltann.fleet")
 
@@ -46,13 +53,10 @@ class Board:
 
     def run(self, units: list[Unit], inputs: dict[str, Inputs]) -> Iterator[pa.Table]:
         """Stream every table of ``units``, in order (call with ``num_returns="streaming"``)."""
-        from deltann.fleet.container import inside_image, run_in_container
-
         if self.kind.container and not inside_image(self.kind):
             yield from run_in_container(self.kind, units, inputs, self.cache_dir, study=self.study,
                                         board=self.node_id, hostname=self.hostname)
             return
-        from deltann.fleet.execute import run_unit
 
         for unit in units:
             yield from run_unit(unit, inputs[unit.inputs or unit.model], self._cache(), study=self.study,
@@ -61,13 +65,10 @@ class Board:
     def time(self, job: TimingJob, inputs: dict[str, Inputs]) -> Iterator[pa.Table]:
         """Stream one timing session's tables (deltann.fleet.session), in the kind's image
         where the kind runs in a container."""
-        from deltann.fleet.container import inside_image, time_in_container
-
         if self.kind.container and not inside_image(self.kind):
             yield from time_in_container(self.kind, job, inputs, self.cache_dir, study=self.study,
                                          board=self.node_id, hostname=self.hostname)
             return
-        from deltann.fleet.session import time_session
 
         yield from time_session(job, inputs, self._cache(), study=self.study, board=self.node_id,
                                 hostname=self.hostname)
@@ -75,8 +76,6 @@ class Board:
     def _cache(self) -> Any:
         """This board's artifact cache, kept for the actor's life (converted models in
         memory, compiled TVM modules on disk)."""
-        from deltann.convert.chain import ArtifactCache
-
         if self._artifacts is None:
             self._artifacts = ArtifactCache(self.cache_dir)
         return self._artifacts
@@ -85,8 +84,6 @@ class Board:
         """Stream ``tables`` tagged ``timings`` tables of ``rows`` rows each, as fast as the
         board can: a producer faster than any store, for the ingest benchmark and the
         backpressure test. Each table's metadata carries the wall time it was made at."""
-        from deltann.store import SCHEMAS, tag
-
         schema = SCHEMAS["timings"]
         base = {f.name: pa.array([f.name] * rows, f.type) for f in schema if pa.types.is_string(f.type)}
         base |= {"board": pa.array([self.node_id] * rows), "hostname": pa.array([self.hostname] * rows),
@@ -111,10 +108,6 @@ class Board:
         real run of its configuration took, then yield that run's tables re-keyed to this
         unit and this actor. Lets 32 boards share a 2-core machine without 32 copies of
         torch, while the driver does exactly what it does for real boards."""
-        from deltann.fleet.failure import Stage
-        from deltann.fleet.markers import progress
-        from deltann.store import tag
-
         me = ray.get_runtime_context().get_actor_id()
         for unit in units:
             yield progress(unit.key, Stage.CONVERT)

@@ -17,8 +17,8 @@ was on becomes a ``crash`` row and the rest run in a fresh container.
 One container per board serves job after job (``--serve``): the board's actor drops each
 job folder into the container's session folder and marks it ``ready``, and the process
 inside, already warm (TVM imported, LLVM initialised), runs it. Why: a cold container per
-job cost ~7 s of imports and first-build warm-up over the units themselves (bench/fleet.py
---container). It exits when its actor stops its heartbeat (the actor was killed) or after
+job pays the imports and first-build warm-up again for every job (bench/fleet.py
+--container prints what it costs). It exits when its actor stops its heartbeat (the actor was killed) or after
 :data:`IDLE_S` without a job; the board's next actor removes what an old one left.
 
 What a board image holds (``[tool.deltann.images] board`` in pyproject.toml): TVM, the
@@ -29,7 +29,10 @@ the shared artifact cache before the container starts (:func:`prepare_artifacts`
 container reads the files. A unit that needs a framework the image lacks (the ``torch``
 runtime, TVM's torch frontend) becomes a failure row naming what is missing
 (:func:`missing_in_image`), never a traceback. Every ``builds`` row a container made
-records its image (``name@id``) in the ``image`` column."""
+records its image (``name@id``) in the ``image`` column.
+
+One file because both ends of the job-folder protocol, the board's actor and the process
+inside the image, must change together."""
 
 from __future__ import annotations
 
@@ -43,18 +46,25 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from deltann.dataset import Inputs, InputSet
-from deltann.fleet.devices import DeviceKind
+import deltann
+from deltann.compile.pipeline import host_device_of
+from deltann.convert.chain import Artifact, ArtifactCache
+from deltann.convert.chain_spec import parse_chain
+from deltann.core import runtime_registry as registry
+from deltann.core.device_catalogue import DeviceKind
+from deltann.core.runner import thread_env
+from deltann.dataset import InputSet, Inputs, take_to_file
+from deltann.errors import ConversionError
+from deltann.fleet.execute import COMPILED, run_unit
 from deltann.fleet.failure import Failure, Outcome, Stage
+from deltann.fleet.markers import builds_row, is_progress, progress
+from deltann.fleet.session import STAGE, session_row, time_session
 from deltann.plan import TimingJob, Unit
-
-if TYPE_CHECKING:
-    from deltann.convert.chain import Artifact, ArtifactCache
 
 log = logging.getLogger("deltann.fleet")
 
@@ -79,8 +89,6 @@ def write_job(work: Path, units: list[Unit], inputs: dict[str, Inputs] | dict[st
     is that timing session (its units are ``units``). Only the images the job uses are
     written (the units' shards, or the session's timed images), made a chunk at a time
     straight into the file: the board's memory does not grow with the data set."""
-    from deltann.dataset import take_to_file
-
     work.mkdir(parents=True, exist_ok=True)
     (work / "out").mkdir(exist_ok=True)
     wanted = sorted({u.inputs or u.model for u in units})
@@ -119,16 +127,11 @@ def read_job(work: Path) -> tuple[dict[str, Any], list[Unit], dict[str, Inputs]]
 
 def execute_job(work: Path, cache: Path) -> None:
     """The container's side: run every unit, writing each table as it comes."""
-    from deltann.convert.chain import ArtifactCache
-    from deltann.fleet.execute import run_unit
-
     job, units, inputs = read_job(work)
     artifacts = PreparedArtifacts(ArtifactCache(cache), work, cache)  # what the board's actor converted
     out = work / "out"
     who = {"study": job["study"], "board": job["board"], "hostname": job["hostname"]}
     if job.get("timing"):
-        from deltann.fleet.session import time_session
-
         t = job["timing"]
         timing = TimingJob(key=t["key"], model=t["model"], device=t["device"], units=tuple(units),
                            protocol=tuple((str(k), int(v)) for k, v in t["protocol"]),
@@ -167,8 +170,6 @@ def prepare_artifacts(units: list[Unit], artifacts: ArtifactCache, cache_dir: Pa
     marker first so the driver's unit clock runs, and return what the container reads:
     ``{"model|variant": {payload, layout, meta, hops} | {error}}`` (a generator's return
     value). In-memory artifacts (a framework's own model object) are left to the container."""
-    from deltann.fleet.markers import progress
-
     prepared: dict[str, dict[str, Any]] = {}
     root = cache_dir.resolve()
     for unit in units:
@@ -191,8 +192,6 @@ def prepare_artifacts(units: list[Unit], artifacts: ArtifactCache, cache_dir: Pa
 
 
 def _conversion_error() -> type[Exception]:
-    from deltann.errors import ConversionError
-
     return ConversionError
 
 
@@ -210,8 +209,6 @@ class PreparedArtifacts:
         return _artifact_key(model, variant) in self.prepared
 
     def get(self, model: str, variant: str) -> Artifact:
-        from deltann.convert.chain import Artifact
-
         entry = self.prepared.get(_artifact_key(model, variant))
         if entry is None:
             return self.own.get(model, variant)
@@ -227,10 +224,6 @@ def missing_in_image(unit: Unit, artifacts: PreparedArtifacts, *, study: str, bo
     None. Why before running: the import error would surface deep in a stage as
     ``No module named 'torch'``; this row says which image, what is missing and why."""
     import importlib.util
-
-    from deltann.convert.base import parse_chain
-    from deltann.fleet.markers import builds_row
-    from deltann.runtimes import registry
 
     def module(dist: str) -> str:
         return IMPORT_NAME.get(dist, dist)
@@ -293,8 +286,6 @@ def container_options(kind: DeviceKind, work: Path, cache: Path, *, serve: bool 
     CUDA, the Mali device node for OpenCL)."""
     import docker
 
-    from deltann.runtimes.base import thread_env
-
     # Least privilege (issue 8): the job folders are read-only except the out/ folder, the
     # artifact cache is the only other writable place; no network, no Linux capabilities,
     # no setuid escalation.
@@ -306,7 +297,7 @@ def container_options(kind: DeviceKind, work: Path, cache: Path, *, serve: bool 
                     str(work / "out"): {"bind": f"{WORK_MOUNT}/out", "mode": "rw"},
                     str(cache): {"bind": CACHE_MOUNT, "mode": "rw"}},
         # HOME: the container's user (the board's, or nobody) may have none in the image.
-        # The board's thread policy (runtimes.base.thread_env, set on its actor) goes in too:
+        # The board's thread policy (core.runner.thread_env, set on its actor) goes in too:
         # units measure with the board's threads inside the container as outside.
         "environment": {IMAGE_ENV: kind.name, "HOME": "/tmp"} | {
             name: os.environ[name] for name in thread_env(1) if name in os.environ},
@@ -320,10 +311,10 @@ def container_options(kind: DeviceKind, work: Path, cache: Path, *, serve: bool 
         "security_opt": ["no-new-privileges"],
         "pids_limit": 4096,  # a fork bomb in a model's custom op stays inside the container
     }
-    target = kind.target.get("kind")
-    if target == "cuda":
+    device = host_device_of(kind.target)
+    if device == "gpu":
         options["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    elif target == "opencl" and Path("/dev/mali0").exists():
+    elif device == "opencl-device" and Path("/dev/mali0").exists():
         options["devices"] = ["/dev/mali0:/dev/mali0:rwm"]
     return options
 
@@ -337,8 +328,6 @@ SOURCE_LABEL = "deltann.source"
 def source_digest() -> str:
     """SHA-256 over this deltann's Python sources (relative path and bytes, sorted)."""
     import hashlib
-
-    import deltann
 
     root = Path(deltann.__file__).resolve().parent
     digest = hashlib.sha256()
@@ -466,7 +455,6 @@ def _board_container(client: Any, kind: DeviceKind, cache_dir: Path, *, study: s
     (session / "out").mkdir(parents=True)
     (session / HEARTBEAT_FILE).touch()
     if os.getuid() == 0:  # the container runs as nobody: give it the folders it writes
-        from deltann.fleet.execute import COMPILED
 
         (cache_dir / COMPILED).mkdir(exist_ok=True)  # its compiled modules (a board on the host may share it)
         for folder in (session / "out", cache_dir, cache_dir / COMPILED):
@@ -509,9 +497,6 @@ def run_in_container(kind: DeviceKind, units: list[Unit], inputs: dict[str, Inpu
     row (in the stage its progress last named) and the rest go on in a fresh container;
     every ``builds`` row carries the image it ran in."""
     import docker
-
-    from deltann.convert.chain import ArtifactCache
-    from deltann.fleet.markers import builds_row, is_progress
 
     def refuse_all(error: Exception, what: str) -> Iterator[pa.Table]:
         """The container never started: every unit left becomes a ``container`` failure row,
@@ -623,9 +608,6 @@ def time_in_container(kind: DeviceKind, job: TimingJob, inputs: dict[str, Inputs
     stream its tables. An image or engine that is not there, or a container that dies,
     ends the session as a failed ``sessions`` row (the next run times the group again)."""
     import docker
-
-    from deltann.convert.chain import ArtifactCache
-    from deltann.fleet.session import STAGE, session_row
 
     def failed(outcome: Outcome, error: str, message: str) -> pa.Table:
         return session_row(job, study=study, board=board, hostname=hostname,

@@ -5,7 +5,11 @@ machine is one board of kind ``local``), creates one :class:`~deltann.fleet.acto
 per live board of each kind the study names, feeds the units to them in batches, and
 writes every Arrow table as soon as any board yields it. Faults are handled here: a lost
 node's unfinished units move to another board of the kind (or stay pending), a dead
-actor's unit becomes a ``crash`` row, a unit past ``unit_timeout_s`` a ``timeout`` row."""
+actor's unit becomes a ``crash`` row, a unit past ``unit_timeout_s`` a ``timeout`` row.
+
+One file because dispatch, fault handling, the tuning hand-off and the run's bookkeeping
+share the dispatcher's state (lanes, pending units, the summary); what shares none of it
+lives beside it (placement, progress, retry, markers)."""
 
 from __future__ import annotations
 
@@ -21,14 +25,21 @@ from collections.abc import Callable
 from typing import Any
 
 from deltann import dataset, plan, zoo
+from deltann.convert.chain_spec import parse_chain
+from deltann.core import identity, runtime_registry as registry
+from deltann.core.device_catalogue import DeviceKind, load_catalogue
+from deltann.core.runner import thread_env
 from deltann.errors import DeltannError
-from deltann.fleet import identity
-from deltann.fleet.devices import DeviceKind, load_catalogue
 from deltann.fleet.execute import TENSORS
 from deltann.fleet.failure import Failure, Outcome, Stage
+from deltann.fleet.markers import builds_row, is_progress
+from deltann.fleet.placement import BOARD_SHARE, alive_boards, probe
+from deltann.fleet.progress import Display
 from deltann.fleet.retry import to_retry
-from deltann.store import SESSION_TABLES, Store
+from deltann.fleet.session import session_row
+from deltann.store import SESSION_TABLES, Store, check_out_folder
 from deltann.study import Study, load_study
+from deltann.zoo.base import Preprocess
 
 log = logging.getLogger("deltann.fleet")
 
@@ -67,9 +78,6 @@ def prepare_inputs(study: Study, root: Path, skipped: list[dataset.Skipped] | No
     of images seen before are kept; ``crops``: the tensor cache of a board that is this
     machine (embedded), filled on the way. With ``skipped``, unreadable images are listed
     there instead of refused."""
-    from deltann.convert.base import parse_chain
-    from deltann.zoo.base import Preprocess
-
     wanted: dict[str, Preprocess] = {}
     sources = sorted({parse_chain(chain)[0].framework for chain in study.variants})
     for model in study.models:
@@ -104,20 +112,6 @@ def _ensure_ray(address: str | None, kinds: dict[str, DeviceKind], wanted: list[
     )
 
 
-def alive_boards(resource: str) -> list[dict[str, Any]]:
-    """Live Ray nodes that advertise ``resource``: ``{"node_id", "hostname"}`` each,
-    sorted by node id (a stable order for spreading)."""
-    import ray
-
-    nodes = [
-        {"node_id": n["NodeID"], "hostname": n.get("NodeManagerHostname", ""),
-         "cpus": max(1, int(n.get("Resources", {}).get("CPU", 1)))}
-        for n in ray.nodes()
-        if n.get("Alive") and n.get("Resources", {}).get(resource, 0) > 0
-    ]
-    return sorted(nodes, key=lambda n: n["node_id"])
-
-
 def node_alive(node_id: str, settle_s: float = 3.0) -> bool:
     """Whether ``node_id`` is still a live node. A board's stream can fail a moment before
     the GCS marks its node dead, so a node that looks alive is asked again for
@@ -142,9 +136,8 @@ def replica_key(unit_key: str, node_id: str) -> str:
 #: ``_generator_backpressure_num_objects``): a board faster than the store pauses at its
 #: next ``yield`` instead of filling the object store and the driver's memory.
 BACKPRESSURE = 4
-#: Fraction of a kind's custom resource one board actor holds (NOTES.md: a whole unit
-#: starves other work that needs the resource).
-BOARD_SHARE = 0.01
+#: Images above which a study that times every image (no ``[timing] images``) is told so.
+TIME_ALL_IMAGES = 1000
 #: Most units one stream carries; fewer when the queue is short, so boards finish together.
 MAX_BATCH = 16
 #: Streams queued per board. 2 would hide the driver round trip between batches (~10 ms
@@ -165,7 +158,7 @@ class Lane:
     node_id: str
     hostname: str
     threads: int = 1  # the board's CPUs: every runtime on it measures with this many threads
-    platform: str = ""  # its Platform.key (deltann.fleet.identity); "" when not resolved
+    platform: str = ""  # its Platform.key (deltann.core.identity); "" when not resolved
     actor: Any = None
     flights: list[Any] = field(default_factory=list)  # streams sent to the actor, oldest first
     batch: list[plan.Unit] = field(default_factory=list)  # units of those streams not yet complete, in order
@@ -240,13 +233,11 @@ class Dispatcher:
     def _start_actor(self, lane: Lane) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from deltann.fleet.actor import Board
-        from deltann.runtimes import registry
-        from deltann.runtimes.base import thread_env
+        from deltann.fleet.actor import Board  # lazy: loads ray
 
         # Ray sets OMP_NUM_THREADS=1 in workers that reserve no CPU; a board measures with
         # all of its cores instead, the same count for torch, onnxruntime and TVM, and
-        # records it in every timing row (runtimes.base.thread_count).
+        # records it in every timing row (core.runner.thread_count).
         lane.actor = Board.options(
             resources={lane.kind.resource: BOARD_SHARE},
             scheduling_strategy=NodeAffinitySchedulingStrategy(lane.node_id, soft=False),
@@ -406,8 +397,6 @@ class Dispatcher:
         import ray
         from ray.exceptions import RayError
 
-        from deltann.fleet.markers import is_progress
-
         try:
             table = ray.get(next(lane.flights[0]))
         except StopIteration:
@@ -459,8 +448,6 @@ class Dispatcher:
 
     def _session_failed(self, lane: Lane, failure: Failure) -> None:
         """The board could not report on its session (crash, timeout): its row, written here."""
-        from deltann.fleet.session import session_row
-
         assert lane.job is not None
         table = session_row(lane.job, study=self.study.name, board=lane.node_id, hostname=lane.hostname,
                             failure=failure, seconds=time.monotonic() - lane.since)
@@ -578,8 +565,6 @@ class Dispatcher:
 
     def _fail(self, lane: Lane, unit: plan.Unit, failure: Failure) -> None:
         """The board could not report on ``unit`` (crash, timeout): its row, written here."""
-        from deltann.fleet.markers import builds_row
-
         table = builds_row(unit, failure, study=self.study.name, board=lane.node_id, hostname=lane.hostname,
                            seconds=time.monotonic() - lane.since)
         self.store.write(table)
@@ -641,12 +626,12 @@ def session_entry(row: dict[str, Any]) -> dict[str, Any]:
 
 def board_platforms(kinds: dict[str, DeviceKind], wanted: list[str], embedded: bool
                     ) -> tuple[dict[str, list[identity.Platform]], dict[str, list[dict[str, Any]]]]:
-    """The platforms of each wanted kind's live boards (deltann.fleet.identity), distinct
+    """The platforms of each wanted kind's live boards (deltann.core.identity), distinct
     and in a stable order, and the boards of each kind with their ``platform`` key.
 
     Embedded (Ray in-process), a local kind's board is this machine: its platform is
     resolved here and Ray is not started for it (a rerun with nothing to do starts no
-    Ray). On a cluster every live board is asked (:func:`identity.probe`); a board that
+    Ray). On a cluster every live board is asked (:func:`~deltann.fleet.placement.probe`); a board that
     cannot answer is left out of the run."""
     import ray
 
@@ -663,7 +648,7 @@ def board_platforms(kinds: dict[str, DeviceKind], wanted: list[str], embedded: b
                 boards[name] = [b | {"platform": mine.key} for b in alive_boards(kind.resource)]
             continue
         live = alive_boards(kind.resource)
-        found = identity.probe(kind, live) if live else {}
+        found = probe(kind, live) if live else {}
         boards[name] = [b | {"platform": found[b["node_id"]].key} for b in live if b["node_id"] in found]
         distinct: dict[str, identity.Platform] = {}
         for b in live:
@@ -699,7 +684,7 @@ def run_study(
     ``address`` joins a running cluster (``"auto"`` or ``host:port``); without it Ray
     starts in-process. ``catalogue`` overrides cluster/devices.toml (else
     ``DELTANN_DEVICES``). ``lab`` names the lab (else ``DELTANN_LAB``, else this machine;
-    see deltann.fleet.identity). Failed units whose failure was transient are tried again
+    see deltann.core.identity). Failed units whose failure was transient are tried again
     (deltann.fleet.retry); ``retry_failed`` tries every failed unit again. Units and timing
     sessions with a bad or missing part are made again."""
     from rich.console import Console
@@ -751,60 +736,6 @@ def run_study(
     return summary
 
 
-def check_out_folder(out: Path) -> None:
-    """Refuse an ``--out`` deltann cannot use, in one line naming it, before anything is
-    written: a name that is not UTF-8, a file, a non-empty folder that is not a results
-    folder (never write beside someone's files), a read-only or full file system."""
-    import shutil
-
-    from deltann.errors import StoreError
-    from deltann.store import is_results_folder, printable
-
-    name = printable(out)
-    try:
-        str(out).encode("utf-8")
-    except UnicodeEncodeError:
-        raise StoreError(f"{name}: the folder name is not valid UTF-8; give --out a folder whose name is") from None
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise StoreError(f"{name}: is a file, not a folder; give --out a new folder, an empty one or an earlier "
-                             "results folder")
-        try:
-            entries = sorted(p.name for p in out.iterdir())
-        except OSError as exc:
-            raise StoreError(f"{name}: cannot list the folder ({exc.strerror}); give --out a folder you may "
-                             "read and write") from None
-        if entries and not is_results_folder(out):
-            shown = ", ".join(printable(e) for e in entries[:3]) + (", …" if len(entries) > 3 else "")
-            raise StoreError(f"{name}: not empty and not a deltann results folder (it holds {shown}); give --out a "
-                             "new folder, an empty one or an earlier results folder")
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        import errno as _errno
-
-        try:
-            ro = os.statvfs(probe).f_flag & os.ST_RDONLY
-        except OSError:
-            ro = 0
-        code = _errno.EROFS if ro else _errno.EACCES
-        from deltann.errors import storage_error
-
-        raise storage_error(OSError(code, os.strerror(code)), probe, "checking --out")  # type: ignore[misc]
-    free = shutil.disk_usage(probe).free
-    if free < MIN_FREE_BYTES:
-        raise StoreError(f"{name}: disk full ({free // 1024} KiB free, deltann needs at least "
-                         f"{MIN_FREE_BYTES >> 20} MiB to start); free space on that disk or give --out a folder on "
-                         "another one")
-
-
-#: Images above which a study that times every image (no ``[timing] images``) is told so.
-TIME_ALL_IMAGES = 1000
-#: Free space below which a run refuses to start (a run that fills the disk midway stops
-#: with a one-line error and keeps what is complete).
-MIN_FREE_BYTES = 1 << 20
-
 
 def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.InputSet], kinds: dict[str, DeviceKind],
          store: Store, summary: RunSummary, console: Any, *, who: identity.Lab,
@@ -813,8 +744,6 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.InputSe
     import ray
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from deltann.fleet.progress import Display
 
     out = summary.out
     status = unit_status(store)
@@ -896,16 +825,14 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.InputSe
             else:
                 bar_ref["display"].unit(row)
 
-    # Setting ``tuned`` (deltann.fleet.tuning): MetaSchedule over each kind's boards first;
+    # Setting ``tuned`` (deltann.fleet.tuning_driver): MetaSchedule over each kind's boards first;
     # tuned units then carry their records (also those only timed again), and one whose
     # tuning failed is already a row.
     retimed = [u for g in groups.values() for u in g.units if u.key in g.ok]
     if any(u.setting != "native" for u in todo + retimed):
-        from deltann.fleet import tuning as fleet_tuning
+        from deltann.fleet import tuning_driver as fleet_tuning  # lazy: loads ray
 
         def tune_failed(unit: plan.Unit, board: str, failure: Failure) -> None:
-            from deltann.fleet.markers import builds_row
-
             if unit.key in done:  # complete already: it is left out of its timing session
                 log.warning("%s is not timed again: its tuning records failed: %s", unit.config,
                             failure.message[:200])

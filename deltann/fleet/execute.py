@@ -22,15 +22,18 @@ import numpy as np
 import pyarrow as pa
 
 from deltann import zoo
-from deltann.convert.base import parse_chain
+from deltann.convert._tools import input_shape
 from deltann.convert.chain import Artifact, ArtifactCache
-from deltann.dataset import Inputs, InputSet, TensorCache
-from deltann.plan import Unit
-from deltann.runtimes import registry
-from deltann.runtimes.base import Runner
+from deltann.convert.chain_spec import parse_chain
+from deltann.core import runtime_registry as registry
+from deltann.core.runner import Runner
+from deltann.dataset import InputSet, Inputs, TensorCache
 from deltann.fleet.failure import Failure, Outcome, Stage, UnitFailure
 from deltann.fleet.markers import builds_row, progress, unit_columns
+from deltann.plan import Unit
+from deltann.runtimes.tvm_rt import TvmBuild
 from deltann.store import SCHEMAS, tag
+from deltann.zoo import user
 
 log = logging.getLogger("deltann.fleet")
 
@@ -88,8 +91,6 @@ def load_stages(unit: Unit, artifacts: ArtifactCache, stage: list[str]) -> Gener
     if registry.get(unit.runtime).compiles:
         stage[0] = Stage.BUILD
         yield stage[0]
-        from deltann.convert._tools import input_shape
-        from deltann.runtimes.tvm_rt import TvmBuild
 
         # The artifact's own input shape: an NHWC TFLite or ONNX is imported as NHWC.
         builder = TvmBuild(unit.frontend, artifact.payload,
@@ -135,7 +136,6 @@ def run_unit(
     its ``builds`` row (always last: it marks the unit complete), with a
     :func:`~deltann.fleet.markers.progress` marker as each stage begins."""
     if unit.user_model:  # a study's [user_models] entry: register it in this (board) process
-        from deltann.zoo import user
 
         user.register_json(unit.user_model)
     spec = zoo.get(unit.model)
@@ -256,5 +256,5 @@ def build_memory_cap() -> Iterator[None]:
 
 def runtime_threads(runtime: str) -> int:
     """Threads the runtime actually ran with (its runner's thread policy: torch reports its
-    own; onnxruntime and TVM were configured from :func:`~deltann.runtimes.base.thread_count`)."""
+    own; onnxruntime and TVM were configured from :func:`~deltann.core.runner.thread_count`)."""
     return registry.get(runtime).threads_used()

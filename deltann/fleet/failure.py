@@ -30,7 +30,7 @@ class Stage(StrEnum):
     LOAD = "load"  # activating the runner
     EXECUTE = "execute"  # inference
     VERIFY = "verify"  # checking the outputs (shape, finite values)
-    TUNE = "tune"  # MetaSchedule tuning before the unit ran (deltann.fleet.tuning)
+    TUNE = "tune"  # MetaSchedule tuning before the unit ran (deltann.fleet.tuning_driver)
     TIME = "time"  # a timing session (deltann.fleet.session; its rows have no stage column)
 
     @classmethod

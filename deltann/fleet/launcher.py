@@ -30,7 +30,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from deltann.fleet.devices import DEFAULT_CATALOGUE, DeviceKind, load_catalogue
+from deltann.core.device_catalogue import DEFAULT_CATALOGUE, DeviceKind, load_catalogue
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = ROOT / "cluster" / "fleet.toml"

@@ -23,13 +23,15 @@ import numpy as np
 import pyarrow as pa
 
 from deltann.convert.chain import ArtifactCache
-from deltann.dataset import Inputs, InputSet
-from deltann.fleet.execute import load_runner, runtime_threads
+from deltann.core.runner import Runner
+from deltann.dataset import CHUNK, InputSet, Inputs, TensorCache, take_to_file
+from deltann.fleet.execute import TENSORS, load_runner, runtime_threads
 from deltann.fleet.failure import Failure, Outcome, Stage
 from deltann.fleet.markers import progress, unit_columns
 from deltann.plan import TimingJob, Unit
-from deltann.runtimes.base import Runner
+from deltann.runtimes.interleave import Protocol, Session, Slot
 from deltann.store import SCHEMAS, tag
+from deltann.zoo import user
 
 log = logging.getLogger("deltann.fleet")
 
@@ -48,9 +50,6 @@ def time_session(job: TimingJob, inputs: dict[str, Inputs] | dict[str, InputSet]
                  board: str, hostname: str) -> Iterator[pa.Table]:
     """Yield a progress marker per block, then the ``timings`` tables (one per unit) and
     the ``sessions`` row of ``job``."""
-    from deltann.runtimes.interleave import Protocol, Session, Slot
-    from deltann.zoo import user
-
     protocol = Protocol(**dict(job.protocol))
     yield progress(job.key, STAGE)
     start = time.perf_counter()
@@ -104,9 +103,6 @@ IN_MEMORY_BYTES = 512 << 20
 def timed_inputs(batch: Inputs | InputSet, idx: list[int], cache: Path) -> Inputs:
     """The tensors of images ``idx`` of ``batch``: in memory when small, else written a
     chunk at a time to ``cache/timed-<pid>-<n>.npy`` and memory-mapped."""
-    from deltann.dataset import CHUNK, TensorCache, take_to_file
-    from deltann.fleet.execute import TENSORS
-
     crops = TensorCache(cache / TENSORS)  # the units' runs made them: read, not decoded again
     if len(idx) <= CHUNK:
         return batch.take(idx, crops)

@@ -14,7 +14,8 @@ from pathlib import Path
 import polars as pl
 
 from deltann import analysis
-from deltann.analysis import passes, pooled
+from deltann.analysis import pass_tables as passes, pooled
+from deltann.analysis.layer_diff import divergence_summary
 from deltann.report import plots
 from deltann.store import SCHEMAS, Store
 
@@ -212,8 +213,6 @@ def _per_pass(data: Analysis, _: Group) -> pl.DataFrame | None:
 
 
 def _layer_summary(data: Analysis, _: Group) -> pl.DataFrame | None:
-    from deltann.analysis.localize import divergence_summary  # analysis of localize's rows, only when it ran
-
     return None if data.layers is None else divergence_summary(data.layers)
 
 

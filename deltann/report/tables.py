@@ -15,12 +15,12 @@ from typing import Any
 import polars as pl
 
 from deltann import analysis
-from deltann.analysis import passes
+from deltann.analysis import pass_tables as passes
 from deltann.analysis.findings import Finding, findings, findings_table, slug
-from deltann.report import html as html_page
-from deltann.report import latex
+from deltann.analysis.hop_attribution import attribute
+from deltann.report import html as html_page, latex
 from deltann.report.markdown import MarkdownPage, to_markdown
-from deltann.report.sections import SECTIONS, Analysis, Each, Group, Section, Sentence
+from deltann.report.sections import Analysis, Each, Group, SECTIONS, Section, Sentence
 from deltann.store import Store
 
 log = logging.getLogger("deltann.report")
@@ -162,10 +162,8 @@ def _write(part: _Part, pages: list[Page], out: Path) -> list[Path]:
 
 def _attribute_hops(store: Store, found: list[Finding], data_root: Path | None) -> tuple[list[Finding], pl.DataFrame]:
     """Findings with, after each label difference between a chain and its source, the hop
-    that introduced it (:mod:`deltann.convert.attribution`; runs the prefixes the study did
+    that introduced it (:mod:`deltann.analysis.hop_attribution`; runs the prefixes the study did
     not), and the steps as a table."""
-    from deltann.convert.attribution import attribute
-
     builds = store.scan("builds").filter(pl.col("status") == "ok").collect()
     rows: list[dict[str, object]] = []
     out: list[Finding] = []

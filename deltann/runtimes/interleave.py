@@ -14,7 +14,7 @@ configuration ran cold (tiny_cnn: 1.6-2.6x its later blocks, that configuration 
 Within a block, each configuration gets a settle pause (the previous runtime's thread
 pool stops spinning: on 2 cores a spinning pool takes a core from the next runtime),
 then ``warmup`` untimed calls, then every timed image under TVM's ``time_evaluator``
-protocol (:func:`~deltann.runtimes.base.time_evaluator_protocol`: one untimed call, then
+protocol (:func:`~deltann.core.runner.time_evaluator_protocol`: one untimed call, then
 ``repeat`` samples of ``number`` calls). The call timed is :meth:`Runner.prepare`'s, the
 same for every runtime. Memory permitting every configuration stays loaded for the whole
 session; past the budget the rest are loaded before each of their blocks and freed after
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes.base import Runner, time_evaluator_protocol
+from deltann.core.runner import Runner, time_evaluator_protocol
 
 log = logging.getLogger("deltann.runtimes")
 

@@ -13,9 +13,15 @@ from typing import Any
 import numpy as np
 
 from deltann._native import before_tensorflow
-from deltann.runtimes.base import Runner
-from deltann.runtimes.registry import register
-from deltann.runtimes.trace import Layer, Trace, dedupe, to_layout
+from deltann.convert._tools import keras_model
+from deltann.convert.chain_spec import Produced
+from deltann.core.runner import Runner
+from deltann.core.runtime_registry import register
+from deltann.core.trace import Layer, Trace, dedupe, to_layout
+
+
+#: the Keras APIs a model can be loaded with: Keras 3, or the TF-bundled Keras 2
+KERAS_APIS = ("keras", "tf_keras")
 
 
 class KerasRunner(Runner):
@@ -27,8 +33,8 @@ class KerasRunner(Runner):
 
     def __init__(self, payload: Any, layout: str = "NHWC", keras_api: str = "keras") -> None:
         super().__init__(layout)
-        if keras_api not in ("keras", "tf_keras"):
-            raise ValueError(f"unknown keras_api {keras_api!r}; allowed: keras, tf_keras")
+        if keras_api not in KERAS_APIS:
+            raise ValueError(f"unknown keras_api {keras_api!r}; allowed: {', '.join(KERAS_APIS)}")
         self.payload, self.keras_api = payload, keras_api
         self.model: Any = None
         self.fn: Any = None
@@ -80,9 +86,6 @@ class KerasRunner(Runner):
     @classmethod
     def capture(cls, payload: Any, x: np.ndarray, layout: str, *, meta: dict[str, Any] | None = None,
                 **options: Any) -> Trace:
-        from deltann.convert._tools import keras_model
-        from deltann.convert.base import Produced
-
         return capture_keras(keras_model(Produced(payload, layout, meta or {})), x, layout)
 
 

@@ -1,10 +1,10 @@
 """Per-layer capture: every runtime's intermediate tensors, by name, in execution order,
 with each layer's own parameters and the layers it reads from (its producers) — what
-fault localization (:mod:`deltann.analysis.localize`) aligns and compares.
+fault localization (:mod:`deltann.analysis.layer_diff`) aligns and compares.
 
 :func:`capture` dispatches by runtime name through the registry to the runner class's
-own capture (:meth:`deltann.runtimes.base.Runner.capture`), which returns a
-:class:`Trace` (an ordered list of :class:`Layer`, :mod:`deltann.runtimes.trace`). How
+own capture (:meth:`deltann.core.runner.Runner.capture`), which returns a
+:class:`Trace` (an ordered list of :class:`Layer`, :mod:`deltann.core.trace`). How
 each native runtime exposes its tensors lives in its module (see NOTES.md "Per-layer
 outputs"): torch (``torch_rt``), onnxruntime (``onnxrt``), LiteRT (``litert_rt``), TF
 (``tf_rt``), Keras (``keras_rt``). This module keeps TVM's captures, which reuse those
@@ -38,16 +38,15 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes import registry
+from deltann.compile import pipeline
+from deltann.compile.frontends import _fold_onnx
+from deltann.core import runtime_registry as registry
+from deltann.core.trace import EMPTY, Layer, Trace, dedupe as _dedupe, stack as _stack, to_layout as _to_layout
 from deltann.runtimes.keras_rt import capture_keras
 from deltann.runtimes.litert_rt import _litert_interpreter, _litert_layers, capture_litert, expose_tflite_layers
 from deltann.runtimes.onnxrt import _onnx_trace, capture_onnxruntime, expose_onnx_layers
 from deltann.runtimes.tf_rt import capture_tf
 from deltann.runtimes.torch_rt import capture_torch, expose_torch_layers
-from deltann.runtimes.trace import EMPTY, Layer, Trace
-from deltann.runtimes.trace import dedupe as _dedupe
-from deltann.runtimes.trace import stack as _stack
-from deltann.runtimes.trace import to_layout as _to_layout
 
 # (The native captures are re-exported: callers and tests name them here.)
 __all__ = ["EMPTY", "Layer", "Trace", "capture", "capture_keras", "capture_litert", "capture_onnxruntime",
@@ -76,8 +75,6 @@ def _tvm_vm(frontend: str, payload: Any, input_shape: tuple[int, ...], passes: t
     the setting's passes then the target's lowering), on the Relax VM; a one-line error
     where this machine has no device for the target (a board's build is captured on a
     machine that can run it)."""
-    from deltann.compile import pipeline
-
     target = pipeline.make_target(target_json or pipeline.DEFAULT_TARGET, host_json)
     pipeline.device(target, check=True)  # before the minutes a build can take
     built = pipeline.compile_payload(frontend, payload, input_shape, passes, target, tuning)
@@ -106,8 +103,6 @@ def capture_tvm(path: Path, x: np.ndarray, passes: tuple[str, ...] = (), target_
                 host_json: str = "", layout: str = "NCHW", tuning: str = "") -> Trace:
     """Every node's output from a TVM Relax build of the ONNX at ``path`` under ``passes``,
     imported as deltann's builds import it (onnxruntime-folded first)."""
-    from deltann.compile.frontends import _fold_onnx
-
     xin = _to_layout(x, layout)
     # at one image's static shape, as deltann's builds import ONNX (frontends.fix_input_shape)
     shape = (1, *xin.shape[1:])
@@ -228,7 +223,7 @@ def capture(runtime: str, payload: Any, x: np.ndarray, layout: str, *, passes: t
     file path); ``frontend`` the TVM frontend the build imported through (told from the
     payload when empty); ``kernels``: a TVM build as built, one layer per kernel
     (:func:`capture_tvm_kernels`), instead of every layer exposed; ``tuning``: a ``tuned``
-    build's MetaSchedule records (JSON, :mod:`deltann.compile.tuning`)."""
+    build's MetaSchedule records (JSON, :mod:`deltann.compile.metaschedule`)."""
     try:
         runner = registry.get(runtime)
     except ValueError:

@@ -1,12 +1,12 @@
 """A framework's own runtime by name, made through the registry
-(:mod:`deltann.runtimes.registry`): nothing heavy is imported until a runner is made."""
+(:mod:`deltann.core.runtime_registry`): nothing heavy is imported until a runner is made."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from deltann.runtimes import registry
-from deltann.runtimes.base import Runner
+from deltann.core import runtime_registry as registry
+from deltann.core.runner import Runner
 
 
 def native_runner(runtime: str, payload: Any, layout: str, meta: dict[str, Any] | None = None) -> Runner:

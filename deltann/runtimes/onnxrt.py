@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes.base import Runner, thread_count
-from deltann.runtimes.registry import register
-from deltann.runtimes.trace import EMPTY, Layer, Trace, dedupe, stack, to_layout, unique
+from deltann.core.runner import Runner, thread_count
+from deltann.core.runtime_registry import register
+from deltann.core.trace import EMPTY, Layer, Trace, dedupe, stack, to_layout, unique
 
 
 class OnnxrtRunner(Runner):

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from deltann._native import before_tensorflow
-from deltann.runtimes.base import Runner
-from deltann.runtimes.registry import register
-from deltann.runtimes.trace import EMPTY, Layer, Trace, dedupe, stack, to_layout, unique
+from deltann.core.runner import Runner
+from deltann.core.runtime_registry import register
+from deltann.core.trace import EMPTY, Layer, Trace, dedupe, stack, to_layout, unique
+from deltann.zoo.tf_files import frozen_function
 
 SIGNATURE = "serving_default"
 
@@ -76,18 +77,6 @@ class TfRunner(Runner):
         return capture_tf(Path(payload), x, layout, meta)
 
 
-def frozen_function(path: Path, input_tensor: str, output_tensor: str) -> Any:
-    """A callable over a frozen GraphDef, pruned from ``input_tensor`` to ``output_tensor``
-    (TF's documented ``wrap_function`` + ``prune`` route for GraphDefs)."""
-    import tensorflow as tf
-
-    graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(Path(path).read_bytes())
-    wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
-    graph = wrapped.graph
-    return wrapped.prune(graph.get_tensor_by_name(input_tensor), graph.get_tensor_by_name(output_tensor))
-
-
 _TF_PASSTHROUGH = frozenset({"Identity", "IdentityN", "Placeholder", "PlaceholderWithDefault", "NoOp",
                              "StopGradient", "Snapshot", "Const"})
 
@@ -132,8 +121,6 @@ def capture_tf(path: Path, x: np.ndarray, layout: str = "NHWC", meta: dict[str, 
     constants alone (a weight, a batch norm's folded scale) are its parameters;
     Identity-like ops and integer arithmetic are not layers, but link a layer to its
     producers."""
-    from deltann._native import before_tensorflow
-
     before_tensorflow()
     import tensorflow as tf
 

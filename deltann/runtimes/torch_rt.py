@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes.base import Runner
-from deltann.runtimes.registry import register
-from deltann.runtimes.trace import Layer, Trace
+from deltann.core.runner import Runner
+from deltann.core.runtime_registry import register
+from deltann.core.trace import Layer, Trace
 
 
 class TorchRunner(Runner):

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes import layers, registry
-from deltann.runtimes.base import Runner
+from deltann.compile import pipeline
+from deltann.core import runtime_registry as registry
+from deltann.core.runner import Runner
+from deltann.runtimes import layers
 
 log = logging.getLogger("deltann.runtimes")
 
@@ -35,7 +37,7 @@ class TvmBuild:
                  cache_key: str = "") -> None:
         self.frontend, self.payload, self.input_shape = frontend, payload, input_shape
         self.passes, self.target_json, self.host_json = passes, target_json, host_json
-        self.tuning = tuning  # MetaSchedule records (JSON, compile.tuning) for setting ``tuned``
+        self.tuning = tuning  # MetaSchedule records (JSON, compile.metaschedule) for setting ``tuned``
         self.cache_dir, self.cache_key = cache_dir, cache_key
         self.executable: Any = None
         self.resolved_target = ""  # the target as built, host included ("native" resolved on the board)
@@ -55,9 +57,7 @@ class TvmBuild:
     def __call__(self) -> Any:
         import tvm
 
-        from deltann.compile.pipeline import compile_payload, make_target
-
-        target = make_target(self.target_json, self.host_json)
+        target = pipeline.make_target(self.target_json, self.host_json)
         self.resolved_target = str(target)
         cached = self._cache_file()
         if cached is not None and cached.is_file():
@@ -70,7 +70,7 @@ class TvmBuild:
                 self.cached, self.compile_s = True, time.perf_counter() - start
                 self.unscheduled = _read_count(cached)
                 return self.executable
-        built = compile_payload(self.frontend, self.payload, self.input_shape, self.passes, target, self.tuning)
+        built = pipeline.compile_payload(self.frontend, self.payload, self.input_shape, self.passes, target, self.tuning)
         self.executable, self.unscheduled = built.executable, len(built.unscheduled)
         self.import_s, self.compile_s = built.import_s, built.compile_s
         if cached is not None:
@@ -120,9 +120,7 @@ class TvmRunner(Runner):
         self.vm: Any = None
 
     def activate_impl(self) -> None:
-        from deltann.compile.pipeline import CPU_KIND, Vm
-
-        self.vm = Vm(self.executable, self.device_name or CPU_KIND)
+        self.vm = pipeline.Vm(self.executable, self.device_name or pipeline.CPU_KIND)
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         return self.vm.first(x)  # a tuple of outputs: logits come first

@@ -1,10 +1,14 @@
 """The model zoo: a registry of :class:`ModelSpec` by name.
 
-A new model family is a new module here that calls :func:`register`; nothing else
-changes. The registry is filled on first use so that ``import deltann`` stays light.
+A new model family is a new module here that calls :func:`register` and one name in
+:data:`BUILTIN`. The registry is filled on first use so that ``import deltann`` stays
+light; the family modules are imported by dotted name (as the runtime registry imports
+its runners), so this package never imports a module that imports it.
 """
 
 from __future__ import annotations
+
+import importlib
 
 from deltann.zoo.base import LabelSpace, ModelSpec, Preprocess
 
@@ -16,6 +20,8 @@ _REGISTRY: dict[str, ModelSpec] = {}
 #: only use a user model it defines itself.
 _USER: dict[str, ModelSpec] = {}
 _LOADED = False
+#: the model-family modules shipped with deltann (under this package)
+BUILTIN: tuple[str, ...] = ("efficientnet_lite", "tiny", "torchvision_models")
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -29,7 +35,8 @@ def _load_builtin() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from deltann.zoo import efficientnet_lite, tiny, torchvision_models  # noqa: F401
+        for module in BUILTIN:
+            importlib.import_module(f"{__name__}.{module}")
 
 
 def register_user(spec: ModelSpec) -> ModelSpec:

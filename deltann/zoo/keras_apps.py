@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deltann._native import before_tensorflow
-from deltann.convert.base import Produced
+from deltann.convert.chain_spec import Produced
 from deltann.errors import WeightsNotFound
 
 BASE = "https://storage.googleapis.com/tensorflow/keras-applications"

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from deltann.convert.base import Produced
+from deltann.convert.chain_spec import Produced
 from deltann.errors import WeightsNotFound
 
 
@@ -50,3 +51,15 @@ def file_id(filename: str) -> str:
         return f"{path.name}:{path.stat().st_size}"
     except OSError:
         return f"{path.name}:absent"
+
+
+def frozen_function(path: Path, input_tensor: str, output_tensor: str) -> Any:
+    """A callable over a frozen GraphDef, pruned from ``input_tensor`` to ``output_tensor``
+    (TF's documented ``wrap_function`` + ``prune`` route for GraphDefs)."""
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(Path(path).read_bytes())
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+    graph = wrapped.graph
+    return wrapped.prune(graph.get_tensor_by_name(input_tensor), graph.get_tensor_by_name(output_tensor))

@@ -73,18 +73,21 @@ def _loader(builder: str, weights: str, filename: str) -> Callable[[], Any]:
 # 1001 classes with background at 0 (offset 1) and output softmax probabilities in the
 # TFLite file; the frozen graphs are read at their pre-softmax logits tensor.
 _SLIM = "https://storage.googleapis.com/download.tensorflow.org/models"
-_OTHER_SOURCES: dict[str, dict[str, Callable[[], Any]]] = {
+_KERAS_SOURCES: dict[str, dict[str, Callable[[], Any]]] = {
+    "mobilenet_v2": {"keras": keras_apps.loader("MobileNetV2")},
+    "resnet101": {"keras": keras_apps.loader("ResNet101V2")},
+    "inception_v3": {"keras": keras_apps.loader("InceptionV3")},
+}
+#: the TF-slim files by source framework: 1001 classes, background at 0
+_SLIM_SOURCES: dict[str, dict[str, Callable[[], Any]]] = {
     "mobilenet_v2": {
-        "keras": keras_apps.loader("MobileNetV2"),
         "tf": tf_files.frozen_graph_loader("mobilenet_v2_1.0_224_frozen.pb",
                                            f"{_SLIM}/tflite_11_05_08/mobilenet_v2_1.0_224.tgz",
                                            "input:0", "MobilenetV2/Logits/output:0"),
         "tflite": tf_files.tflite_loader("mobilenet_v2_1.0_224.tflite",
                                          f"{_SLIM}/tflite_11_05_08/mobilenet_v2_1.0_224.tgz"),
     },
-    "resnet101": {"keras": keras_apps.loader("ResNet101V2")},
     "inception_v3": {
-        "keras": keras_apps.loader("InceptionV3"),
         "tf": tf_files.frozen_graph_loader("inception_v3_2016_08_28_frozen.pb",
                                            f"{_SLIM}/inception_v3_2016_08_28_frozen.pb.tar.gz",
                                            "input:0", "InceptionV3/Logits/SpatialSqueeze:0"),
@@ -99,7 +102,8 @@ def _tf_recipe(pre: Preprocess) -> Preprocess:
 
 
 for _name, (_builder, _weights, _file, _pre, _arch) in _MODELS.items():
-    _others = _OTHER_SOURCES.get(_name, {})
+    _slim = _SLIM_SOURCES.get(_name, {})
+    _others = {**_KERAS_SOURCES.get(_name, {}), **_slim}
     register(
         ModelSpec(
             name=_name,
@@ -112,7 +116,7 @@ for _name, (_builder, _weights, _file, _pre, _arch) in _MODELS.items():
             weights_id=(lambda w=_weights, f=_file: f"{w}:{f}"),
             input_shape=(1, 3, _pre.size, _pre.size),
             source_preprocess={src: _tf_recipe(_pre) for src in _others},
-            source_labels={src: LabelSpace(1001, 1) for src in _others if src in ("tf", "tflite")},
+            source_labels={src: LabelSpace(1001, 1) for src in _slim},
             source_architecture={"keras": _KERAS_ARCH[_name]} if _name in _KERAS_ARCH else {},
         )
     )

@@ -20,6 +20,9 @@ A user model becomes a :class:`~deltann.zoo.base.ModelSpec` registered under its
 the process (:func:`register`); its ``weights_id`` is the SHA-256 of the file's (or the
 folder's) content, cached by path, size and mtime so that planning stays cheap. Units
 carry the definition (``Unit.user_model``) so a board process registers it too.
+
+One file because validation, the loaders per file type and registration are one trust
+boundary: what a user's file may do is decided here and nowhere else.
 """
 
 from __future__ import annotations
@@ -34,15 +37,18 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from deltann.convert.base import Produced
+from deltann import zoo
+from deltann._native import before_tensorflow
+from deltann.convert.chain_spec import Produced
+from deltann.core import runtime_registry as registry
 from deltann.errors import DeltannError
-from deltann.runtimes import registry
 from deltann.zoo.base import LabelSpace, ModelSpec, Preprocess
+from deltann.zoo.tf_files import frozen_function
 
 log = logging.getLogger("deltann.zoo")
 
 #: (A file's framework follows from its suffix, and a framework's default layout, as the
-#: runtime that runs the framework declares them: deltann.runtimes.registry. A folder with
+#: runtime that runs the framework declares them: deltann.core.runtime_registry. A folder with
 #: ``saved_model.pb`` is ``tf``.)
 SAVED_MODEL_FRAMEWORK = "tf"
 
@@ -297,8 +303,6 @@ def _zeros(um: UserModel) -> np.ndarray:
 
 
 def _load_keras(path: Path, um: UserModel) -> Produced:
-    from deltann._native import before_tensorflow
-
     before_tensorflow()
     import keras
 
@@ -333,8 +337,6 @@ def _refuse_unsafe_ops(path: Path, ops: set[str], um: UserModel) -> None:
 
 
 def _load_saved_model(path: Path, um: UserModel) -> Produced:
-    from deltann._native import before_tensorflow
-
     before_tensorflow()
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
@@ -366,12 +368,8 @@ def _load_saved_model(path: Path, um: UserModel) -> Produced:
 
 
 def _load_frozen(path: Path, um: UserModel) -> Produced:
-    from deltann._native import before_tensorflow
-
     before_tensorflow()
     import tensorflow as tf
-
-    from deltann.runtimes.tf_rt import frozen_function
 
     graph_def = tf.compat.v1.GraphDef()
     try:
@@ -557,8 +555,6 @@ def definition(name: str, um: UserModel) -> str:
 
 def register(name: str, um: UserModel) -> ModelSpec:
     """Register (or replace) user model ``name`` for this process; a zoo name is refused."""
-    from deltann import zoo
-
     spec = spec_for(name, um)
     zoo.register_user(spec)
     _DEFINITIONS[name] = definition(name, um)

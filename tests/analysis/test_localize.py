@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deltann import dataset, zoo
-from deltann.analysis.localize import Localization, align, localize, plot
+from deltann.analysis.layer_diff import Localization, align, localize, plot
 from deltann.convert.chain import ArtifactCache
 from deltann.runtimes import layers
 from deltann.runtimes.layers import Layer, Trace
@@ -196,7 +196,7 @@ def test_efficientnet_tvm_aligns_through_onnxruntime_folding(cache: ArtifactCach
 def tflite_of(onnx_path: Path, out: Path, quantize: str = "none") -> Path:
     """The repository's own onnx->tf->tflite hops applied to an ONNX file."""
     from deltann import convert
-    from deltann.convert.base import Produced
+    from deltann.convert.chain_spec import Produced
 
     spec = None
     (out / "tf").mkdir(parents=True)
@@ -241,7 +241,7 @@ def test_tflite_chain_within_tolerance_and_quantised_divergence(model: str, cach
 def tiny_store(tmp_path_factory: pytest.TempPathFactory, record_results: Any) -> Path:
     """A real results folder for the tiny model written by the fleet's own unit executor
     (no Ray: one process), torch native, ONNX on onnxruntime and on TVM."""
-    from deltann.fleet.devices import load_catalogue
+    from deltann.core.device_catalogue import load_catalogue
 
     return record_results(
         tmp_path_factory.mktemp("localize"),
@@ -277,7 +277,7 @@ def test_localize_command_writes_layers_table_and_plot(tiny_store: Path, capsys:
 
 
 def test_divergence_summary_reads_the_layers_table(tiny_store: Path) -> None:
-    from deltann.analysis.localize import divergence_summary
+    from deltann.analysis.layer_diff import divergence_summary
     from deltann.commands.localize import localize_pair
     from deltann.store import Store
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from deltann import convert
-from deltann.analysis.localize import Localization, localize
-from deltann.convert.base import Produced
+from deltann.analysis.layer_diff import Localization, localize
+from deltann.convert.chain_spec import Produced
 from deltann.runtimes import layers
 
 

@@ -33,7 +33,7 @@ TORCH_BASIC = "torch [tvm:basic]"
 
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory: pytest.TempPathFactory, record_results: Any) -> Path:
-    from deltann.fleet.devices import load_catalogue
+    from deltann.core.device_catalogue import load_catalogue
 
     folder = tmp_path_factory.mktemp("pairs")
     (folder / "devices.toml").write_text(CATALOGUE)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from deltann import zoo
-from deltann.compile import settings, tuning
+from deltann.compile import metaschedule as tuning, settings
 from deltann.errors import StoreError
 
 
@@ -34,7 +34,7 @@ def _unit(model: str = "tiny_cnn", device: str = "local") -> Any:
 
 
 def _store_with(root: Path, records: list[tuning.Record], key: str, trials: int, unit: Any = None) -> Any:
-    from deltann.fleet import tuning as fleet_tuning
+    from deltann.fleet import tuning_driver as fleet_tuning
     from deltann.store import Store
 
     store = Store(root)
@@ -45,7 +45,7 @@ def _store_with(root: Path, records: list[tuning.Record], key: str, trials: int,
 
 
 def test_export_import_keeps_best_records_and_budget(records: list[tuning.Record], tmp_path: Path) -> None:
-    from deltann.fleet import tuning as fleet_tuning
+    from deltann.fleet import tuning_driver as fleet_tuning
     from deltann.store import Store
 
     assert len({r.workload_hash for r in records}) == 2 and len(records) > 2  # several records per kernel
@@ -73,7 +73,7 @@ def test_export_import_keeps_best_records_and_budget(records: list[tuning.Record
 
 def test_cli_and_clear_errors(records: list[tuning.Record], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from deltann.cli import main
-    from deltann.fleet import tuning as fleet_tuning
+    from deltann.fleet import tuning_driver as fleet_tuning
 
     _store_with(tmp_path / "a", records, "key-1", 8)
     out = tmp_path / "t.parquet"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from deltann.analysis import passes as ablation
+from deltann.analysis import pass_tables as ablation
 from deltann.compile import catalogue
 from deltann.compile import settings as compile_settings
 
@@ -44,7 +44,7 @@ def test_unknown_setting_names_are_refused(bad: str) -> None:
 
 def test_study_ablation_expands_into_units() -> None:
     from deltann import dataset, zoo
-    from deltann.fleet.devices import load_catalogue
+    from deltann.core.device_catalogue import load_catalogue
     from deltann.plan import expand
     from deltann.study import Study
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deltann.compile.bisect import (
+from deltann.compile.pass_bisect import (
     NoDifference,
     bisect,
     changes_between,
@@ -95,7 +95,7 @@ def test_oracles() -> None:
 
 def test_bisect_zoo_model_reports_no_difference_where_fastmath_has_nothing_to_do() -> None:
     """tiny_cnn has no exp/tanh/erf: FastMath alone leaves it bit-identical, even at atol 0."""
-    from deltann.compile.bisect import bisect_zoo_model
+    from deltann.compile.pass_bisect import bisect_zoo_model
 
     with pytest.raises(NoDifference, match="'basic' and 'basic\\+FastMath' do not differ"):
         bisect_zoo_model("tiny_cnn", "basic", "basic+FastMath", images=2, atol=0.0)

@@ -46,7 +46,7 @@ def forms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The network in each frontend's form, its input and torch's output."""
     import torch
 
-    from deltann.convert.base import Produced
+    from deltann.convert.chain_spec import Produced
     from deltann.convert.onnx_tf import onnx_to_tf
     from deltann.convert.tf_tflite import tf_to_tflite
 

@@ -27,7 +27,7 @@ import pytest
 
 from deltann.compile import settings
 from deltann.convert.chain import ArtifactCache
-from deltann.fleet.devices import DEFAULT_CATALOGUE, load_catalogue
+from deltann.core.device_catalogue import DEFAULT_CATALOGUE, load_catalogue
 from deltann.runtimes.tvm_rt import TvmBuild
 
 KINDS = load_catalogue(DEFAULT_CATALOGUE)

@@ -11,7 +11,7 @@ import pytest
 
 from deltann.compile.pipeline import host_of
 from deltann.errors import StudyError
-from deltann.fleet.devices import load_catalogue
+from deltann.core.device_catalogue import load_catalogue
 
 
 def _cpu_flags() -> set[str]:

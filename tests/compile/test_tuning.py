@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 
 from deltann import dataset, zoo
-from deltann.compile import settings, tuning
+from deltann.compile import metaschedule as tuning, settings
 from deltann.errors import StudyError
-from deltann.fleet.devices import load_catalogue
+from deltann.core.device_catalogue import load_catalogue
 from deltann.plan import expand
 from deltann.study import Study, parse_study
 
@@ -163,7 +163,7 @@ host = { kind = "llvm" }
 
 @pytest.mark.slow  # ~50 s: two studies, and MetaSchedule's full import for the CUDA kind
 def test_fleet_tunes_stores_reuses_and_records_failures(tmp_path: Path, study_file: Any, ray_session: None) -> None:
-    from deltann.fleet import tuning as fleet_tuning
+    from deltann.fleet import tuning_driver as fleet_tuning
     from deltann.fleet.driver import run_study
     from deltann.store import Store
 
@@ -231,7 +231,7 @@ def test_fleet_tunes_stores_reuses_and_records_failures(tmp_path: Path, study_fi
 
 
 def test_outcome_drops_failed_units_and_carries_records() -> None:
-    from deltann.fleet.tuning import TuningOutcome
+    from deltann.fleet.tuning_driver import TuningOutcome
     from deltann.plan import Unit
 
     u = Unit("k1", "tiny_cnn", "torch", "tvm", "tuned", (), "torch.export", "local", "{}", "{}", "")

@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 
 from deltann import convert
-from deltann.convert.attribution import attribute, chain_steps
-from deltann.convert.base import Hop, Produced
-from deltann.fleet.devices import load_catalogue
+from deltann.analysis.hop_attribution import attribute, chain_steps
+from deltann.convert.chain_spec import Hop, Produced
+from deltann.core.device_catalogue import load_catalogue
 from deltann.report import build_report
 from deltann.store import Store
 

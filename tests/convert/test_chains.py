@@ -17,7 +17,7 @@ import pytest
 
 from deltann import convert, dataset, zoo
 from deltann.convert.chain import ArtifactCache
-from deltann.convert.verify import agreement, native_logits
+from deltann.convert.conversion_check import agreement, native_logits
 from deltann.errors import ConversionError
 
 MODEL = "efficientnet_lite0"
@@ -69,7 +69,7 @@ def reference(cache: ArtifactCache, samples: dataset.Inputs) -> np.ndarray:
 
 
 def _check_hops(artifact, chain: str) -> None:  # noqa: ANN001
-    steps = [s.framework for s in convert.base.parse_chain(chain)]
+    steps = [s.framework for s in convert.chain_spec.parse_chain(chain)]
     assert [(h["src"], h["dst"]) for h in artifact.hops] == list(zip(steps, steps[1:], strict=False))
     for hop in artifact.hops:
         # Keras export of onnx2tf's tf-keras model is done (and recorded) by tf-keras.

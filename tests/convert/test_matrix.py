@@ -17,7 +17,7 @@ import pytest
 
 from deltann import plan
 from deltann.convert.chain import ArtifactCache
-from deltann.fleet.devices import load_catalogue
+from deltann.core.device_catalogue import load_catalogue
 from deltann.fleet.driver import prepare_inputs
 from deltann.fleet.execute import run_unit
 from deltann.study import parse_study

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from deltann import convert
-from deltann.convert.base import chain_framework, chain_quantize, parse_chain
+from deltann.convert.chain_spec import chain_framework, chain_quantize, parse_chain
 from deltann.errors import StudyError
 from deltann.study import parse_study
 
@@ -88,7 +88,7 @@ def test_plan_keys_and_quantize(tmp_path) -> None:  # noqa: ANN001
     import numpy as np
 
     from deltann import dataset, plan
-    from deltann.fleet.devices import load_catalogue
+    from deltann.core.device_catalogue import load_catalogue
 
     kinds = load_catalogue()
     study = parse_study({"name": "s", "models": ["tiny_cnn"], "runtimes": ["native"],

@@ -25,7 +25,7 @@ import polars as pl
 import pytest
 
 from deltann.commands.devices import boards_by_kind
-from deltann.fleet.devices import load_catalogue
+from deltann.core.device_catalogue import load_catalogue
 from deltann.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]

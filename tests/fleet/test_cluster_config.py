@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from deltann.fleet import launcher
-from deltann.fleet.devices import DEFAULT_CATALOGUE, load_catalogue
+from deltann.core.device_catalogue import DEFAULT_CATALOGUE, load_catalogue
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = launcher.load_fleet()

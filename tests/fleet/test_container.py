@@ -25,7 +25,7 @@ from deltann import plan
 from deltann.convert.chain import ArtifactCache
 from deltann.fleet.container import (ARTIFACTS_FILE, BOARD_LABEL, container_options, follow, prepare_artifacts,
                                      read_job, run_in_container, stop_board_containers, write_job)
-from deltann.fleet.devices import DEFAULT_CATALOGUE, DeviceKind, load_catalogue
+from deltann.core.device_catalogue import DEFAULT_CATALOGUE, DeviceKind, load_catalogue
 from deltann.fleet.driver import prepare_inputs
 from deltann.fleet.markers import is_progress
 from deltann.store import Store

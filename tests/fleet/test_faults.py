@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from deltann.fleet import driver
-from deltann.fleet.devices import load_catalogue
+from deltann.core.device_catalogue import load_catalogue
 from deltann.store import Store
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from deltann import dataset, plan, zoo
 from deltann.errors import FleetError
-from deltann.fleet import identity
-from deltann.fleet.devices import load_catalogue
+from deltann.core import identity
+from deltann.core.device_catalogue import load_catalogue
 from deltann.study import Study
 
 KINDS = load_catalogue()

@@ -21,7 +21,7 @@ import pytest
 import deltann
 from deltann.commands.images import ROOT, build_context, build_image, build_options, platform_of
 from deltann.errors import FleetError
-from deltann.fleet.devices import DEFAULT_CATALOGUE, load_catalogue
+from deltann.core.device_catalogue import DEFAULT_CATALOGUE, load_catalogue
 
 from .conftest import engine_with
 

@@ -19,7 +19,7 @@ import polars as pl
 import psutil
 import pytest
 
-from deltann.fleet.devices import DEFAULT_CATALOGUE, load_catalogue
+from deltann.core.device_catalogue import DEFAULT_CATALOGUE, load_catalogue
 from deltann.store import Store
 
 from .conftest import REQUIRE_ENGINE, engine_with

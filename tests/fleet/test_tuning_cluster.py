@@ -48,7 +48,7 @@ def _run(study: Path, out: Path, cluster: Any, catalogue: Path) -> None:
 
 @pytest.mark.slow  # ~1 min: a cluster, a driver process, two boards importing TVM and tuning
 def test_tuning_is_spread_over_the_kinds_boards(duo: tuple[Any, list[str], Path], tmp_path: Path) -> None:
-    from deltann.compile import settings, tuning
+    from deltann.compile import metaschedule as tuning, settings
     from deltann.compile.frontends import from_torch
     from deltann.compile.pipeline import make_target
 

@@ -23,7 +23,7 @@ def test_a_build_that_exhausts_memory_is_an_oom_row_and_the_board_goes_on(tmp_pa
     from deltann import plan
     from deltann.fleet import driver
     from deltann.fleet.actor import Board
-    from deltann.fleet.devices import load_catalogue
+    from deltann.core.device_catalogue import load_catalogue
     from deltann.fleet.execute import BUILD_MEMORY_ENV
     from deltann.study import parse_study
 

@@ -156,7 +156,7 @@ def test_embedded_ray_opens_no_dashboard(ray_session: None, tally) -> None:
     import psutil
 
     from deltann.fleet import driver
-    from deltann.fleet.devices import load_catalogue
+    from deltann.core.device_catalogue import load_catalogue
 
     with tally.case("security", "ray-dashboard") as case:
         driver._ensure_ray(None, load_catalogue(), ["local"])
@@ -244,7 +244,7 @@ class FakeExited:
 @pytest.fixture
 def boxed(tmp_path: Path):  # noqa: ANN201
     from deltann import plan
-    from deltann.fleet.devices import DeviceKind
+    from deltann.core.device_catalogue import DeviceKind
     from deltann.fleet.driver import prepare_inputs
     from deltann.study import parse_study
 

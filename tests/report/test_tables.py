@@ -183,7 +183,7 @@ def test_heatmap_scales_are_fixed_and_no_difference_is_neutral() -> None:
 
 
 def test_table3_without_basic_has_no_none(tmp_path: Path) -> None:
-    from deltann.analysis import passes
+    from deltann.analysis import pass_tables as passes
 
     builds = pl.DataFrame({"model": ["m"], "variant": ["torch"], "device": ["local"], "setting": ["extended"],
                            "status": ["ok"], "runtime": ["tvm"]})

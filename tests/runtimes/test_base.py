@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from deltann.runtimes.base import Runner, time_evaluator_protocol
+from deltann.core.runner import Runner, time_evaluator_protocol
 
 
 def test_protocol_call_count_matches_time_evaluator() -> None:

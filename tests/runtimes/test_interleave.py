@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deltann.runtimes.base import Runner
+from deltann.core.runner import Runner
 from deltann.runtimes.interleave import MachineState, Protocol, Session, Slot, machine_state, time_interleaved
 
 

@@ -92,8 +92,8 @@ def test_keras_capture_and_alignment_with_its_tflite_conversion(tmp_path: Path) 
     import keras
 
     from deltann import convert
-    from deltann.analysis.localize import localize
-    from deltann.convert.base import Produced
+    from deltann.analysis.layer_diff import localize
+    from deltann.convert.chain_spec import Produced
 
     keras.utils.set_random_seed(3)
     inp = keras.Input((32, 32, 3))
@@ -164,7 +164,7 @@ def test_tvm_kernel_capture_is_the_build_as_built(cache: ArtifactCache, tiny_x: 
 def test_tf_savedmodel_and_tvm_tflite_captures(cache: ArtifactCache, tiny_x: np.ndarray) -> None:
     """onnx2tf's SavedModel (runtime tf) op by op, and TVM's import of the TFLite
     flatbuffer with every operator's output appended to the subgraph outputs."""
-    from deltann.analysis.localize import localize
+    from deltann.analysis.layer_diff import localize
     from deltann.compile.settings import passes_of
     from deltann.runtimes.litert_rt import LiteRTRunner
 
@@ -204,8 +204,8 @@ def test_tf_capture_of_a_native_keras_savedmodel_with_branches(tmp_path: Path) -
     import keras
 
     from deltann import convert
-    from deltann.analysis.localize import _prepare, _score, localize
-    from deltann.convert.base import Produced
+    from deltann.analysis.layer_diff import _prepare, _score, localize
+    from deltann.convert.chain_spec import Produced
 
     keras.utils.set_random_seed(3)
     inp = keras.Input((32, 32, 3))

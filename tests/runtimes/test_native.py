@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deltann.convert.base import Produced
-from deltann.runtimes import registry
+from deltann.convert.chain_spec import Produced
+from deltann.core import runtime_registry as registry
 from deltann.runtimes.native import native_runner
 
 

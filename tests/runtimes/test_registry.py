@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from deltann import convert
-from deltann.runtimes import registry
-from deltann.runtimes.base import Runner
+from deltann.core import runtime_registry as registry
+from deltann.core.runner import Runner
 
 TOY = Path(__file__).with_name("toy_runtime.py")
 N_LAYERS = 8  # tiny_cnn: three convs and their ReLUs, the global mean, the dense layer
@@ -48,7 +48,7 @@ def npnet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_registry_knows_the_toy_runtime_from_its_module_alone(npnet_file: Path, toy_runtime: type[Runner]) -> None:
-    from deltann.convert.base import framework_dist, parse_chain
+    from deltann.convert.chain_spec import framework_dist, parse_chain
     from deltann.zoo import tiny
 
     assert registry.native("npnet") is toy_runtime and toy_runtime.__name__ == "NumpyRunner"

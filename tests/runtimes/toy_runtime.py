@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from deltann import convert
-from deltann.convert.base import Hop, Produced
-from deltann.runtimes import registry
-from deltann.runtimes.base import Runner
-from deltann.runtimes.trace import Layer, Trace, to_layout
+from deltann.convert.chain_spec import Hop, Produced
+from deltann.core import runtime_registry as registry
+from deltann.core.runner import Runner
+from deltann.core.trace import Layer, Trace, to_layout
 
 N_CONVS = 3  # tiny_cnn: three 3x3 stride-2 convs with ReLU, a global mean, a dense layer
 

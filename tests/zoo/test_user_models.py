@@ -19,7 +19,7 @@ import pytest
 
 from deltann import dataset, plan, zoo
 from deltann.errors import StudyError
-from deltann.fleet.devices import load_catalogue
+from deltann.core.device_catalogue import load_catalogue
 from deltann.study import load_study
 from deltann.zoo import tiny, user
 from deltann.zoo.user import UserModel, UserModelError

@@ -33,7 +33,7 @@ from typing import Any
 
 from deltann import store_integrity as integrity
 from deltann.errors import StoreError, refusing
-from deltann.store import RUNS_DIR, TABLES, Store, _atomic_write_bytes, printable
+from deltann.store import RUNS_DIR, Store, TABLES, _atomic_write_bytes, check_out_folder, printable
 
 log = logging.getLogger("deltann.store")
 
@@ -113,8 +113,6 @@ def _copy_part(src: Path, dest: Path, sidecar: integrity.Sidecar | None, table: 
 
 def merge(sources: list[Path | str], into: Path | str) -> MergeResult:
     """Merge ``sources`` into ``into`` (see the module docstring)."""
-    from deltann.fleet.driver import check_out_folder
-
     into = Path(into)
     check_out_folder(into)
     dest_store = Store(into)

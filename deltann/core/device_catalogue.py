@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from deltann.compile.pipeline import host_of
+from deltann.core.targets import host_of
 
 from deltann.errors import StudyError
 

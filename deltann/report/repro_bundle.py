@@ -10,7 +10,7 @@ with the frontend input a TVM build came from, so it can be rebuilt; the exact i
 tensors (``.npy``) with their hashes; both stored outputs; the chain with every hop's
 tool and version, the build's passes, frontend and target; the environment and its
 fingerprint; the first divergent layer when ``deltann localize`` ran for the pair, and
-which hop of a chain introduced a label flip (:mod:`deltann.convert.attribution`); and
+which hop of a chain introduced a label flip (:mod:`deltann.analysis.hop_attribution`); and
 ``repro.py`` (:mod:`deltann.report.repro_script`, copied verbatim), which needs numpy and
 the two runtimes, not deltann, and prints the same difference.
 """
@@ -29,8 +29,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from deltann import analysis, dataset, zoo
+from deltann.analysis.hop_attribution import attribute
+from deltann.analysis.names import build_row
+from deltann.compile.metaschedule import APPLY
+from deltann.compile.pipeline import CPU_KIND
+from deltann.convert._tools import input_shape
+from deltann.convert.chain import ArtifactCache
+from deltann.convert.chain_spec import chain_framework, framework_dist, parse_chain
+from deltann.core import runtime_registry as registry
+from deltann.core.versions import dist_version
 from deltann.errors import StoreError
+from deltann.report.html import fingerprint
+from deltann.runtimes.tvm_rt import TvmBuild
 from deltann.store import Store
+from deltann.zoo import user
 
 log = logging.getLogger("deltann.report")
 
@@ -95,10 +108,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def _save_model(payload: Any, layout: str, spec: Any, dst: Path, framework: str) -> Path:
     """An in-memory model as a file its runtime loads (torch as an ExportedProgram
-    ``.pt2``, Keras as ``.keras``: :meth:`deltann.runtimes.base.Runner.save_payload`)."""
-    from deltann.convert._tools import input_shape
-    from deltann.runtimes import registry
-
+    ``.pt2``, Keras as ``.keras``: :meth:`deltann.core.runner.Runner.save_payload`)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         return registry.native_of(framework).save_payload(payload, layout, input_shape(spec.input_shape, layout), dst)
@@ -121,11 +131,6 @@ def _compiled(store: Store, row: dict[str, Any], tuning: str) -> Path | None:
 
 def _side(store: Store, row: dict[str, Any], artifacts: Any, folder: Path, label: str) -> dict[str, Any]:
     """Ship one side's model into ``folder/label`` and describe it for bundle.json."""
-    from deltann import zoo
-    from deltann.convert.base import chain_framework, framework_dist, parse_chain
-    from deltann.plan import dist_version
-    from deltann.runtimes import registry
-
     model, variant, runtime = row["model"], row["variant"], row["runtime"]
     spec = zoo.get(model)
     source = parse_chain(variant)[0].framework
@@ -152,14 +157,12 @@ def _side(store: Store, row: dict[str, Any], artifacts: Any, folder: Path, label
         return side
     # A TVM build: its compiled module, and the frontend input it came from (to rebuild).
     side["frontend_input"] = model_file.relative_to(folder).as_posix()
-    from deltann.compile.pipeline import CPU_KIND
 
     side["device_kind"] = json.loads(row["target"]).get("kind", CPU_KIND) if row.get("target") else CPU_KIND
     tuning = ""
-    from deltann.compile.tuning import APPLY
 
     if APPLY in side["passes"]:
-        from deltann.fleet.tuning import records_for_build
+        from deltann.fleet.tuning_driver import records_for_build  # lazy: loads ray
 
         tuning = records_for_build(store, row)
         (folder / label / "tuning.json").write_text(tuning)
@@ -169,9 +172,6 @@ def _side(store: Store, row: dict[str, Any], artifacts: Any, folder: Path, label
         shutil.copy2(cached, module)
         side["module"] = f"copied from the board's compiled-module cache ({cached.name})"
     else:
-        from deltann.convert._tools import input_shape
-        from deltann.runtimes.tvm_rt import TvmBuild
-
         log.info("no compiled module of %s in %s: building it again", row["config"], store.root)
         builder = TvmBuild(row["frontend"], artifact.payload, input_shape(spec.input_shape, artifact.layout),
                            tuple(side["passes"]), row["target"], "", tuning)
@@ -210,8 +210,6 @@ def _layers(store: Store, a: dict[str, Any], b: dict[str, Any], folder: Path) ->
 def _time_ratio(store: Store, a: dict[str, Any], b: dict[str, Any]) -> str:
     """t_B / t_A as the study's timing session measured it, when the two were timed
     together ("" otherwise)."""
-    from deltann import analysis
-
     try:
         speed = analysis.speedup_stats(store, n_resamples=200)
     except Exception:  # noqa: BLE001 - no timings is no ratio
@@ -301,12 +299,6 @@ def write_bundle(results: Path | str, a: str, b: str, *, image: str | None = Non
     only; default every image whose top-1 differs, or else the one with the largest logit
     difference. ``hops``: attribute a label flip between a chain and its source to a hop
     (runs the chain's missing prefixes on the flipped images)."""
-    from deltann import dataset
-    from deltann.commands.localize import build_row
-    from deltann.convert.chain import ArtifactCache
-    from deltann.report.html import fingerprint
-    from deltann.zoo import user
-
     results = Path(results)
     store = Store(results)
     manifest = store.read_manifest()
@@ -361,8 +353,6 @@ def write_bundle(results: Path | str, a: str, b: str, *, image: str | None = Non
     }
     flipped = [e["id"] for e in images if e["top1_a"] != e["top1_b"]]
     if hops and flipped:
-        from deltann.convert.attribution import attribute
-
         found = attribute(results, row_a, row_b, flipped, data_root=data_root)
         if found is not None:
             bundle["hops"] = asdict(found) | {"sentence": found.sentence()}

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from deltann.convert.base import parse_chain
+from deltann.convert.chain_spec import parse_chain
 from deltann.convert.chain import Artifact
-from deltann.runtimes import registry
+from deltann.core import runtime_registry as registry
 
 
 def native_logits(artifact: Artifact, spec: Any, tensors: np.ndarray) -> np.ndarray:

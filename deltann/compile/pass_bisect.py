@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from deltann.compile import catalogue
-from deltann.compile import settings as compile_settings
+from deltann import dataset, zoo
+from deltann.compile import catalogue, pipeline, settings as compile_settings
+from deltann.compile.frontends import from_torch
 
 log = logging.getLogger("deltann.compile")
 
@@ -187,8 +188,6 @@ def tvm_runner(mod: Any, inputs: np.ndarray, target: Any = None) -> Callable[[tu
     TVM path and return the first output for ``inputs`` (a batch run one image at a time)."""
 
     def run(passes: tuple[str, ...]) -> np.ndarray:
-        from deltann.compile import pipeline
-
         tgt = target or pipeline.make_target(pipeline.DEFAULT_TARGET, "")
         vm = pipeline.Vm(pipeline.build(mod, passes, tgt), tgt)
         return np.concatenate([vm.first(inputs[i:i + 1]) for i in range(inputs.shape[0])])
@@ -200,9 +199,6 @@ def bisect_zoo_model(model: str, good: str, bad: str, *, images: int = 4, atol: 
                      rtol: float = 0.0, target: Any = None) -> BisectResult:
     """What ``deltann bisect MODEL GOOD BAD`` runs: the zoo model through the torch.export
     frontend, ``images`` sample photos preprocessed by its recipe, the output oracle."""
-    from deltann import dataset, zoo
-    from deltann.compile.frontends import from_torch
-
     spec = zoo.get(model)
     batch = dataset.preprocess(dataset.load_samples(images), spec.preprocess)
     mod = from_torch(spec.loaders["torch"](), spec.input_shape)

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from deltann.runtimes.registry import framework_dist, frameworks
+from deltann.core.runtime_registry import framework_dist, frameworks
 
 __all__ = ["QUANTIZE", "Hop", "Layout", "Produced", "Step", "chain_framework", "chain_quantize", "format_chain",
            "framework_dist", "frameworks", "parse_chain"]
 
 #: (The frameworks, and the distribution whose version identifies a model of each, are
-#: declared by the runtime that runs the framework natively: deltann.runtimes.registry.)
+#: declared by the runtime that runs the framework natively: deltann.core.runtime_registry.)
 QUANTIZE: tuple[str, ...] = ("none", "dynamic-range", "float16")
 
 Layout = Literal["NCHW", "NHWC"]

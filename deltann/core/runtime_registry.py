@@ -1,5 +1,5 @@
 """The runtimes by name: each runtime module registers its one
-:class:`~deltann.runtimes.base.Runner` subclass here (``register(TorchRunner)`` at its
+:class:`~deltann.core.runner.Runner` subclass here (``register(TorchRunner)`` at its
 end), and everything that needs a fact about a runtime or a framework — the planner, the
 converters, user models, the board that runs a unit, the capture of its layers — asks
 this registry instead of keeping a table of names.
@@ -21,11 +21,13 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
-from deltann.runtimes.base import Runner
+from deltann.core.runner import Runner
 
 log = logging.getLogger("deltann.runtimes")
 
-#: the runtime modules shipped with deltann (under deltann.runtimes)
+#: the runtime modules shipped with deltann, under this package; imported by dotted name
+#: on first lookup, so the registry (foundation) never imports a runner module itself
+BUILTIN_PACKAGE = "deltann.runtimes"
 BUILTIN: tuple[str, ...] = ("torch_rt", "onnxrt", "keras_rt", "tf_rt", "litert_rt", "tvm_rt")
 #: extra runtime modules: Python files or module names, separated by os.pathsep
 PLUGINS_ENV = "DELTANN_RUNTIMES"
@@ -72,7 +74,7 @@ def _load() -> None:
     for name in BUILTIN:
         if name not in _LOADED:
             _LOADED.add(name)
-            importlib.import_module(f"deltann.runtimes.{name}")
+            importlib.import_module(f"{BUILTIN_PACKAGE}.{name}")
     for entry in filter(None, os.environ.get(PLUGINS_ENV, "").split(os.pathsep)):
         if entry not in _LOADED:
             _LOADED.add(entry)  # first: a plugin that looks a runtime up while it loads
@@ -117,7 +119,7 @@ def _ordered() -> list[type[Runner]]:
 
     def rank(cls: type[Runner]) -> int:
         package, _, module = cls.__module__.rpartition(".")
-        return BUILTIN.index(module) if package == __package__ and module in BUILTIN else len(BUILTIN)
+        return BUILTIN.index(module) if package == BUILTIN_PACKAGE and module in BUILTIN else len(BUILTIN)
 
     return sorted(_RUNNERS.values(), key=rank)
 

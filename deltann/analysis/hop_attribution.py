@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from deltann.convert.base import format_chain, parse_chain
+from deltann import dataset, zoo
+from deltann.convert.chain import ArtifactCache
+from deltann.convert.chain_spec import format_chain, parse_chain
+from deltann.core import runtime_registry as registry
+from deltann.core.versions import dist_version
+from deltann.runtimes.native import native_runner
+from deltann.store import Store
+from deltann.zoo import user
 
 log = logging.getLogger("deltann.convert")
 
@@ -103,8 +110,6 @@ def chain_steps(variant_a: str, variant_b: str, runtime_b: str, setting_b: str) 
     configuration B, or ``[]`` when B's chain does not extend A's. The last conversion
     step runs on B's own runtime when B is not a TVM build; a TVM build adds a last step
     ``tvm:<setting>`` on B's full chain."""
-    from deltann.runtimes import registry
-
     sa, sb = parse_chain(variant_a), parse_chain(variant_b)
     if len(sb) < len(sa) or sb[: len(sa)] != sa or (len(sb) == len(sa) and setting_b == "native"):
         return []
@@ -135,10 +140,6 @@ def _stored(store: Any, model: str, device: str, config: str, ids: list[str]) ->
 
 def _run_prefix(results: Path, model: str, chain: str, runtime: str, x: np.ndarray) -> np.ndarray:
     """Logits (common 1000-class space) of ``chain`` on its native ``runtime``, batch 1."""
-    from deltann import zoo
-    from deltann.convert.chain import ArtifactCache
-    from deltann.runtimes.native import native_runner
-
     artifact = ArtifactCache(results / "artifacts").get(model, chain)
     labels = zoo.get(model).labels_for(parse_chain(chain)[0].framework)
     out = []
@@ -163,11 +164,6 @@ def attribute(results: Path | str, row_a: dict[str, Any], row_b: dict[str, Any],
     """Attribute the difference of ``row_b``'s configuration from source ``row_a`` (two
     ``builds`` rows) on ``images`` to a hop; None when B's chain does not extend A's or A
     is not a framework's own runtime."""
-    from deltann import dataset
-    from deltann.runtimes import registry
-    from deltann.store import Store
-    from deltann.zoo import user
-
     if row_a["setting"] != "native" or not images:
         return None
     steps = chain_steps(row_a["variant"], row_b["variant"], row_b["runtime"], row_b["setting"])
@@ -231,8 +227,6 @@ def attribute(results: Path | str, row_a: dict[str, Any], row_b: dict[str, Any],
 
 
 def _dist(name: str) -> str:
-    from deltann.plan import dist_version
-
     return dist_version(name)
 
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from deltann.compile import catalogue
-from deltann.compile import settings as compile_settings
-from deltann.runtimes import registry
+from deltann.compile import catalogue, settings as compile_settings
+from deltann.core import runtime_registry as registry
 
 CONVENTION = "speedup_pct(A→B) = (t_A / t_B − 1) × 100; positive: B is faster"
 FAILED = "FAILED"
@@ -130,7 +129,7 @@ def from_store(store: Any) -> tuple[Any, Any]:
     """(Table III, Table IV) from a results store (:class:`deltann.store.Store`)."""
     import polars as pl
 
-    from deltann.analysis.timing import latency_table
+    from deltann.analysis.timing import latency_table  # lazy: loads scipy
 
     builds = store.scan("builds").collect()
     # each configuration's median from its latest timing session (one row per configuration)

@@ -10,7 +10,7 @@ methods; the public ones check state and record how long activation took.
 
 A runner class also declares what the rest of deltann asks about its runtime (name,
 framework, distributions, file types, layout, thread policy, compiling or not) and
-captures per-layer outputs (:meth:`Runner.capture`); :mod:`deltann.runtimes.registry`
+captures per-layer outputs (:meth:`Runner.capture`); :mod:`deltann.core.runtime_registry`
 finds it by name, so nothing outside the runtime modules branches on a runtime's name.
 """
 
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from deltann.runtimes.trace import Trace
+    from deltann.core.trace import Trace
 
 
 def time_evaluator_protocol(
@@ -75,7 +75,7 @@ def thread_count() -> int:
 
 class Runner:
     """Base runner; a context manager. A runtime is one subclass, registered with
-    :func:`deltann.runtimes.registry.register`; its class attributes declare the runtime."""
+    :func:`deltann.core.runtime_registry.register`; its class attributes declare the runtime."""
 
     #: the runtime's name (the ``builds`` table's ``runtime``; content keys carry it)
     name: ClassVar[str] = "runner"

@@ -33,6 +33,9 @@ of the difference, relative error ``||a - b|| / ||a||``, cosine similarity, and 
 largest parameter difference where both sides (a matched layer with the layers fused
 into its group) hold parameter tensors of the same sizes. Pure numpy (+ polars for the
 table): no framework is imported here.
+
+One file because the alignment rules and the metrics are read together: a layer's metric
+means nothing without the rule that paired it.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from deltann.runtimes import registry
+from deltann.core import runtime_registry as registry
 from deltann.runtimes.layers import Layer, Trace
 
 DEFAULT_ATOL = 1e-3

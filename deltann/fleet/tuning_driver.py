@@ -36,13 +36,22 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from deltann.compile import tuning as ms_tuning
-from deltann.compile import settings as compile_settings
-from deltann.fleet.devices import DeviceKind
+from deltann import plan, zoo
+from deltann.compile import metaschedule as ms_tuning, settings as compile_settings
+from deltann.compile.frontends import import_relax
+from deltann.compile.pipeline import make_target, resolved_spec, tuning_target_of
+from deltann.convert._tools import input_shape
+from deltann.convert.chain import ArtifactCache
+from deltann.convert.chain_spec import framework_dist, parse_chain
+from deltann.core import runtime_registry as registry
+from deltann.core.device_catalogue import DeviceKind
+from deltann.errors import StoreError
 from deltann.fleet.failure import Failure, Stage
+from deltann.fleet.placement import alive_boards, placement
 from deltann.plan import Unit
 from deltann.store import SCHEMAS, Store, tag
 from deltann.study import Study
+from deltann.zoo import user
 
 log = logging.getLogger("deltann.fleet")
 
@@ -56,15 +65,7 @@ def extract_remote(unit: Unit, cache_dir: str) -> dict[str, Any]:
     the target as this board resolves it (JSON)."""
     import socket
 
-    from deltann import zoo
-    from deltann.compile.frontends import import_relax
-    from deltann.compile.pipeline import make_target, resolved_spec
-    from deltann.convert._tools import input_shape
-    from deltann.convert.chain import ArtifactCache
-
     if unit.user_model:
-        from deltann.zoo import user
-
         user.register_json(unit.user_model)
     spec = zoo.get(unit.model)
     artifact = ArtifactCache(cache_dir).get(unit.model, unit.variant)
@@ -79,12 +80,10 @@ def extract_remote(unit: Unit, cache_dir: str) -> dict[str, Any]:
 @ray.remote(num_cpus=0, max_retries=0)
 def tune_remote(tasks: list[dict[str, Any]], target_json: str, trials: int, trials_per_task: int | None,
                 previous: str, seconds: float | None = None) -> dict[str, Any]:
-    """On a board: tune ``tasks`` (compile.tuning.Task fields) for the resolved target with
-    ``trials`` candidates, or within ``seconds`` (compile.tuning.tune_budgeted) when given,
+    """On a board: tune ``tasks`` (compile.metaschedule.Task fields) for the resolved target with
+    ``trials`` candidates, or within ``seconds`` (compile.metaschedule.tune_budgeted) when given,
     starting from ``previous`` records (JSON); JSON records back."""
     import socket
-
-    from deltann.compile.pipeline import tuning_target_of
 
     target = tuning_target_of(target_json)
     start = time.perf_counter()
@@ -107,9 +106,6 @@ def tuning_key(unit: Unit, resolved_target: str) -> str:
     source framework and conversion chain with tool versions, frontend, TVM version, the
     passes that shape the kernels) and the target as resolved on the board. Not the
     device kind's name: two kinds with the same target share records."""
-    from deltann import plan, zoo
-    from deltann.convert.base import framework_dist, parse_chain
-
     source = parse_chain(unit.variant)[0].framework
     return plan.content_key({
         "model": unit.model, "weights": zoo.get(unit.model).weights_id(),
@@ -151,8 +147,6 @@ def records_for_build(store: Store, row: dict[str, Any]) -> str:
     ``builds`` row used: the tuning rows of its model, variant and device kind, for the
     target it was built for (``deltann localize`` rebuilds it with them)."""
     import polars as pl
-
-    from deltann.errors import StoreError
 
     frame = store.scan("tuning", complete_only=False).filter(
         pl.col("model") == row["model"], pl.col("variant") == row["variant"], pl.col("device") == row["device"],
@@ -208,9 +202,6 @@ def tune_units(study: Study, units: list[Unit], store: Store, kinds: dict[str, D
     """Tune what the tuned ``units`` need (see the module docstring). ``write_failure(unit,
     board, failure)`` records a unit's ``tune`` failure row. ``platforms``
     (node id -> platform key): only boards of a unit's platform tune for it."""
-    from deltann.fleet.driver import alive_boards
-    from deltann.runtimes import registry
-
     outcome = TuningOutcome()
     groups: dict[tuple[str, str, str, str], list[Unit]] = defaultdict(list)
     for u in units:
@@ -238,23 +229,8 @@ def tune_units(study: Study, units: list[Unit], store: Store, kinds: dict[str, D
     return outcome
 
 
-def _placement(kind: DeviceKind, board: dict[str, Any]) -> dict[str, Any]:
-    """A Ray task on ``board`` as a board actor is placed (driver.Dispatcher._start_actor):
-    by the kind's resource, pinned to the node, with the board's thread policy."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from deltann.fleet.driver import BOARD_SHARE
-    from deltann.runtimes.base import thread_env
-
-    return {"resources": {kind.resource: BOARD_SHARE},
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(board["node_id"], soft=False),
-            "runtime_env": {"env_vars": thread_env(board.get("cpus", 1))}}
-
-
 def _tune_group(study: Study, unit: Unit, boards: list[dict[str, Any]], kind: DeviceKind, store: Store,
                 cache_dir: str, outcome: TuningOutcome) -> list[ms_tuning.Record]:
-    from deltann import plan
-
     deadline = None if study.tuning.timeout_s is None else time.monotonic() + study.tuning.timeout_s
 
     def wait(ref: Any) -> Any:
@@ -268,7 +244,7 @@ def _tune_group(study: Study, unit: Unit, boards: list[dict[str, Any]], kind: De
             raise TuningFailed(f"tuning {unit.variant} for {unit.device} ran past tuning.timeout_s = "
                                f"{study.tuning.timeout_s} s; raise it or lower tuning.trials") from None
 
-    extracted = wait(extract_remote.options(**_placement(kind, boards[0])).remote(unit, cache_dir))
+    extracted = wait(extract_remote.options(**placement(kind, boards[0])).remote(unit, cache_dir))
     resolved = extracted["target"]
     key = tuning_key(unit, resolved)
     existing, done = stored_records(store, key)
@@ -294,7 +270,7 @@ def _tune_group(study: Study, unit: Unit, boards: list[dict[str, Any]], kind: De
         names = {t.name for t in share}
         previous = ms_tuning.records_to_json(r for r in existing if r.task in names)
         budget = ms_tuning.share_budget(extra, len(share), len(tasks))
-        calls.append((board, share, tune_remote.options(**_placement(kind, board)).remote(
+        calls.append((board, share, tune_remote.options(**placement(kind, board)).remote(
             [t.__dict__ for t in share], resolved, budget, study.tuning.trials_per_task, previous, share_s)))
         if share_s is None:
             outcome.trials_run += budget
@@ -360,8 +336,6 @@ def export_records(store: Store, out: Any, *, devices: list[str] | None = None, 
     import polars as pl
     import pyarrow.parquet as pq
 
-    from deltann.errors import StoreError
-
     if not store.files("tuning"):
         raise StoreError(f"{store.root}: no tuning records (table=tuning); run a study with setting 'tuned' first")
     frame = store.scan("tuning", complete_only=False)
@@ -394,8 +368,6 @@ def read_export(path: Any) -> pa.Table:
 
     import pyarrow.parquet as pq
 
-    from deltann.errors import StoreError
-
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path}: no such file; give the file `deltann tuning export` wrote")
@@ -422,8 +394,6 @@ def import_records(path: Any, store: Store) -> tuple[int, int]:
     and one with a larger budget resumes from them. Records already there are skipped;
     nothing is replaced. Returns (records added, records skipped)."""
     import polars as pl
-
-    from deltann import plan
 
     table = read_export(path)
     incoming = pl.from_arrow(table)

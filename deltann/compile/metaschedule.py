@@ -3,7 +3,7 @@ and the database as JSON rows.
 
 Why this shape: tuning is the one build step that costs minutes to hours, so it is done
 once per (model variant, resolved target) and its records are kept in the results store
-(``table=tuning``, :mod:`deltann.fleet.tuning`), shared by every board of the kind and
+(``table=tuning``, :mod:`deltann.fleet.tuning_driver`), shared by every board of the kind and
 reused by reruns. Tasks are independent, so a kind's boards tune disjoint shares of them
 and the driver merges the records. Everything that crosses a process or node boundary
 is JSON text (TVM's own ``save_json`` of the task's IRModule, MetaSchedule's workload and
@@ -27,11 +27,15 @@ the end.
 
 Candidates are built and timed in the tuning process (``_in_process``), not in worker
 processes, and only the CPU tensor intrinsics are loaded (``_cpu_intrinsics_only``):
-each saves ~30 s of fixed cost per tuning call on a 2-core board.
+each saves a fixed cost of every tuning call that would dwarf a small budget on a
+small board.
 
 Which tasks are tuned (``tasks``): ``heavy`` (the default) only kernels with a
 convolution or matmul (``conv2d``, ``matmul``, ``dense`` in the fused kernel's name),
 which hold nearly all of a CNN's time; ``all`` every kernel.
+
+One file because extraction, tuning, the record format and the database a build applies
+must agree on one workload identity.
 """
 
 from __future__ import annotations
@@ -44,8 +48,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from deltann.compile.pipeline import is_cpu
+from deltann.compile.catalogue import make_pass
+from deltann.compile.schedules import lanes_for, schedule_func
 from deltann.compile.settings import APPLY_DATABASE
+from deltann.core.runner import thread_count
+from deltann.core.targets import is_cpu
 
 log = logging.getLogger("deltann.compile")
 
@@ -89,7 +96,7 @@ def prefix_passes(passes: tuple[str, ...]) -> tuple[str, ...]:
 
 def tuning_target(target: Any, threads: int) -> Any:
     """``target`` with ``num-cores`` (MetaSchedule's parallel rules need it) = the board's
-    thread count (runtimes.base.thread_count)."""
+    thread count (core.runner.thread_count)."""
     import tvm
 
     spec = dict(target.export())
@@ -104,8 +111,6 @@ def prepare(mod: Any, passes: tuple[str, ...], target: Any) -> Any:
     library dispatch, then the setting's passes before it (see pipeline.build)."""
     import tvm
     from tvm import relax
-
-    from deltann.compile.pipeline import make_pass
 
     dispatch = relax.pipeline.library_dispatch_passes(target)
     seq = tvm.transform.Sequential(dispatch + [make_pass(p) for p in prefix_passes(passes)])
@@ -224,7 +229,7 @@ def _in_process() -> tuple[Any, Any]:
     measuring a few dozen candidates. The cost: a candidate that crashed would take the
     tuning process with it; MetaSchedule's postprocessors verify every llvm candidate
     before it is built, and on a board the process is the tuning task, whose death is a
-    ``tune`` failure row (deltann.fleet.tuning)."""
+    ``tune`` failure row (deltann.fleet.tuning_driver)."""
     import itertools
 
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
@@ -295,7 +300,7 @@ def _cpu_intrinsics_only(target: Any) -> None:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         return
-    package = types.ModuleType(name, "CPU tensor intrinsics only (deltann.compile.tuning)")
+    package = types.ModuleType(name, "CPU tensor intrinsics only (deltann.compile.metaschedule)")
     package.__path__ = list(spec.submodule_search_locations)
     package.__spec__ = spec
     sys.modules[name] = package
@@ -322,8 +327,6 @@ def _add_default_schedule(db: Any, contexts: list[Any], target: Any, builder: An
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.database import TuningRecord
     from tvm.s_tir.meta_schedule.runner import RunnerInput
-
-    from deltann.compile.schedules import lanes_for, schedule_func
 
     # what MetaSchedule's own runner inputs name: the device ("cpu"), not the target kind
     device_type = str(tvm.runtime.device(target.get_target_device_type(), 0)).partition(":")[0]
@@ -355,15 +358,13 @@ def tune(tasks: list[Task], target: Any, trials: int, *, trials_per_task: int | 
     """Tune ``tasks`` for ``target`` with ``trials`` measured candidates in all, starting
     from ``previous`` records (a resumed search starts from the best of them). Measures
     with the board's thread policy: the runner's worker processes inherit
-    ``TVM_NUM_THREADS`` (runtimes.base.thread_env), builders and search threads are
-    limited to ``threads`` (default: runtimes.base.thread_count). With ``default_schedule``
+    ``TVM_NUM_THREADS`` (core.runner.thread_env), builders and search threads are
+    limited to ``threads`` (default: core.runner.thread_count). With ``default_schedule``
     deltann's own schedule of each task is measured after the search and competes as a
     record (:func:`_add_default_schedule`). Returns the best
     records of every task tuned (``previous`` ones included where still the best)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
-
-    from deltann.runtimes.base import thread_count
 
     threads = threads or thread_count()
     target = tuning_target(target, threads)
@@ -486,8 +487,6 @@ def tune_budgeted(tasks: list[Task], target: Any, seconds: float, *, previous: I
     a :class:`BudgetReport`."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
-
-    from deltann.runtimes.base import thread_count
 
     start = time.perf_counter()
     threads = threads or thread_count()

@@ -18,9 +18,9 @@ them and still skips what is done.
 
 ``mcpu = "native"`` is resolved on the board, never in the driver: before planning, the
 driver asks each live board of a kind for its platform with a cheap Ray task placed like
-the board's actor (:func:`probe`). On the embedded default the board is this machine, so
-it is resolved here (:func:`local_platform`). LLVM's CPU name needs TVM (a second or more
-to import, ~1 GB), so it is kept per machine in ``~/.cache/deltann`` keyed by the CPU's
+the board's actor (:func:`deltann.fleet.placement.probe`). On the embedded default the
+board is this machine, so it is resolved here (:func:`local_platform`). LLVM's CPU name
+needs TVM (slow and large to import), so it is kept per machine in ``~/.cache/deltann`` keyed by the CPU's
 identity and the TVM version.
 """
 
@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from deltann.compile.pipeline import is_native
+from deltann.core.targets import host_of, is_native
 from deltann.errors import FleetError
-from deltann.fleet.devices import DeviceKind
+from deltann.core.device_catalogue import DeviceKind
 
 log = logging.getLogger("deltann.fleet")
 
@@ -171,8 +171,6 @@ def resolve_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def local_platform(kind: DeviceKind) -> Platform:
     """This machine's platform for ``kind`` (run on the board)."""
-    from deltann.compile.pipeline import host_of
-
     cpu, isa = cpu_facts()
     target = dict(kind.target)
     host = host_of(target, dict(kind.host) if kind.host else None)
@@ -181,46 +179,3 @@ def local_platform(kind: DeviceKind) -> Platform:
     return Platform(target=json.dumps(resolved, sort_keys=True),
                     host=json.dumps(resolved_host, sort_keys=True) if resolved_host is not None else "",
                     cpu=cpu, isa=isa)
-
-
-def _probe_task() -> Any:
-    import ray
-
-    @ray.remote(num_cpus=0, max_retries=0)
-    def probe_remote(kind: DeviceKind) -> dict[str, Any]:
-        """On a board: its platform for ``kind`` and who it is."""
-        import ray as _ray
-
-        return {"platform": local_platform(kind).as_dict(), "node_id": _ray.get_runtime_context().get_node_id(),
-                "hostname": socket.gethostname()}
-
-    return probe_remote
-
-
-def probe(kind: DeviceKind, boards: list[dict[str, Any]]) -> dict[str, Platform]:
-    """Ask every board of ``kind`` for its platform, in parallel, with a Ray task placed as
-    its board actor would be; node id -> platform. A board that does not answer within
-    :data:`PROBE_TIMEOUT_S` (or fails) is left out with a warning."""
-    import ray
-
-    from deltann.fleet.tuning import _placement
-
-    task = _probe_task()
-    refs = {b["node_id"]: task.options(**_placement(kind, b)).remote(kind) for b in boards}
-    out: dict[str, Platform] = {}
-    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
-    done = set(ready)
-    for node, ref in refs.items():
-        if ref not in done:
-            ray.cancel(ref, force=True)
-            log.warning("board %s (%s) did not say its platform within %.0f s; left out of this run", node[:12],
-                        kind.name, PROBE_TIMEOUT_S)
-            continue
-        try:
-            answer = ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - a board that cannot answer is left out, the run goes on
-            log.warning("board %s (%s) could not say its platform (%s: %s); left out of this run", node[:12],
-                        kind.name, type(exc).__name__, " ".join(str(exc).split())[:200])
-            continue
-        out[node] = Platform(**answer["platform"])
-    return out
