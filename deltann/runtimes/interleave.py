@@ -8,9 +8,17 @@ A session times every configuration of one model on one board in alternating blo
 follows the same one), so drift falls on all of them alike, and every time change is
 computed between neighbours.
 
-Before the first block, an untimed warm-up round runs each loaded configuration over its
-images once (at most :data:`WARM_UP_S` each): without it the first block's first
-configuration ran cold (tiny_cnn: 1.6-2.6x its later blocks, that configuration only).
+Before the first block the session settles: it waits (sleeping, half a second at a time)
+until other processes keep less than :func:`quiet_cores` busy, then runs untimed warm-up
+rounds, each loaded configuration over its images (at most :data:`WARM_UP_S` each),
+until a round's time is within :data:`STEADY_TOL` of the round before — both within
+:data:`SETTLE_MAX_S` in all, after which it times anyway (and says so in the log).
+Without a warm-up round the first block's first configuration ran cold (tiny_cnn:
+1.6-2.6x its later blocks); without the wait, a session that starts right after the
+builds and conversions of its units times its first blocks while that work's processes
+wind down (the quickstart's EfficientNet-Lite0: other processes kept half a core busy
+as the session began, and every configuration ran about 2x slower in blocks 1-5 than in
+blocks 6-20, which made A/A noise floors of 5-12 %).
 Within a block, each configuration gets a settle pause (the previous runtime's thread
 pool stops spinning: on 2 cores a spinning pool takes a core from the next runtime),
 then ``warmup`` untimed calls, then every timed image under TVM's ``time_evaluator``
@@ -24,6 +32,7 @@ it (the load is never timed), and each row says which (``resident``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -119,8 +128,18 @@ class SessionResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-#: Seconds the untimed warm-up round may give each configuration (Session._warm_up).
+#: Seconds one untimed warm-up round may give each configuration (Session._warm_up).
 WARM_UP_S = 2.0
+#: The warm-up is over when a round's time is within this fraction of the round before...
+STEADY_TOL = 0.05
+#: ... or when the settling (the wait for quiet and the rounds) has taken this many seconds.
+SETTLE_MAX_S = 15.0
+
+
+def quiet_cores(cores: int | None = None) -> float:
+    """Cores other processes may keep busy while a session settles: a quarter of one core
+    (an idle Ray node's own processes use about 0.04 here), more on a big machine."""
+    return max(0.25, 0.05 * (cores or os.cpu_count() or 1))
 
 
 def _dropped(stage: str, exc: BaseException) -> str:
@@ -159,6 +178,7 @@ class Session:
         self.slots, self.protocol = slots, protocol
         self.budget = memory_budget() if budget is None else budget
         self.result: SessionResult | None = None
+        self.warm_up: dict[str, Any] = {}
 
     def _load_all(self) -> None:
         """Activate every slot while the loaded set stays within the budget; the rest are
@@ -216,24 +236,54 @@ class Session:
             resident={s.name: s.resident for s in self.slots},
             errors={s.name: s.error for s in self.slots if s.error},
             before=before, after=after, protocol=p, seconds=time.perf_counter() - start,
+            extra={"warm_up": self.warm_up},
         )
 
     def _warm_up(self) -> None:
-        """An untimed round before block 0: each loaded configuration runs its images once
-        (for at most :data:`WARM_UP_S`). The first block's first configuration otherwise
-        runs cold: on a 2-core VM, tiny_cnn's first block measured 1.6-2.6x its later ones,
-        for that configuration only, which an A/A comparison then called a change."""
-        for slot in self.slots:
-            if slot.runner is None or slot.error:
-                continue
-            end = time.perf_counter() + WARM_UP_S
-            try:
-                for x in slot.inputs:
-                    slot.runner.prepare(x[None])()
-                    if time.perf_counter() > end:
-                        break
-            except Exception as exc:  # noqa: BLE001 - the same failure as a block's: it drops out
-                slot.error = _dropped("execute", exc)
+        """Settle before block 0 (module docstring): wait for other processes to quieten,
+        then untimed rounds until two agree. Each round runs every loaded configuration
+        over the same images (as many as the first round fitted in :data:`WARM_UP_S` per
+        configuration); a round's time is the sum over configurations of their median
+        call. Sets :attr:`warm_up` (seconds waited, others' busy cores, rounds, seconds in
+        all, whether the rounds ended steady)."""
+        start = time.perf_counter()
+        others = machine_state().others_busy
+        while others > quiet_cores() and time.perf_counter() - start < SETTLE_MAX_S:
+            others = machine_state().others_busy
+        waited = time.perf_counter() - start
+        counts: dict[str, int] = {}
+        previous = math.inf
+        rounds, steady = 0, False
+        while True:
+            total = 0.0
+            for slot in self.slots:
+                if slot.runner is None or slot.error:
+                    continue
+                end = time.perf_counter() + WARM_UP_S
+                calls: list[float] = []
+                try:
+                    for x in slot.inputs[: counts.get(slot.name, len(slot.inputs))]:
+                        call = slot.runner.prepare(x[None])
+                        t0 = time.perf_counter()
+                        call()
+                        calls.append(time.perf_counter() - t0)
+                        if slot.name not in counts and time.perf_counter() > end:
+                            break
+                except Exception as exc:  # noqa: BLE001 - the same failure as a block's: it drops out
+                    slot.error = _dropped("execute", exc)
+                    continue
+                counts.setdefault(slot.name, len(calls))
+                total += float(np.median(calls)) if calls else 0.0
+            rounds += 1
+            steady = math.isfinite(previous) and abs(total - previous) <= STEADY_TOL * previous
+            if steady or total == 0.0 or time.perf_counter() - start > SETTLE_MAX_S:
+                break
+            previous = total
+        self.warm_up = {"waited_s": round(waited, 2), "others_busy": others, "rounds": rounds,
+                        "seconds": round(time.perf_counter() - start, 2), "steady": steady}
+        if others > quiet_cores() or (not steady and total):
+            log.info("timing: the machine did not settle in %.0f s (other processes kept %.2f cores busy; "
+                     "%d warm-up rounds); timing anyway", SETTLE_MAX_S, others, rounds)
 
     def _slot(self, name: str) -> Slot:
         return next(s for s in self.slots if s.name == name)

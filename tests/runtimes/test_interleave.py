@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from deltann.core.runner import Runner
+from deltann.runtimes import interleave
 from deltann.runtimes.interleave import MachineState, Protocol, Session, Slot, machine_state, time_interleaved
 
 
@@ -67,16 +68,71 @@ def test_blocks_alternate_and_rotate_and_every_image_is_timed() -> None:
         assert result.samples[name].shape == (2, 3, 2)  # images x blocks x repeat
         assert (result.samples[name] > 0).all() and result.resident[name]
     calls = [c for c in log if len(c) == 1]
-    # first an untimed warm-up round, each configuration over its images once (the first
-    # block's first configuration would otherwise run cold)
-    assert calls[:6] == list("AABBCC")
-    calls = calls[6:]
+    # first untimed warm-up rounds, each configuration over its images once a round (the
+    # first block's first configuration would otherwise run cold), until two rounds agree
+    rounds = result.extra["warm_up"]["rounds"]
+    assert rounds >= 2 and calls[: 6 * rounds] == list("AABBCC") * rounds
+    calls = calls[6 * rounds:]
     # per block and configuration: warmup (1) + an untimed call per image (2) + 2 x 2 timed calls
     per_block = 1 + 2 + 4
     assert len(calls) == 3 * 3 * per_block
     runs = [calls[i * per_block] for i in range(9)]
     assert runs == list("ABC" "BCA" "CAB")  # no configuration's block runs into another's
     assert log[:3] == ["load A", "load B", "load C"] and log[-3:] == ["free A", "free B", "free C"]
+
+
+class SettlingRunner(NumpyRunner):
+    """Slow and unsteady for its first ``slow_calls`` calls (20 and 40 ms in turn), then a
+    steady 2 ms: a machine right after heavy work."""
+
+    def __init__(self, slow_calls: int) -> None:
+        super().__init__()
+        self.slow_calls = slow_calls
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        time.sleep((0.02 if self.calls % 2 == 0 else 0.04) if self.calls < self.slow_calls else 0.002)
+        return super().infer_impl(x)
+
+
+class Unsteady(NumpyRunner):
+    """Every other call five times slower: no two warm-up rounds of one image agree."""
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        time.sleep(0.01 if self.calls % 2 else 0.002)
+        return super().infer_impl(x)
+
+
+def test_the_warm_up_goes_on_until_the_machine_is_steady(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one image a round: rounds 1-5 are the slow calls (20, 40, 20, 40, 20 ms, no two
+    # neighbours agree), round 6 is the first fast one, round 7 agrees with it
+    result = time_interleaved([_slot("A", SettlingRunner(slow_calls=5), images=1)], PROTO)
+    assert result.extra["warm_up"]["rounds"] == 7 and result.extra["warm_up"]["steady"] is True
+    assert np.median(result.samples["A"]) < 10e6  # every timed block came after the slow calls (ns)
+
+    # a machine that never settles: the warm-up stops at its cap and the session times anyway
+    monkeypatch.setattr(interleave, "SETTLE_MAX_S", 0.3)
+    result = time_interleaved([_slot("B", Unsteady(), images=1)], PROTO)
+    assert result.extra["warm_up"]["steady"] is False and result.samples["B"].shape == (1, 3, 2)
+
+
+def test_the_session_waits_for_other_processes_to_quieten(monkeypatch: pytest.MonkeyPatch) -> None:
+    # machine_state reads the real machine; here it reports other processes busy for its
+    # first three readings (the session's "before" and two in the wait), as a board's
+    # conversions wind down, then quiet
+    readings = iter([1.5, 1.5, 1.5] + [0.0] * 100)
+    monkeypatch.setattr(interleave, "machine_state",
+                        lambda window_s=0.5: MachineState(load1=0.0, others_busy=next(readings), cpu_mhz=None))
+    result = time_interleaved([_slot("A", NumpyRunner())], PROTO)
+    assert result.before.others_busy == 1.5
+    assert result.extra["warm_up"]["others_busy"] == 0.0  # it waited for the quiet reading
+    assert result.after.others_busy == 0.0 and next(readings) == 0.0  # before, 2 busy + 1 quiet, after
+
+    # never quiet: it waits at most SETTLE_MAX_S, then times anyway
+    monkeypatch.setattr(interleave, "SETTLE_MAX_S", 0.2)
+    monkeypatch.setattr(interleave, "machine_state",
+                        lambda window_s=0.5: (time.sleep(0.05), MachineState(0.0, 1.5, None))[1])
+    result = time_interleaved([_slot("A", NumpyRunner())], PROTO)
+    assert result.extra["warm_up"]["others_busy"] == 1.5 and result.samples["A"].shape == (2, 3, 2)
 
 
 def test_a_slower_configuration_measures_slower() -> None:
