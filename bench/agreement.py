@@ -189,7 +189,8 @@ def main() -> None:
         pair = f"{names[a]}/{names[b]}"
         print(f"agreement {pair:<16} {median[names[a]][2] / median[names[b]][2]:.3f}"
               f"   (goal 0.85-1.15; per round {min(per_round):.3f}-{max(per_round):.3f})")
-    print(f"TVM ms, study/reference {median[names[0]][0] / median[names[2]][0]:.3f}   (the target and timing path alone)")
+    print(f"TVM ms, study/reference {median[names[0]][0] / median[names[2]][0]:.3f}   "
+          "(the target and timing path alone)")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,11 @@ Why these and not the seed's uncorrected ANOVA:
    over blocks, not cells (one image in one block): each block gives the median over its
    images of log(t_A / t_B), and a one-sample t-test asks whether their mean is zero
    (:func:`block_test`). Cells of one block are not independent: tested as if they were,
-   a machine state that changed between A and B within one block (measured here: a
-   2-core VM going from 50 to 26 µs per call mid-block) made an A/A pair of tiny_cnn
-   "significant" at p = 0.005 over 20 cells; over its 5 blocks, p = 0.25. The t-test
-   keeps its power at a handful of blocks when the change is consistent (a 25x change
-   over 6 images in 5 blocks: p ~ 1e-8), where a rank test over 5 blocks could never go
-   below 2/32. A session of one block has no block-to-block spread: its images are the
+   a machine state that changed between A and B within one block made an A/A pair of
+   tiny_cnn "significant" over its cells, and not over its blocks. The t-test keeps its
+   power at a handful of blocks when the change is consistent (a large change over 6
+   images in 5 blocks is significant), where a rank test over n blocks can never go
+   below 2/2^n. A session of one block has no block-to-block spread: its images are the
    units (paired Wilcoxon signed-rank). The confidence interval resamples the two
    crossed factors, images and blocks, together (:func:`cell_bootstrap_ratio_ci`).
    :func:`min_detectable_change` says what a comparison of this size and noise can see.
@@ -32,9 +31,8 @@ Why these and not the seed's uncorrected ANOVA:
    (:func:`paired_ratio`): the median over blocks of each block's median log(t_A / t_B),
    not the ratio of the two sides' overall medians. A VM that moves between fast and slow
    states for seconds at a time puts A's and B's samples of one block in one state, but
-   the overall medians of two sides may each fall in a different state: on this 2-core VM
-   the ratio of medians of one TVM/onnxruntime pair ranged 1.06-1.71 between runs, the
-   paired estimate far less (issue 13).
+   the overall medians of two sides may each fall in a different state, so the ratio of
+   medians of one pair moved between runs far more than the paired estimate (issue 13).
 """
 
 from __future__ import annotations

@@ -1,24 +1,23 @@
 """Interleaved timing: the one way deltann times configurations, on boards and in benches.
 
-Why interleaved: a machine drifts between fast and slow states for minutes at a time (on
-this project's 2-core machines both onnxruntime and TVM measured 30 % slower for minutes),
-so configurations timed one after another minutes apart compare machine states, not code.
-A session times every configuration of one model on one board in alternating blocks
-(A, B, C, A, B, C, ...; the order rotates by one each block so no configuration always
-follows the same one), so drift falls on all of them alike, and every time change is
-computed between neighbours.
+Why interleaved: a machine drifts between fast and slow states for minutes at a time (the
+project's 2-core VMs slow both onnxruntime and TVM this way), so configurations timed
+one after another minutes apart compare machine states, not code. A session times every
+configuration of one model on one board in alternating blocks (A, B, C, A, B, C, ...;
+the order rotates by one each block so no configuration always follows the same one),
+so drift falls on all of them alike, and every time change is computed between
+neighbours.
 
 Before the first block the session settles: it waits (sleeping, half a second at a time)
 until other processes keep less than :func:`quiet_cores` busy, then runs untimed warm-up
 rounds, each loaded configuration over its images (at most :data:`WARM_UP_S` each),
 until a round's time is within :data:`STEADY_TOL` of the round before — both within
 :data:`SETTLE_MAX_S` in all, after which it times anyway (and says so in the log).
-Without a warm-up round the first block's first configuration ran cold (tiny_cnn:
-1.6-2.6x its later blocks); without the wait, a session that starts right after the
-builds and conversions of its units times its first blocks while that work's processes
-wind down (the quickstart's EfficientNet-Lite0: other processes kept half a core busy
-as the session began, and every configuration ran about 2x slower in blocks 1-5 than in
-blocks 6-20, which made A/A noise floors of 5-12 %).
+Without a warm-up round the first block's first configuration runs cold, slower than
+in its later blocks; without the wait, a session that starts right after the builds and
+conversions of its units times its first blocks while that work's processes wind down,
+every configuration slower in its first blocks than in the rest (issue 13's notes have
+the measurements).
 Within a block, each configuration gets a settle pause (the previous runtime's thread
 pool stops spinning: on 2 cores a spinning pool takes a core from the next runtime),
 then ``warmup`` untimed calls, then every timed image under TVM's ``time_evaluator``
@@ -138,7 +137,7 @@ SETTLE_MAX_S = 15.0
 
 def quiet_cores(cores: int | None = None) -> float:
     """Cores other processes may keep busy while a session settles: a quarter of one core
-    (an idle Ray node's own processes use about 0.04 here), more on a big machine."""
+    (well above what an idle Ray node's own processes use), more on a big machine."""
     return max(0.25, 0.05 * (cores or os.cpu_count() or 1))
 
 

@@ -82,15 +82,15 @@ def test_blocks_alternate_and_rotate_and_every_image_is_timed() -> None:
 
 
 class SettlingRunner(NumpyRunner):
-    """Slow and unsteady for its first ``slow_calls`` calls (20 and 40 ms in turn), then a
-    steady 2 ms: a machine right after heavy work."""
+    """Slow and unsteady for its first ``slow_calls`` calls (40 and 80 ms in turn), then a
+    steady 10 ms: a machine right after heavy work."""
 
     def __init__(self, slow_calls: int) -> None:
         super().__init__()
         self.slow_calls = slow_calls
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
-        time.sleep((0.02 if self.calls % 2 == 0 else 0.04) if self.calls < self.slow_calls else 0.002)
+        time.sleep((0.04 if self.calls % 2 == 0 else 0.08) if self.calls < self.slow_calls else 0.01)
         return super().infer_impl(x)
 
 
@@ -103,11 +103,12 @@ class Unsteady(NumpyRunner):
 
 
 def test_the_warm_up_goes_on_until_the_machine_is_steady(monkeypatch: pytest.MonkeyPatch) -> None:
-    # one image a round: rounds 1-5 are the slow calls (20, 40, 20, 40, 20 ms, no two
-    # neighbours agree), round 6 is the first fast one, round 7 agrees with it
+    # one image a round: rounds 1-5 are the slow calls (40, 80, 40, 80, 40 ms, no two
+    # neighbours agree), round 6 is the first fast one, round 7 agrees with it (later on a
+    # loaded machine, whose sleeps overshoot)
     result = time_interleaved([_slot("A", SettlingRunner(slow_calls=5), images=1)], PROTO)
-    assert result.extra["warm_up"]["rounds"] == 7 and result.extra["warm_up"]["steady"] is True
-    assert np.median(result.samples["A"]) < 10e6  # every timed block came after the slow calls (ns)
+    assert result.extra["warm_up"]["rounds"] >= 7 and result.extra["warm_up"]["steady"] is True
+    assert np.max(result.samples["A"]) < 35e6  # every timed sample came after the slow calls (ns)
 
     # a machine that never settles: the warm-up stops at its cap and the session times anyway
     monkeypatch.setattr(interleave, "SETTLE_MAX_S", 0.3)
