@@ -190,7 +190,7 @@ def test_a_study_on_the_container_kind_runs_inside_the_image(board: tuple[str, s
     assert sorted(session["configs"]) == sorted(ok["config"].to_list())
     t = Store(out).scan("timings").collect()
     assert t.height == 3 * 2 and set(t["session"]) == {session["session"]} and set(t["board"]) == {node_id}
-    assert t["samples_ns"].list.len().to_list() == [5 * 2] * 6  # 5 blocks of repeat = 2
+    assert t["samples_ns"].list.len().to_list() == [20 * 2] * 6  # 20 blocks (the default) of repeat = 2
 
 
 def test_a_container_killed_mid_unit_gives_a_crash_row_and_the_rest_run_in_a_fresh_one(
