@@ -21,8 +21,8 @@ import polars as pl
 from deltann.analysis import stats
 from deltann.store import Store
 
-SPEEDUP_CONVENTION = ("speedup_pct(A→B) = (t_A / t_B − 1) × 100 — positive means B is faster (t_A / t_B: the median "
-                      "over the session's blocks of A against B timed in the same block).")
+SPEEDUP_CONVENTION = ("speedup_pct(A→B) = (t_A / t_B − 1) × 100 — positive means B is faster (t_A / t_B: the "
+                      "median over the session's blocks of A against B timed in the same block).")
 
 #: Order of settings within a variant: a pair (A, B) always has A earlier than B.
 SETTING_ORDER = ["native", "unscheduled", "basic", "default", "extended", "tuned"]
@@ -113,8 +113,9 @@ def _rank(setting: pl.Expr) -> pl.Expr:
 
 def speedup_table(per_session: pl.DataFrame) -> pl.DataFrame:
     """For each model, device and variant, every pair of its configurations timed in one
-    session (A earlier than B in :data:`SETTING_ORDER`): t_A, t_B and ``speedup_pct`` (see
-    :data:`SPEEDUP_CONVENTION`), with the board and session they were timed in. A pair
+    session (A earlier than B in :data:`SETTING_ORDER`): t_A, t_B and ``speedup_pct`` from
+    their medians (:func:`speedup_stats` replaces it with the estimate paired by block that
+    :data:`SPEEDUP_CONVENTION` names), with the board and session they were timed in. A pair
     timed in several sessions is shown from the latest."""
     base = per_session.select("model", "device", "variant", "setting", "config", "session", "board", "finished_at",
                               "median_ms").with_columns(_rank(pl.col("setting")).alias("rank"))
@@ -187,7 +188,8 @@ def speedup_stats(
     (see :mod:`deltann.analysis.stats`, reasons 5 and 6): ``ratio`` = t_A / t_B paired by
     block (:func:`~deltann.analysis.stats.paired_ratio`; ``speedup_pct`` follows it, so
     it may differ from the ratio of the two medians shown beside it) and its 95 % CI from
-    a bootstrap over images and blocks (``ci_*_pct`` in the speedup convention); ``n_paired`` cells (image × block) timed on both sides;
+    a bootstrap over images and blocks (``ci_*_pct`` in the speedup convention);
+    ``n_paired`` cells (image × block) timed on both sides;
     ``p_value`` of :func:`~deltann.analysis.stats.block_test` (a t-test over the blocks'
     median log-ratios; over images with one block) and ``p_holm`` (Holm across every
     row); the effect size ``effect_rb`` (matched-pairs rank-biserial over the cells,
@@ -255,7 +257,8 @@ def noise_floor(store: Store, per_session: pl.DataFrame | None = None) -> pl.Dat
     even blocks against its odd blocks (cells paired by image and neighbouring blocks), in
     the speedup convention: ``aa_speedup_pct = (t_even / t_odd − 1) × 100``, the ratio
     paired as time changes are (:func:`~deltann.analysis.stats.paired_ratio`: the median
-    over block pairs of each pair's median over images), and ``noise_pct`` its size. With one block, alternate samples of each image are compared
+    over block pairs of each pair's median over images), and ``noise_pct`` its size. With
+    one block, alternate samples of each image are compared
     instead. ``drift``: the same test as :func:`speedup_stats` says the configuration's
     time moved between blocks (``aa_p_value``, Holm-corrected, and ×1.05) — the machine
     changed state during the session. Time changes pair A and B within each block, so such
