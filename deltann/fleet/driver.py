@@ -841,7 +841,8 @@ def _run(study: Study, units: list[plan.Unit], inputs: dict[str, dataset.InputSe
             store.write(table)
             on_done(table.to_pylist()[0])
 
-        node_platforms = {b["node_id"]: b.get("platform", "") for bs in boards.values() for b in bs}
+        # per kind: one node may serve several kinds, each with its own platform (its target)
+        node_platforms = {(kind, b["node_id"]): b.get("platform", "") for kind, bs in boards.items() for b in bs}
         tuned = fleet_tuning.tune_units(study, units if study.replicate else todo + retimed, store, kinds,
                                         cache_dir, tune_failed, platforms=node_platforms)
         units, todo = tuned.apply(units), tuned.apply(todo)

@@ -198,10 +198,11 @@ class TuningFailed(Exception):
 
 def tune_units(study: Study, units: list[Unit], store: Store, kinds: dict[str, DeviceKind], cache_dir: str,
                write_failure: Callable[[Unit, str, Failure], None],
-               platforms: dict[str, str] | None = None) -> TuningOutcome:
+               platforms: dict[tuple[str, str], str] | None = None) -> TuningOutcome:
     """Tune what the tuned ``units`` need (see the module docstring). ``write_failure(unit,
     board, failure)`` records a unit's ``tune`` failure row. ``platforms``
-    (node id -> platform key): only boards of a unit's platform tune for it."""
+    ((kind, node id) -> platform key; one node may serve several kinds): only boards of a
+    unit's platform tune for it."""
     outcome = TuningOutcome()
     groups: dict[tuple[str, str, str, str], list[Unit]] = defaultdict(list)
     for u in units:
@@ -209,7 +210,7 @@ def tune_units(study: Study, units: list[Unit], store: Store, kinds: dict[str, D
             groups[(u.model, u.variant, u.device, u.platform)].append(u)
     for (model, variant, kind_name, platform), group in groups.items():
         boards = [b for b in alive_boards(kinds[kind_name].resource)
-                  if not platform or platforms is None or platforms.get(b["node_id"]) == platform]
+                  if not platform or platforms is None or platforms.get((kind_name, b["node_id"])) == platform]
         if not boards:
             continue  # the driver reports the kind's units as pending
         try:

@@ -219,9 +219,10 @@ def test_fleet_tunes_stores_reuses_and_records_failures(tmp_path: Path, study_fi
     found = localize_pair(out, "torch [tvm:extended]@local", "torch [tvm:tuned]@local", images="all", kernels=True)
     assert found.localization.alignment_rate > 0.95 and found.localization.first_divergent is None
 
-    # A rerun with another timing protocol: new unit keys, the same variant and target,
-    # so the tuned unit builds from the stored records without tuning again.
-    summary2 = run_study(study_file(body.replace("repeat = 1", "repeat = 2"), "rerun.toml"), out, progress=False,
+    # A rerun over another image: new unit keys (a timing protocol alone no longer changes
+    # them: timing is the sessions'), the same variant and target, so the tuned unit builds
+    # from the stored records without tuning again.
+    summary2 = run_study(study_file(body.replace("limit = 2", "limit = 3"), "rerun.toml"), out, progress=False,
                          catalogue=catalogue)
     assert summary2.ran == 4 and summary2.skipped == 0
     rows2 = Store(out).scan("tuning", complete_only=False).collect()
