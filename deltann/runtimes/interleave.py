@@ -254,25 +254,8 @@ class Session:
         previous = math.inf
         rounds, steady = 0, False
         while True:
-            total = 0.0
-            for slot in self.slots:
-                if slot.runner is None or slot.error:
-                    continue
-                end = time.perf_counter() + WARM_UP_S
-                calls: list[float] = []
-                try:
-                    for x in slot.inputs[: counts.get(slot.name, len(slot.inputs))]:
-                        call = slot.runner.prepare(x[None])
-                        t0 = time.perf_counter()
-                        call()
-                        calls.append(time.perf_counter() - t0)
-                        if slot.name not in counts and time.perf_counter() > end:
-                            break
-                except Exception as exc:  # noqa: BLE001 - the same failure as a block's: it drops out
-                    slot.error = _dropped("execute", exc)
-                    continue
-                counts.setdefault(slot.name, len(calls))
-                total += float(np.median(calls)) if calls else 0.0
+            total = sum(self._warm_up_round(slot, counts) for slot in self.slots
+                        if slot.runner is not None and not slot.error)
             rounds += 1
             steady = math.isfinite(previous) and abs(total - previous) <= STEADY_TOL * previous
             if steady or total == 0.0 or time.perf_counter() - start > SETTLE_MAX_S:
@@ -283,6 +266,27 @@ class Session:
         if others > quiet_cores() or (not steady and total):
             log.info("timing: the machine did not settle in %.0f s (other processes kept %.2f cores busy; "
                      "%d warm-up rounds); timing anyway", SETTLE_MAX_S, others, rounds)
+
+    def _warm_up_round(self, slot: Slot, counts: dict[str, int]) -> float:
+        """One untimed warm-up round of a loaded ``slot``: its first ``counts[name]`` images
+        (the first round: as many as fit in :data:`WARM_UP_S`, then recorded in ``counts``);
+        returns its median call in seconds (0 when it failed and dropped out)."""
+        assert slot.runner is not None
+        end = time.perf_counter() + WARM_UP_S
+        calls: list[float] = []
+        try:
+            for x in slot.inputs[: counts.get(slot.name, len(slot.inputs))]:
+                call = slot.runner.prepare(x[None])
+                t0 = time.perf_counter()
+                call()
+                calls.append(time.perf_counter() - t0)
+                if slot.name not in counts and time.perf_counter() > end:
+                    break
+        except Exception as exc:  # noqa: BLE001 - the same failure as a block's: it drops out
+            slot.error = _dropped("execute", exc)
+            return 0.0
+        counts.setdefault(slot.name, len(calls))
+        return float(np.median(calls)) if calls else 0.0
 
     def _slot(self, name: str) -> Slot:
         return next(s for s in self.slots if s.name == name)
