@@ -337,7 +337,10 @@ def run(args: argparse.Namespace, target: tuple[str, str]) -> list[dict[str, Any
     cache = getattr(args, "cache", None) or Path(tempfile.gettempdir()) / "deltann-bench-compile"
     print(f"threads: {os.environ['TVM_NUM_THREADS']} (TVM) and {os.environ['OMP_NUM_THREADS']} (onnxruntime, "
           "LiteRT)")
-    print(f"kind {args.kind!r}: target {target[0]}, host {target[1]}; medians over {BLOCKS} interleaved blocks "
+    from deltann.compile.pipeline import make_target
+
+    built_for = make_target(*target)  # as a board resolves it: mcpu "native" named, the host included
+    print(f"kind {args.kind!r}: target {built_for}; medians over {BLOCKS} interleaved blocks "
           "(batch 1, this machine; lower is better)")
     print("/best = TVM ms / the faster native runtime's ms (blocks: the per-block ratios' range), /ort = TVM / "
           "onnxruntime; nosched = kernels without a vector schedule (a naive fallback counts); max|d| = largest "

@@ -127,9 +127,21 @@ def _is_reduction(sch: Any, block: Any) -> bool:
     return any(it.iter_type == tirx.IterVar.CommReduce for it in sch.get(block).iter_vars)
 
 
+def _is_copy(sch: Any, block: Any) -> bool:
+    """The block only copies one buffer element to another (a "padding" of zero width, as
+    LegalizeOps writes one before every convolution, 1x1 ones included)."""
+    from tvm import ir, tirx
+
+    body = sch.get(block).body
+    return isinstance(body, tirx.BufferStore) and isinstance(body.value, ir.TensorLoad)
+
+
 def _inline(sch: Any, root: Any) -> None:
-    """Inline injective blocks into non-reduction consumers or producers. A padding
-    block feeding a conv stays: inlined, it puts a branch in the conv's inner loop."""
+    """Inline injective blocks into non-reduction consumers or producers, and plain copies
+    into any consumer. A padding block feeding a conv stays: inlined, it puts a branch in
+    the conv's inner loop; a zero-width one is a copy of the conv's whole input, a pass
+    over memory and a parallel launch of its own for nothing, and goes (except before an
+    NCHW conv, where :func:`_channels_last` makes that copy its channel-last input)."""
     from tvm.s_tir import ScheduleError
 
     changed = True
@@ -139,7 +151,8 @@ def _inline(sch: Any, root: Any) -> None:
             if _is_reduction(sch, block):
                 continue
             consumers = sch.get_consumers(block)
-            if consumers and not any(_is_reduction(sch, c) for c in consumers):
+            plain_copy = _is_copy(sch, block) and not any(_nchw_conv(sch, c) for c in consumers)
+            if consumers and (plain_copy or not any(_is_reduction(sch, c) for c in consumers)):
                 try:
                     sch.compute_inline(block)
                     changed = True

@@ -298,3 +298,32 @@ def test_a_short_prime_row_is_tiled_whole(width: int, tile: int) -> None:
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
     ref = sum(padded[:, :, j:j + width, :] @ k[0, j] for j in range(3))
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("kernel", "padding"), [(1, 0), (3, 1)])
+def test_a_zero_width_pad_is_no_copy_of_the_input(kernel: int, padding: int) -> None:
+    """LegalizeOps writes a padding block before every convolution; one of zero width (a
+    1x1 conv) is a plain copy of the conv's input and is inlined into it (no second loop
+    nest, no copy buffer), while a real padding stays its own block (inlined, its branch
+    would sit in the conv's inner loop). Values unchanged either way."""
+    import tvm
+    from tvm import te, topi
+    from tvm.driver import build as tvm_build
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    a = te.placeholder((1, 14, 14, 32), "float32", name="a")
+    w = te.placeholder((kernel, kernel, 32, 48), "float32", name="w")
+    func = te.create_prim_func([a, w, topi.nn.conv2d_nhwc(a, w, 1, padding, 1)])
+    sch = schedules.schedule_func(func, schedules.lanes_for(target))
+    assert sch is not None
+    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    assert ("pad_temp" in blocks) == (padding > 0), blocks
+    lib = tvm_build(sch.mod, target=tvm.target.Target("llvm"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 14, 14, 32)).astype(np.float32)
+    k = rng.standard_normal((kernel, kernel, 32, 48)).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros((1, 14, 14, 48), np.float32))
+    lib[lib.entry_name](tvm.runtime.tensor(x), tvm.runtime.tensor(k), out)
+    padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    ref = sum(padded[:, i:i + 14, j:j + 14, :] @ k[i, j] for i in range(kernel) for j in range(kernel))
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
