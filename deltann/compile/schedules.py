@@ -128,12 +128,16 @@ def _is_reduction(sch: Any, block: Any) -> bool:
 
 
 def _is_copy(sch: Any, block: Any) -> bool:
-    """The block only copies one buffer element to another (a "padding" of zero width, as
-    LegalizeOps writes one before every convolution, 1x1 ones included)."""
+    """The block copies a buffer element for element, at the same indices (a "padding" of
+    zero width, as LegalizeOps writes one before every convolution, 1x1 ones included);
+    a transpose or a shifted read is no such copy."""
     from tvm import ir, tirx
 
     body = sch.get(block).body
-    return isinstance(body, tirx.BufferStore) and isinstance(body.value, ir.TensorLoad)
+    if not (isinstance(body, tirx.BufferStore) and isinstance(body.value, ir.TensorLoad)):
+        return False
+    written, read = list(body.indices), list(body.value.indices)
+    return len(written) == len(read) and all(w.same_as(r) for w, r in zip(written, read, strict=True))
 
 
 def _inline(sch: Any, root: Any) -> None:

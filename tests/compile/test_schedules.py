@@ -327,3 +327,21 @@ def test_a_zero_width_pad_is_no_copy_of_the_input(kernel: int, padding: int) -> 
     padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     ref = sum(padded[:, i:i + 14, j:j + 14, :] @ k[i, j] for i in range(kernel) for j in range(kernel))
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_only_a_copy_at_the_same_indices_counts_as_a_copy() -> None:
+    """What the rule inlines into a conv as a plain copy: an element-for-element copy, not
+    a transpose and not a shifted read (each would make the conv's inner loop read with
+    another stride or offset)."""
+    from tvm import s_tir, te
+
+    a = te.placeholder((4, 6, 8), "float32", name="a")
+    made = {"copy": te.compute((4, 6, 8), lambda i, j, k: a[i, j, k]),
+            "transpose": te.compute((4, 8, 6), lambda i, k, j: a[i, j, k]),
+            "shifted": te.compute((4, 5, 8), lambda i, j, k: a[i, j + 1, k])}
+    found = {}
+    for name, out in made.items():
+        sch = s_tir.Schedule(te.create_prim_func([a, out]))
+        (block,) = sch.get_child_blocks(sch.get_sblock("root"))
+        found[name] = schedules._is_copy(sch, block)
+    assert found == {"copy": True, "transpose": False, "shifted": False}
