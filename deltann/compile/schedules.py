@@ -155,8 +155,8 @@ def _inline(sch: Any, root: Any) -> None:
             if _is_reduction(sch, block):
                 continue
             consumers = sch.get_consumers(block)
-            plain_copy = _is_copy(sch, block) and not any(_nchw_conv(sch, c) for c in consumers)
-            if consumers and (plain_copy or not any(_is_reduction(sch, c) for c in consumers)):
+            if consumers and (not any(_is_reduction(sch, c) for c in consumers)
+                              or (_is_copy(sch, block) and not any(_nchw_conv(sch, c) for c in consumers))):
                 try:
                     sch.compute_inline(block)
                     changed = True
