@@ -9,7 +9,8 @@ per model. Every Relay build had a schedule for each operator (TOPI's, at every
 opt_level), so every deltann setting has this one (:mod:`deltann.compile.settings`).
 On ``llvm`` it is one deterministic dlight :class:`ScheduleRule` applied to every kernel:
 
-- injective blocks are inlined into their (non-reduction) neighbours;
+- injective blocks are inlined into their (non-reduction) neighbours, and a padding
+  into a depthwise conv or pooling that reads it (:func:`_inline`);
 - a reduction block (conv2d, dense, pooling, mean) gets its innermost spatial loop
   split into a vector lane (one register of the target: 16 floats with AVX-512, 8 with
   AVX2, 4 otherwise), the reduction loops moved above that lane, a register tile of up
