@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import tempfile
 import time
 from collections.abc import Iterable
@@ -62,9 +61,6 @@ APPLY = APPLY_DATABASE
 
 #: Substrings of a fused kernel's name that make it a "heavy" task.
 HEAVY = ("conv2d", "matmul", "dense")
-
-#: Single cold runs per measured candidate (:func:`_in_process`); their median is its time.
-MEASURE_RUNS = 7
 
 #: Tuning records kept per workload: the best few (the best one is what a build applies;
 #: the others seed the search when a rerun with more budget resumes).
@@ -233,16 +229,7 @@ def _in_process() -> tuple[Any, Any]:
     measuring a few dozen candidates. The cost: a candidate that crashed would take the
     tuning process with it; MetaSchedule's postprocessors verify every llvm candidate
     before it is built, and on a board the process is the tuning task, whose death is a
-    ``tune`` failure row (deltann.fleet.tuning_driver).
-
-    Each candidate is timed as the model runs it, not in a warm loop: its weights and
-    output flushed from the caches before each of :data:`MEASURE_RUNS` single runs (its
-    input stays, as the previous kernel leaves it), the median kept. Why: a kernel timed
-    warm, 20 calls in a row on the same buffers, measured 1.5-2.2x faster than the same
-    kernel inside the model (MobileNetV2's 56x56 and 112x112 kernels, VM instrument
-    hook), and flushed within 0-25 % of it; warm, the search ranked candidates by a
-    speed the model never sees (the 30-minute runs' kernels gained 28-30 % alone, half
-    that in the model, and some got slower there)."""
+    ``tune`` failure row (deltann.fleet.tuning_driver)."""
     import itertools
 
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
@@ -271,7 +258,7 @@ def _in_process() -> tuple[Any, Any]:
                     results.append(BuilderResult(None, f"{type(exc).__name__}: {exc}"))
             return results
 
-    config = EvaluatorConfig(number=1, repeat=MEASURE_RUNS, min_repeat_ms=0, enable_cpu_cache_flush=True)
+    config = EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20, enable_cpu_cache_flush=False)
 
     @derived_object
     class InProcessRunner(PyRunner):
@@ -287,8 +274,7 @@ def _in_process() -> tuple[Any, Any]:
                     device = tvm.runtime.device(str(inp.device_type), 0)
                     args = default_alloc_argument(device, [a.as_json() for a in inp.args_info], 1)
                     costs = default_run_evaluator(rt_mod, device, config, args)
-                    # one figure, the median run: a single cold run is noisier than a warm loop
-                    futures.append(LocalRunnerFuture(res=[statistics.median(costs)], error_message=None))
+                    futures.append(LocalRunnerFuture(res=costs, error_message=None))
                 except Exception as exc:  # noqa: BLE001 - a failed candidate is a result, as in LocalRunner
                     futures.append(LocalRunnerFuture(res=None, error_message=f"{type(exc).__name__}: {exc}"))
             return futures
