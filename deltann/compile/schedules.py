@@ -167,8 +167,9 @@ def _inline(sch: Any, root: Any) -> None:
     conv over channels stays: inlined, it puts a branch in the conv's inner loop, run
     once per input channel. Before a depthwise conv or a pooling that branch costs less
     than the padded copy: a second pass over memory and a parallel launch of its own
-    (measured on MobileNetV2's depthwise convs with caches flushed, as the model runs
-    them: 15-45 % faster inlined; the first conv, 3 channels summed, 1.6x slower). A
+    (MobileNetV2's and EfficientNet-Lite0's depthwise kernels, timed alone with caches
+    flushed: 13-45 % faster inlined, the whole models 7-10 % in paired runs; MobileNetV2's
+    first conv, 3 channels summed, 1.6x slower inlined). A
     zero-width padding is a copy of the conv's whole input and goes (except before an
     NCHW conv, where :func:`_channels_last` makes that copy its channel-last input)."""
     from tvm.s_tir import ScheduleError
