@@ -161,6 +161,14 @@ def _window_reduction(sch: Any, block: Any) -> bool:
     return bool(axes) and sum(1 for it in axes if _const(it.dom.extent) != 1) <= 2
 
 
+def _inlines_into_reductions(sch: Any, block: Any, consumers: list[Any]) -> bool:
+    """Whether ``block`` goes into its consumers although some are reductions (see
+    :func:`_inline`): a plain copy, or a padding of window reductions only; never
+    into an NCHW conv."""
+    fits = _is_copy(sch, block) or (_is_padding(sch, block) and all(_window_reduction(sch, c) for c in consumers))
+    return fits and not any(_nchw_conv(sch, c) for c in consumers)
+
+
 def _inline(sch: Any, root: Any) -> None:
     """Inline injective blocks into non-reduction consumers or producers, plain copies
     into any consumer, and paddings into window reductions. A padding block feeding a
@@ -169,9 +177,9 @@ def _inline(sch: Any, root: Any) -> None:
     than the padded copy: a second pass over memory and a parallel launch of its own
     (MobileNetV2's and EfficientNet-Lite0's depthwise kernels, timed alone with caches
     flushed: 13-45 % faster inlined, the whole models 7-10 % in paired runs; MobileNetV2's
-    first conv, 3 channels summed, 1.6x slower inlined). A
-    zero-width padding is a copy of the conv's whole input and goes (except before an
-    NCHW conv, where :func:`_channels_last` makes that copy its channel-last input)."""
+    first conv, 3 channels summed, 1.6x slower inlined). A zero-width padding is a copy
+    of the conv's whole input and goes (except before an NCHW conv, where
+    :func:`_channels_last` makes that copy its channel-last input)."""
     from tvm.s_tir import ScheduleError
 
     changed = True
@@ -182,9 +190,7 @@ def _inline(sch: Any, root: Any) -> None:
                 continue
             consumers = sch.get_consumers(block)
             if consumers and (not any(_is_reduction(sch, c) for c in consumers)
-                              or ((_is_copy(sch, block)
-                                   or (_is_padding(sch, block) and all(_window_reduction(sch, c) for c in consumers)))
-                                  and not any(_nchw_conv(sch, c) for c in consumers))):
+                              or _inlines_into_reductions(sch, block, consumers)):
                 try:
                     sch.compute_inline(block)
                     changed = True
