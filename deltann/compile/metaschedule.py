@@ -584,8 +584,13 @@ def records_from_json(text: str) -> list[Record]:
 
 def database_from_json(text: str) -> Any:
     """The database a build applies, from the records JSON a tuned unit carries (None
-    for "": an untuned build)."""
-    return records_to_database(records_from_json(text)) if text else None
+    for "": an untuned build). A kernel whose best record is deltann's own schedule
+    (:func:`_add_default_schedule`) gets no record: ``DefaultSchedule``, which follows
+    the database in the setting, schedules it with the rule of the build, so records
+    kept from before that rule changed cannot pin its older version."""
+    if not text:
+        return None
+    return records_to_database(r for r in best_only(records_from_json(text)) if _sampled(r))
 
 
 def best_only(records: Iterable[Record]) -> list[Record]:

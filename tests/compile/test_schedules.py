@@ -300,6 +300,45 @@ def test_a_short_prime_row_is_tiled_whole(width: int, tile: int) -> None:
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(("channels", "tile"), [(48, (7, 3)), (24, (7, 3)), (32, (8, 2))])
+def test_a_column_tile_one_smaller_lets_channel_vectors_share_a_broadcast(channels: int,
+                                                                          tile: tuple[int, int]) -> None:
+    """A 1x1 NHWC convolution at 56 columns, AVX-512: 48 output channels are 3 vectors, which
+    8 columns x 2 vectors cannot tile; 7 x 3 can (so can 24 channels, 3 vectors of the 8
+    lanes that 24 allows); 32 channels (2 vectors) keep 8 x 2. Values unchanged."""
+    import tvm
+    from tvm import te, topi
+    from tvm.driver import build as tvm_build
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    a = te.placeholder((1, 56, 56, 16), "float32", name="a")
+    w = te.placeholder((1, 1, 16, channels), "float32", name="w")
+    func = te.create_prim_func([a, w, topi.nn.conv2d_nhwc(a, w, 1, 0, 1)])
+    sch = schedules.schedule_func(func, schedules.lanes_for(target))
+    assert sch is not None
+    unrolled = {int(sch.get(lp).extent) for b in sch.get_child_blocks(sch.get_sblock("root"))
+                for lp in sch.get_loops(b) if sch.get(lp).kind == tvm.tirx.ForKind.UNROLLED}
+    assert set(tile) <= unrolled and ({8} if tile[0] == 7 else {7, 3}).isdisjoint(unrolled), unrolled
+    lib = tvm_build(sch.mod, target=tvm.target.Target("llvm"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 56, 56, 16)).astype(np.float32)
+    k = rng.standard_normal((1, 1, 16, channels)).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros((1, 56, 56, channels), np.float32))
+    lib[lib.entry_name](tvm.runtime.tensor(x), tvm.runtime.tensor(k), out)
+    np.testing.assert_allclose(out.numpy(), x @ k[0, 0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("width", "vectors", "budget", "tile"), [
+    (14, 16, schedules.ACCUMULATORS_WIDE, (7, 2)),  # ResNet101's 14x14x256: no 2 x 8
+    (28, 8, schedules.ACCUMULATORS_WIDE, (7, 2)),  # 28x28x128: no 4 x 4
+    (56, 3, schedules.ACCUMULATORS, (8, 1)),  # 16 registers: no room for 7 x 3
+    (17, 4, schedules.ACCUMULATORS_WIDE, (17, 1)),  # a short prime row, whole
+])
+def test_register_tiles_prefer_columns(width: int, vectors: int, budget: int, tile: tuple[int, int]) -> None:
+    """Column tiles first: a smaller one only one size down, and only to gain channel vectors."""
+    assert schedules._register_tile(width, vectors, budget, schedules.ROW_WIDE) == tile
+
+
 @pytest.mark.parametrize(("kernel", "padding"), [(1, 0), (3, 1)])
 def test_a_zero_width_pad_is_no_copy_of_the_input(kernel: int, padding: int) -> None:
     """LegalizeOps writes a padding block before every convolution; one of zero width (a
