@@ -14,8 +14,8 @@ On ``llvm`` it is one deterministic dlight :class:`ScheduleRule` applied to ever
 - a reduction block (conv2d, dense, pooling, mean) gets its innermost spatial loop
   split into a vector lane (one register of the target: 16 floats with AVX-512, 8 with
   AVX2, 4 otherwise), the reduction loops moved above that lane, a register tile of
-  output columns x channel vectors around it (up to 8 x 2, or 7 x 3, of AVX-512's 32
-  registers; :func:`_register_tile`) accumulated in a local buffer,
+  output columns x channel vectors around it (whole pixels where the output has few
+  channels; :func:`_register_tile`) accumulated in a local buffer,
   its init hoisted out of the reduction (``decompose_reduction``), the elementwise
   epilogue folded into the write-back, the outer spatial loops fused into one parallel
   loop;
@@ -294,21 +294,38 @@ def _tile(extent: int | None, tiles: tuple[int, ...], budget: int) -> int:
     return 1
 
 
+#: Channel vectors an output may have and still be tiled whole (96 channels with AVX-512).
+#: 9 (144 channels) measured no better than 6 on MobileNetV2 and EfficientNet-Lite0.
+WHOLE_CHANNELS = 6
+
+
 def _register_tile(wext: int | None, cext: int | None, budget: int, row_max: int) -> tuple[int, int]:
     """(output columns, channel vectors) of a reduction's register tile, at most ``budget``
-    accumulators: the largest column tile that divides the row (a short row no tile
-    divides, up to ``row_max``: the whole row), then the largest channel tile within the
-    budget left. When that leaves one channel vector and a column tile one smaller admits
-    several (7 columns x 3 vectors where 8 x 2 would not divide 3 or 9 vectors), that
-    smaller tile: each broadcast input then feeds several accumulators instead of one.
-    Measured (one process, kernels alone, AVX-512): MobileNetV2's 1x1 conv 144->24 at
-    56x56 192 -> 127 us (8 lanes: 8x1 -> 7x3), 24->144 183 -> 155 us (8x1 -> 7x3).
-    Only one size smaller: a small column tile with many channel vectors (2 x 8) keeps
-    the weights of many channels per input position in play and made ResNet101 1.23x
-    slower."""
+    accumulators.
+
+    An output with at most :data:`WHOLE_CHANNELS` channel vectors gets all of them, with
+    the largest column tile (at least 2) that fits beside them: each tile then writes whole
+    pixels, one contiguous run of the output. Why: in a model a large output is written to
+    memory no longer in the caches, and there a tile that writes a few vectors of many
+    pixels (8 x 2 of 6) and comes back for the rest ran 1.7x slower than one that writes
+    whole pixels (MobileNetV2's 1x1 conv 16->96 at 112x112, output flushed: 620 -> 368 us;
+    warm, all tiles ran alike, 358-375 us).
+
+    Otherwise: the largest column tile that divides the row (a short row no tile divides,
+    up to ``row_max``: the whole row), then the largest channel tile within the budget
+    left; when that leaves one channel vector and a column tile one smaller admits several
+    (7 x 3 where 8 x 2 would not divide 9 vectors), that smaller tile, so each broadcast
+    input feeds several accumulators (MobileNetV2's 1x1 conv 24->144 at 56x56, warm:
+    183 -> 155 us). Only one size smaller: a small column tile with many channel vectors
+    (2 x 8) keeps the weights of many channels per input position in play and made
+    ResNet101 1.23x slower."""
     columns = [t for t in TILES if wext is not None and wext % t == 0]
     if not columns:
         columns = [wext] if wext is not None and 1 < wext <= row_max else [1]
+    if cext is not None and 1 < cext <= WHOLE_CHANNELS:
+        fits = [t for t in columns if 1 < t and t * cext <= budget]
+        if fits:
+            return fits[0], cext
     first = columns[0]
     for w in columns[:2]:
         c = _tile(cext, CTILES, budget // w)

@@ -300,12 +300,16 @@ def test_a_short_prime_row_is_tiled_whole(width: int, tile: int) -> None:
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("channels", "tile"), [(48, (7, 3)), (24, (7, 3)), (32, (8, 2))])
-def test_a_column_tile_one_smaller_lets_channel_vectors_share_a_broadcast(channels: int,
-                                                                          tile: tuple[int, int]) -> None:
-    """A 1x1 NHWC convolution at 56 columns, AVX-512: 48 output channels are 3 vectors, which
-    8 columns x 2 vectors cannot tile; 7 x 3 can (so can 24 channels, 3 vectors of the 8
-    lanes that 24 allows); 32 channels (2 vectors) keep 8 x 2. Values unchanged."""
+@pytest.mark.parametrize(("channels", "tile", "absent"), [
+    (48, (7, 3), {8}), (24, (7, 3), {8}), (32, (8, 2), {7, 3}), (96, (2, 6), {8, 7}), (144, (7, 3), {8, 9}),
+])
+def test_register_tiles_write_whole_pixels_or_share_broadcasts(channels: int, tile: tuple[int, int],
+                                                               absent: set[int]) -> None:
+    """A 1x1 NHWC convolution at 56 columns, AVX-512. Up to 6 channel vectors the tile
+    holds them all (whole pixels): 48 channels as 7 columns x 3 vectors (8 x 3 is over the
+    budget), 24 channels likewise (3 vectors of the 8 lanes that 24 allows), 32 as 8 x 2,
+    96 as 2 x 6. More (144: 9 vectors): 8 columns cannot take 2 of 9 vectors, 7 can take 3.
+    Values unchanged."""
     import tvm
     from tvm import te, topi
     from tvm.driver import build as tvm_build
@@ -318,7 +322,7 @@ def test_a_column_tile_one_smaller_lets_channel_vectors_share_a_broadcast(channe
     assert sch is not None
     unrolled = {int(sch.get(lp).extent) for b in sch.get_child_blocks(sch.get_sblock("root"))
                 for lp in sch.get_loops(b) if sch.get(lp).kind == tvm.tirx.ForKind.UNROLLED}
-    assert set(tile) <= unrolled and ({8} if tile[0] == 7 else {7, 3}).isdisjoint(unrolled), unrolled
+    assert set(tile) <= unrolled and absent.isdisjoint(unrolled), unrolled
     lib = tvm_build(sch.mod, target=tvm.target.Target("llvm"))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 56, 56, 16)).astype(np.float32)
@@ -331,11 +335,15 @@ def test_a_column_tile_one_smaller_lets_channel_vectors_share_a_broadcast(channe
 @pytest.mark.parametrize(("width", "vectors", "budget", "tile"), [
     (14, 16, schedules.ACCUMULATORS_WIDE, (7, 2)),  # ResNet101's 14x14x256: no 2 x 8
     (28, 8, schedules.ACCUMULATORS_WIDE, (7, 2)),  # 28x28x128: no 4 x 4
-    (56, 3, schedules.ACCUMULATORS, (8, 1)),  # 16 registers: no room for 7 x 3
+    (56, 4, schedules.ACCUMULATORS_WIDE, (4, 4)),  # 56x56x64: whole pixels
+    (112, 6, schedules.ACCUMULATORS, (8, 1)),  # 16 registers: 2 x 6 is over the budget
+    (56, 3, schedules.ACCUMULATORS, (2, 3)),  # 16 registers: whole pixels, 2 at a time
     (17, 4, schedules.ACCUMULATORS_WIDE, (17, 1)),  # a short prime row, whole
 ])
-def test_register_tiles_prefer_columns(width: int, vectors: int, budget: int, tile: tuple[int, int]) -> None:
-    """Column tiles first: a smaller one only one size down, and only to gain channel vectors."""
+def test_register_tiles_prefer_whole_pixels_then_columns(width: int, vectors: int, budget: int,
+                                                         tile: tuple[int, int]) -> None:
+    """Whole pixels where they fit; else column tiles first, a smaller one only one size
+    down and only to gain channel vectors."""
     assert schedules._register_tile(width, vectors, budget, schedules.ROW_WIDE) == tile
 
 
