@@ -105,11 +105,7 @@ def test_tuned_build_matches_basic(tiny_tuned: dict[str, Any]) -> None:
     database = tuning.records_to_database(best)
     # the records are found: every tuned kernel is scheduled by the database, before the
     # tuning-free schedule would see it
-    prepared = tuning.prepare(tiny_tuned["mod"], settings.passes_of("tuned"), tiny_tuned["target"])
-    with tiny_tuned["target"], database:
-        applied = relax.transform.MetaScheduleApplyDatabase()(prepared)
-    scheduled = [gv.name_hint for gv, f in applied.functions.items()
-                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and f.attrs.get("tirx.is_scheduled")]
+    scheduled = _scheduled_by(database, tiny_tuned)
     assert sorted(scheduled) == sorted({r.task for r in best}), scheduled
     tuned = run(settings.passes_of("tuned"), database)
     np.testing.assert_allclose(tuned, run(settings.passes_of("basic")), rtol=1e-4, atol=1e-4)
@@ -144,27 +140,32 @@ def test_default_schedule_competes_after_the_search_and_survives_a_resume(tiny_t
     kept = [r for r in previous if not tuning._sampled(r)]
     assert kept and {r.record_json for r in kept} <= {r.record_json for r in more}
 
+
 def test_a_kernel_whose_best_record_is_the_default_schedule_gets_the_current_rule(tiny_tuned: dict[str, Any]
                                                                                     ) -> None:
     """The database a build applies holds sampled records only: a kernel whose best record
     is deltann's own schedule is left to DefaultSchedule (the rule of the build, not the
     trace of the rule that was current when it was tuned)."""
-    import tvm
-    from tvm import relax
-
-    records, heavy = tiny_tuned["records"], tiny_tuned["heavy"]
+    records = tiny_tuned["records"]
     sampled = next(r for r in records if tuning._sampled(r))
     fixed = next(r for r in records if not tuning._sampled(r) and r.task != sampled.task)
     # as the best of their kernels: the sampled one, and the default one of another kernel
-    carried = tuning.records_to_json([sampled, fixed])
-    database = tuning.database_from_json(carried)
+    database = tuning.database_from_json(tuning.records_to_json([sampled, fixed]))
+    assert _scheduled_by(database, tiny_tuned) == [sampled.task]
+    assert tuning.database_from_json("") is None
+
+
+def _scheduled_by(database: Any, tiny_tuned: dict[str, Any]) -> list[str]:
+    """The kernels of tiny_tuned's module that ``database`` schedules (MetaScheduleApplyDatabase)."""
+    import tvm
+    from tvm import relax
+
     prepared = tuning.prepare(tiny_tuned["mod"], settings.passes_of("tuned"), tiny_tuned["target"])
     with tiny_tuned["target"], database:
         applied = relax.transform.MetaScheduleApplyDatabase()(prepared)
-    scheduled = [gv.name_hint for gv, f in applied.functions.items()
-                 if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and f.attrs.get("tirx.is_scheduled")]
-    assert scheduled == [sampled.task]
-    assert tuning.database_from_json("") is None
+    return [gv.name_hint for gv, f in applied.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and f.attrs.get("tirx.is_scheduled")]
+
 
 # --- the fleet's tuning phase (in-process Ray, as `deltann run`) -----------------------
 
