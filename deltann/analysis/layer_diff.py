@@ -354,7 +354,7 @@ def _pair_by_name(order: list[tuple[int | None, int | None]], score: np.ndarray)
 def _best_param_diff(pa: dict[str, np.ndarray], pb: dict[str, np.ndarray]) -> float | None:
     """Largest |difference| between the two layers' (or fused groups') parameters, tensor
     by tensor in order of size, each under the axis permutation that fits best (OIHW vs
-    OHWI vs HWIO); None unless both sides hold tensors of the same sizes — the same
+    OHWI vs HWIO; a TVM build's weights in channel blocks unblocked first); None unless both sides hold tensors of the same sizes — the same
     parametrisation (a conv + its BN vs the BN-folded conv, or a BN's four vectors vs a
     folded scale and offset, are not)."""
     if not pa or not pb:
@@ -367,8 +367,20 @@ def _best_param_diff(pa: dict[str, np.ndarray], pb: dict[str, np.ndarray]) -> fl
     return None if any(d is None for d in diffs) else max(d for d in diffs if d is not None)
 
 
+def _unblocked(w: np.ndarray) -> np.ndarray:
+    """A weight stored in blocks of output channels, block outermost ([o // b, .., o % b], as
+    deltann's builds store channel-last weights: compile.schedules.prepack_weights), back
+    to [.., o]."""
+    inner = np.moveaxis(w, 0, -2)
+    return inner.reshape(*inner.shape[:-2], inner.shape[-2] * inner.shape[-1])
+
+
 def _tensor_diff(wa: np.ndarray, wb: np.ndarray) -> float | None:
     wa, wb = wa.astype(np.float64), wb.astype(np.float64)
+    if wa.ndim == wb.ndim + 1 and wa.ndim >= 3:
+        wa = _unblocked(wa)
+    elif wb.ndim == wa.ndim + 1 and wb.ndim >= 3:
+        wb = _unblocked(wb)
     best: float | None = None
     if wa.ndim == wb.ndim and wa.ndim <= 4:
         for perm in itertools.permutations(range(wb.ndim)):

@@ -37,7 +37,7 @@ a build that would build without it; :func:`unscheduled_kernels` lists such kern
 
 Known gap: prime output widths longer than a register file holds (InceptionV3's 149, 73
 and 71 columns) get no column tile, only channel tiles, and run below the other
-convolutions' throughput; a short one (17) is tiled whole (:data:`ROW_WIDE`). Splitting
+convolutions' throughput; a short one (17) is tiled whole (:attr:`Registers.row`). Splitting
 such widths with TIR's ``loop_partition`` into a multiple of 8 and a remainder was tried
 and was slower: the partition's wrapper blocks keep the accumulator buffer from being
 compacted to one tile.
@@ -74,8 +74,8 @@ LANES = (4, 2)
 
 def lanes_for(target: Any) -> tuple[int, ...]:
     """float32 lanes of one vector register of ``target``, then smaller fallbacks. One
-    register, not more: the register tile below keeps up to 8 accumulators live, which
-    must fit 16 (SSE/AVX2) or 32 (AVX-512) registers. Generic ``llvm`` (no ``mcpu``)
+    register, not more: the register tile below keeps up to 12 (SSE/AVX2: 16 registers)
+    or 21 (AVX-512: 32) accumulators live (:data:`NARROW`, :data:`WIDE`). Generic ``llvm`` (no ``mcpu``)
     compiles for SSE2: 4 lanes (measured 15% faster there than 16). The last fallback is 2
     lanes, so that an axis no full register divides (a 10-class head) still gets vector
     code rather than scalar loops."""
@@ -258,29 +258,42 @@ def _schedule_injective(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> N
         sch.parallel(fused)
 
 
-#: Register-tile sizes tried for the second-innermost spatial loop (output columns in
-#: NHWC), largest first: that many accumulators share each weight vector load.
-TILES = (8, 7, 6, 5, 4, 3, 2)
-
 #: Channel-vector tiles (innermost spatial loop, in vectors): that many accumulators
 #: share each broadcast input value; combined with a column tile within the budget.
 CTILES = (8, 6, 4, 3, 2)
 
-#: Accumulator registers a tile may keep live: 21 of AVX-512's 32 vector registers (7
-#: columns x 3 channel vectors, with 3 weight vectors and a broadcast beside them; 8 x 3
-#: measured slower), 8 of SSE/AVX2's 16 (the rest hold the broadcast inputs, weights and
-#: addresses). AVX-512's budget holds for its 8-lane kernels too (24 or 40 channels):
-#: they still have 32 registers.
-ACCUMULATORS_WIDE = 21
-ACCUMULATORS = 8
+
+@dataclass(frozen=True)
+class Registers:
+    """What a register tile may use of a vector register file.
+
+    ``accumulators``: registers a tile may keep live; ``row``: a row of output columns
+    that no tile divides (a prime width) is tiled whole when at most this long;
+    ``tiles``: column-tile sizes tried for the second-innermost spatial loop (output
+    columns in NHWC), in order of preference: that many accumulators share each weight
+    vector load."""
+
+    accumulators: int
+    row: int
+    tiles: tuple[int, ...]
 
 
-#: A row of output columns that no tile divides (a prime width) is tiled whole when it is at
-#: most this long: 24 accumulators of AVX-512's 32 vector registers, 12 of AVX2's 16.
-#: Measured on InceptionV3's 17x17 convolutions (one thread, AVX-512): a 1x7 conv 192->192
-#: 3.7 -> 1.4 ms, a 1x1 conv 768->192 1.7 -> 0.8 ms against channel tiles only.
-ROW_WIDE = 24
-ROW = 12
+#: AVX-512's 32 registers: 21 accumulators (7 columns x 3 channel vectors, with 3 weight
+#: vectors and a broadcast beside them; 8 x 3 measured slower), largest column tile
+#: first. They hold for its 8-lane kernels too (24 or 40 channels): still 32 registers.
+#: A prime row of up to 24 columns is tiled whole (InceptionV3's 17x17 convolutions, one
+#: thread: a 1x7 conv 192->192 3.7 -> 1.4 ms, a 1x1 conv 768->192 1.7 -> 0.8 ms).
+WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2))
+
+#: SSE/AVX2's 16 registers: 12 accumulators, column tiles that leave room for at least
+#: two channel vectors first (6 x 2, 4 x 3, 3 x 4: a weight load is a whole 64-byte
+#: line with AVX2's 8 lanes, and each broadcast input feeds two or more accumulators),
+#: 8, 7 and 5 columns only where nothing else divides the row. Measured on AVX2 (Zen 3,
+#: 2 threads, whole models extended, paired, against 8 accumulators largest column first:
+#: 8 x 1 on most layers): MobileNetV2 0.946, EfficientNet-Lite0 0.975, ResNet101 0.927,
+#: InceptionV3 0.965; 12 accumulators largest column first: 0.988-1.004 (the tile stays
+#: 8 x 1); 16: 1.08-1.10 slower (spills).
+NARROW = Registers(12, 12, (6, 4, 3, 2, 8, 7, 5))
 
 
 def _tile(extent: int | None, tiles: tuple[int, ...], budget: int) -> int:
@@ -299,36 +312,36 @@ def _tile(extent: int | None, tiles: tuple[int, ...], budget: int) -> int:
 WHOLE_CHANNELS = 6
 
 
-def _register_tile(wext: int | None, cext: int | None, budget: int, row_max: int) -> tuple[int, int]:
-    """(output columns, channel vectors) of a reduction's register tile, at most ``budget``
-    accumulators.
+def _register_tile(wext: int | None, cext: int | None, regs: Registers) -> tuple[int, int]:
+    """(output columns, channel vectors) of a reduction's register tile, at most
+    ``regs.accumulators`` accumulators, column tiles in the order ``regs.tiles`` prefers.
 
     An output with at most :data:`WHOLE_CHANNELS` channel vectors gets all of them, with
-    the largest column tile (at least 2) that fits beside them: each tile then writes whole
+    the first column tile (at least 2) that fits beside them: each tile then writes whole
     pixels, one contiguous run of the output. Why: in a model a large output is written to
     memory no longer in the caches, and there a tile that writes a few vectors of many
     pixels (8 x 2 of 6) and comes back for the rest ran 1.7x slower than one that writes
     whole pixels (MobileNetV2's 1x1 conv 16->96 at 112x112, output flushed: 620 -> 368 us;
     warm, all tiles ran alike, 358-375 us).
 
-    Otherwise: the largest column tile that divides the row (a short row no tile divides,
-    up to ``row_max``: the whole row), then the largest channel tile within the budget
+    Otherwise: the first column tile that divides the row (a short row no tile divides,
+    up to ``regs.row``: the whole row), then the largest channel tile within the budget
     left; when that leaves one channel vector and a column tile one smaller admits several
     (7 x 3 where 8 x 2 would not divide 9 vectors), that smaller tile, so each broadcast
     input feeds several accumulators (MobileNetV2's 1x1 conv 24->144 at 56x56, warm:
     183 -> 155 us). Only one size smaller: a small column tile with many channel vectors
     (2 x 8) keeps the weights of many channels per input position in play and made
     ResNet101 1.23x slower."""
-    columns = [t for t in TILES if wext is not None and wext % t == 0]
+    columns = [t for t in regs.tiles if wext is not None and wext % t == 0]
     if not columns:
-        columns = [wext] if wext is not None and 1 < wext <= row_max else [1]
+        columns = [wext] if wext is not None and 1 < wext <= regs.row else [1]
     if cext is not None and 1 < cext <= WHOLE_CHANNELS:
-        fits = [t for t in columns if 1 < t and t * cext <= budget]
+        fits = [t for t in columns if 1 < t and t * cext <= regs.accumulators]
         if fits:
             return fits[0], cext
     first = columns[0]
     for w in columns[:2]:
-        c = _tile(cext, CTILES, budget // w)
+        c = _tile(cext, CTILES, regs.accumulators // w)
         if c > 1 and w >= first - 1:
             return w, c
     return first, 1
@@ -358,8 +371,7 @@ def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tup
     if vi is not None and reduce:
         wext = _const(sch.get(spatial[-2]).extent) if len(spatial) >= 2 else None
         wide = lanes_tried[0] >= 16  # 32 vector registers, whatever this kernel's lane width
-        wtile, ctile = _register_tile(wext, _const(sch.get(spatial[-1]).extent),
-                                      ACCUMULATORS_WIDE if wide else ACCUMULATORS, ROW_WIDE if wide else ROW)
+        wtile, ctile = _register_tile(wext, _const(sch.get(spatial[-1]).extent), WIDE if wide else NARROW)
         if ctile > 1:  # a few channel vectors share each input value
             co, ci = sch.split(spatial[-1], [None, ctile])
             spatial = spatial[:-1] + [co]
@@ -611,42 +623,115 @@ def _vectorize_read_axis(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> 
     return True
 
 
-def _prepackable(func: Any) -> int | None:
-    """Index of the weight parameter of ``func`` when it is an unscheduled kernel whose
-    one convolution is channel-first with OIHW weights read straight from that parameter
-    (see :func:`prepack_weights`), else None."""
+@dataclass(frozen=True)
+class _Pack:
+    """How :func:`prepack_weights` stores one kernel's constant weight parameter: its
+    index, the TIR index map of the new layout and the same on a numpy array."""
+
+    param: int
+    index_map: Callable[..., tuple[Any, ...]]
+    numpy: Callable[[Any], Any]
+
+
+def _blocked(ndim: int, block: int) -> tuple[Callable[..., tuple[Any, ...]], Callable[[Any], Any]] | None:
+    """The layout of a weight whose last axis is the output channel, in blocks of ``block``
+    channels outermost: [..., o] -> [o // block, ..., o % block] (HWIO -> O'HWIo, a
+    matmul's [k, n] -> [n', k, n]), as an index map and on a numpy array; None for other
+    ranks than 2 and 4 (an index map names its axes: one function per rank)."""
+    import numpy as np
+
+    def rank2(k: Any, o: Any) -> tuple[Any, ...]:
+        return o // block, k, o % block
+
+    def rank4(h: Any, w: Any, i: Any, o: Any) -> tuple[Any, ...]:
+        return o // block, h, w, i, o % block
+
+    def on_array(w: Any) -> Any:
+        return np.ascontiguousarray(np.moveaxis(w.reshape(*w.shape[:-1], w.shape[-1] // block, block), -2, 0))
+
+    maps = {2: rank2, 4: rank4}
+    return (maps[ndim], on_array) if ndim in maps else None
+
+
+def _channel_weight(sch: Any, block: Any, params: Any) -> tuple[Any, int] | None:
+    """(the buffer, its output-channel extent) of a reduction block's weight: a parameter
+    read at [r.., o] where o is the output's last axis and every other index one
+    reduction variable (NHWC convolutions' HWIO weights, a matmul's [k, n]); None when
+    the block has no such read."""
+    from tvm import tirx
+
+    sblock = sch.get(block)
+    spatial = [it.var for it in sblock.iter_vars if it.iter_type == tirx.IterVar.DataPar]
+    reduce = [it.var for it in sblock.iter_vars if it.iter_type == tirx.IterVar.CommReduce]
+    if not spatial or len(sblock.writes) != 1 or not sblock.writes[0].region[-1].min.same_as(spatial[-1]):
+        return None
+    buffers = {p.name for p in params}
+    for read in sblock.reads:
+        idx = [r.min for r in read.region]
+        if read.source.name not in buffers or len(idx) < 2 or not idx[-1].same_as(spatial[-1]):
+            continue
+        if all(any(i.same_as(r) for r in reduce) for i in idx[:-1]):
+            return read.source, _const(read.source.shape[-1]) or 0
+    return None
+
+
+def _prepackable(func: Any, lanes: int) -> _Pack | None:
+    """How to store the weights of ``func`` when it is an unscheduled kernel with one
+    reduction that reads them straight from a parameter (see :func:`prepack_weights`):
+    a channel-first convolution's OIHW weights channel-last (HWIO), or a channel-last
+    kernel's weights (HWIO, [k, n]) in blocks of ``lanes`` output channels; else None."""
+    import numpy as np
     from tvm import s_tir, tirx
 
     if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled"):
         return None
     try:
         sch = s_tir.Schedule(func)
-        convs = [c for b in sch.get_child_blocks(sch.get_sblock("root"))
-                 if _is_reduction(sch, b) and (c := _nchw_conv(sch, b)) is not None]
+        reductions = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if _is_reduction(sch, b)]
+        if len(reductions) != 1:
+            return None
+        conv = _nchw_conv(sch, reductions[0])
+        weight = _channel_weight(sch, reductions[0], func.params)
     except Exception:  # noqa: BLE001 - not a kernel this rule reads (no root block, ...): left as is
         return None
-    if len(convs) != 1 or convs[0].weight_layout != "OIHW":
+    if conv is not None and conv.weight_layout == "OIHW":
+        buffer = conv.weight
+        index_map: Callable[..., tuple[Any, ...]] = _hwio
+        on_array: Callable[[Any], Any] = lambda w: np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # noqa: E731
+    elif (weight is not None and lanes > 1 and weight[1] > lanes and weight[1] % lanes == 0
+          and (blocked := _blocked(len(weight[0].shape), lanes)) is not None):
+        buffer = weight[0]
+        index_map, on_array = blocked
+    else:
         return None
     for k, param in enumerate(func.params):
-        if param.same_as(convs[0].weight):
-            return k
+        if param.same_as(buffer):  # a kernel's parameters are its buffers
+            return _Pack(k, index_map, on_array)
     return None
 
 
-def prepack_weights(mod: Any) -> Any:
-    """Store the constant weights of channel-first convolutions channel-last (HWIO) at
-    build time, and make their kernels read them so: the layout :func:`_channels_last`
-    computes in, without a copy of the weights on every call. Only kernels whose every
-    call passes a constant weight are changed (a kernel shared with a call whose weights
-    are inputs keeps copying them). This is the schedule choosing its kernels' weight
-    layout, as MetaSchedule's layout rewrite does; the graph is not touched otherwise
-    (activations stay NCHW: that is ``AlterOpLayout``'s part, in ``extended``)."""
-    import numpy as np
+def prepack_weights(mod: Any, lanes: int = 1) -> Any:
+    """Store constant weights at build time in the layout their kernel reads best, and make
+    the kernels read them so, as MetaSchedule's layout rewrite does; the graph is not
+    touched otherwise. Only kernels whose every call passes a constant weight are changed
+    (a kernel shared with a call whose weights are inputs keeps them as they are).
+
+    - Channel-first convolutions: OIHW -> HWIO, the layout :func:`_channels_last`
+      computes in, without a copy of the weights on every call (activations stay NCHW:
+      that is ``AlterOpLayout``'s part, in ``extended``).
+    - Channel-last convolutions and matmuls (weights [.., o], o the output's last axis):
+      in blocks of one vector register (``lanes``) of output channels, block outermost
+      ([o // lanes, .., o % lanes]), so that a register tile reads its channels' weights
+      as one contiguous run instead of one vector every row of o channels. Why: in a
+      model the weights come from memory, not from the caches (MobileNetV2's 14 MB of
+      them per run), and with HWIO the tile of a 1x1 conv 320->1280 reads 320 vectors
+      5 KB apart, each a separate cache line and, every few, another page; on AVX2 it
+      also used half of each line it fetched."""
     import tvm
     from tvm import relax, s_tir
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
-    candidates = {gv.name_hint: k for gv, f in mod.functions_items() if (k := _prepackable(f)) is not None}
+    candidates = {gv.name_hint: pack for gv, f in mod.functions_items() if (pack := _prepackable(f, lanes)) is not None}
     if not candidates:
         return mod
     constant_only = dict.fromkeys(candidates, True)
@@ -656,14 +741,14 @@ def prepack_weights(mod: Any) -> Any:
             name = expr.args[0].name_hint
             if name in candidates:
                 args = expr.args[1]
-                k = candidates[name]
+                k = candidates[name].param
                 if not (isinstance(args, relax.Tuple) and isinstance(args.fields[k], tvm.ir.expr.Constant)):
                     constant_only[name] = False
 
     relax_funcs = [(gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)]
     for _, func in relax_funcs:
         relax.analysis.post_order_visit(func, visit)
-    chosen = {name: k for name, k in candidates.items() if constant_only[name]}
+    chosen = {name: pack for name, pack in candidates.items() if constant_only[name]}
     if not chosen:
         return mod
 
@@ -671,20 +756,19 @@ def prepack_weights(mod: Any) -> Any:
 
     @mutator
     class _Repack(PyExprMutator):
-        """Calls of a chosen kernel go to its channel-last copy, with transposed weights."""
+        """Calls of a chosen kernel go to its repacked copy, with the weights stored so."""
 
         def __init__(self, mod: Any) -> None:
             # the chosen kernels are replaced under their own names (new GlobalVars: the
-            # old ones' types still say OIHW)
+            # old ones' types still give the old layout)
             super().__init__(tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint not in chosen},
                                           attrs=mod.attrs))
-            self.packed: dict[str, Any] = {}  # kernel name -> GlobalVar of its HWIO version
-            for name in chosen:
-                sch = s_tir.Schedule(mod[name])
-                for block in sch.get_child_blocks(sch.get_sblock("root")):
-                    conv = _nchw_conv(sch, block) if _is_reduction(sch, block) else None
-                    if conv is not None:
-                        sch.transform_layout(block, conv.weight, _hwio)
+            self.packed: dict[str, Any] = {}  # kernel name -> GlobalVar of its repacked version
+            for name, pack in chosen.items():
+                func = mod[name]
+                sch = s_tir.Schedule(func)
+                (block,) = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if _is_reduction(sch, b)]
+                sch.transform_layout(block, func.params[pack.param], pack.index_map)
                 self.packed[name] = self.builder_.add_func(sch.mod["main"], name)
 
         def visit_call_(self, call: Any) -> Any:
@@ -692,9 +776,9 @@ def prepack_weights(mod: Any) -> Any:
             if not (call.op.same_as(call_tir) and isinstance(call.args[0], relax.GlobalVar)
                     and call.args[0].name_hint in chosen):
                 return call
-            k = chosen[call.args[0].name_hint]
+            pack = chosen[call.args[0].name_hint]
             fields = list(call.args[1].fields)
-            fields[k] = relax.const(np.ascontiguousarray(fields[k].value.numpy().transpose(2, 3, 1, 0)))
+            fields[pack.param] = relax.const(pack.numpy(fields[pack.param].value.numpy()))
             gv = self.packed[call.args[0].name_hint]
             return relax.Call(call.op, [gv, relax.Tuple(fields), *call.args[2:]], call.attrs, call.ty_args)
 
@@ -784,7 +868,7 @@ def default_schedule() -> Any:
         # a clone: ApplyDefaultSchedule replaces functions in the module it is given, which
         # would change the caller's module too
         if is_cpu(target):
-            return dlight.ApplyDefaultSchedule(_cpu_rule())(prepack_weights(mod.clone()))
+            return dlight.ApplyDefaultSchedule(_cpu_rule())(prepack_weights(mod.clone(), lanes_for(target)[0]))
         if is_gpu(target):
             return dlight.ApplyDefaultSchedule(*_gpu_rules())(mod.clone())
         return mod

@@ -50,6 +50,29 @@ def test_align_through_layout_fusion_and_renaming() -> None:
     assert all(r["max_abs"] == 0 for r in loc.matched)
 
 
+def test_weights_a_tvm_build_stores_in_channel_blocks_compare_with_the_framework_s() -> None:
+    """A TVM build's conv weights as its kernel reads them, HWIO in blocks of one vector of
+    output channels ([o / 4, kh, kw, i, 4]: compile.schedules.prepack_weights), against
+    torch's OIHW: the parameter difference is 0 for the same weights, and the change of
+    one weight for a changed copy."""
+    from deltann.compile.schedules import _blocked
+
+    rng = _rng()
+    oihw = rng.randn(8, 3, 3, 3).astype(np.float32)
+    out = rng.randn(1, 8, 5, 5).astype(np.float32)
+    _, pack = _blocked(4, 4)  # as prepack_weights stores HWIO weights for 4 lanes
+    blocked = pack(oihw.transpose(2, 3, 1, 0))
+    assert blocked.shape == (2, 3, 3, 3, 4)
+    changed = blocked.copy()
+    changed[1, 2, 0, 1, 3] += 0.25
+    a = Trace("torch", "NCHW", [Layer("conv", "Conv2d", out, (), {"weight": oihw})])
+    for weights, want in ((blocked, 0.0), (changed, 0.25)):
+        b = Trace("tvm", "NHWC", [Layer("fused_conv2d", "fused_conv2d", out.transpose(0, 2, 3, 1).copy(), (),
+                                        {"input1": weights})])
+        (row,) = localize(a, b).matched
+        assert row["param_max_abs"] == pytest.approx(want)
+
+
 def test_fused_conv_matches_the_group_end_and_inherits_its_name() -> None:
     rng = _rng()
     conv = rng.randn(1, 4, 5, 5)

@@ -118,6 +118,67 @@ def test_nchw_weights_are_stored_channel_last_only_when_constant() -> None:
     np.testing.assert_allclose((out if hasattr(out, "numpy") else out[0]).numpy(), ref, atol=1e-4, rtol=1e-4)
 
 
+def _kernel_weights(mod: Any) -> dict[str, tuple[int, ...]]:
+    """Each conv / matmul kernel of a lowered module -> the shape of its weight parameter
+    (the second: a fused kernel takes its data, then its weight)."""
+    import tvm
+
+    return {gv.name_hint: tuple(int(d) for d in f.params[1].shape) for gv, f in mod.functions_items()
+            if isinstance(f, tvm.tirx.PrimFunc) and ("conv2d" in gv.name_hint or "matmul" in gv.name_hint)}
+
+
+@pytest.mark.parametrize(("mcpu", "lanes"), [("", 4), ("core-avx2", 8), ("skylake-avx512", 16)])
+def test_channel_last_weights_are_stored_in_blocks_of_one_vector(mcpu: str, lanes: int) -> None:
+    """NHWC convolutions (depthwise too) and the dense layer read constant weights stored in
+    blocks of one vector register of output channels, block outermost ([o / lanes, kh, kw,
+    i, lanes]; [n / lanes, k, lanes]), where the register divides the channels into more
+    than one block; other channel counts keep their layout. Weights passed as inputs keep
+    theirs (nothing to store at build time). Lowered only: the AVX targets need not run
+    here."""
+    import tvm
+
+    from deltann.compile.frontends import from_torch
+    from deltann.compile.pipeline import lower
+
+    model = _conv_zoo()  # convs 3->32 (3x3), depthwise 32 (3x3), 32->24 (1x1), 24->16 (3x3, /2); dense 16->10
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu} if mcpu else "llvm")
+    passes = compile_settings.passes_of("extended")
+    weights = _kernel_weights(lower(from_torch(model, (1, 3, 16, 16)), passes, target))
+    expected = {}
+    for o, shape in ((32, (3, 3, 3)), (32, (3, 3, 1)), (24, (1, 1, 32)), (16, (3, 3, 24))):
+        expected[shape] = (o // lanes, *shape, lanes) if o % lanes == 0 and o > lanes else (*shape, o)
+    convs = [s for n, s in weights.items() if "conv2d" in n]
+    assert {(s[1:4] if len(s) == 5 else s[:3]): s for s in convs} == expected
+    dense = [s for n, s in weights.items() if "matmul" in n or "dense" in n]
+    assert dense == [(16, 10)]  # 10 classes: no register divides them
+    inputs = _kernel_weights(lower(_conv_zoo_params(model, (1, 3, 16, 16)), passes, target))
+    assert len(inputs) == 5 and all(len(s) < 5 for s in inputs.values())
+
+
+def test_a_blocked_matmul_weight_computes_what_numpy_does() -> None:
+    """A dense layer whose classes a vector divides (16 -> 32, 4 lanes on generic llvm):
+    its constant weight stored [32 / 4, 16, 4] at build time; the build's output is numpy's."""
+    import tvm
+    from tvm import relax
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((16, 32)).astype(np.float32)
+    bias = rng.standard_normal(32).astype(np.float32)
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((2, 16), "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(relax.op.matmul(xv, relax.const(w)), relax.const(bias)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    from deltann.compile.pipeline import lower
+
+    passes = compile_settings.passes_of("extended")
+    assert list(_kernel_weights(lower(bb.get(), passes, tvm.target.Target("llvm"))).values()) == [(8, 16, 4)]
+    np.testing.assert_allclose(_run(bb.get(), passes, x), x @ w + bias, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("frontend", ["torch.export", "onnx"])
 def test_basic_schedules_every_kernel_and_unscheduled_none(frontend: str, tmp_path: Any) -> None:
     """The criterion: a kernel is scheduled when some loop of it is parallel, vectorised,
@@ -332,19 +393,25 @@ def test_register_tiles_write_whole_pixels_or_share_broadcasts(channels: int, ti
     np.testing.assert_allclose(out.numpy(), x @ k[0, 0], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("width", "vectors", "budget", "tile"), [
-    (14, 16, schedules.ACCUMULATORS_WIDE, (7, 2)),  # ResNet101's 14x14x256: no 2 x 8
-    (28, 8, schedules.ACCUMULATORS_WIDE, (7, 2)),  # 28x28x128: no 4 x 4
-    (56, 4, schedules.ACCUMULATORS_WIDE, (4, 4)),  # 56x56x64: whole pixels
-    (112, 6, schedules.ACCUMULATORS, (8, 1)),  # 16 registers: 2 x 6 is over the budget
-    (56, 3, schedules.ACCUMULATORS, (2, 3)),  # 16 registers: whole pixels, 2 at a time
-    (17, 4, schedules.ACCUMULATORS_WIDE, (17, 1)),  # a short prime row, whole
+@pytest.mark.parametrize(("width", "vectors", "regs", "tile"), [
+    (14, 16, schedules.WIDE, (7, 2)),  # ResNet101's 14x14x256: no 2 x 8
+    (28, 8, schedules.WIDE, (7, 2)),  # 28x28x128: no 4 x 4
+    (56, 4, schedules.WIDE, (4, 4)),  # 56x56x64: whole pixels
+    (17, 4, schedules.WIDE, (17, 1)),  # a short prime row, whole
+    (112, 6, schedules.NARROW, (2, 6)),  # 16 registers: whole pixels, 2 at a time (8 x 6 is over 12)
+    (56, 3, schedules.NARROW, (4, 3)),  # whole pixels, 4 at a time
+    (112, 12, schedules.NARROW, (4, 3)),  # 96 channels with AVX2: 4 columns x 3 vectors, not 8 x 1
+    (28, 24, schedules.NARROW, (4, 3)),
+    (14, 72, schedules.NARROW, (2, 6)),
+    (7, 40, schedules.NARROW, (7, 1)),  # 7 columns: only 7 divides the row
+    (13, 4, schedules.NARROW, (1, 4)),  # a prime row over 12: channel vectors only
 ])
-def test_register_tiles_prefer_whole_pixels_then_columns(width: int, vectors: int, budget: int,
+def test_register_tiles_prefer_whole_pixels_then_columns(width: int, vectors: int, regs: schedules.Registers,
                                                          tile: tuple[int, int]) -> None:
-    """Whole pixels where they fit; else column tiles first, a smaller one only one size
-    down and only to gain channel vectors."""
-    assert schedules._register_tile(width, vectors, budget, schedules.ROW_WIDE) == tile
+    """Whole pixels where they fit; else column tiles first (AVX-512: the largest; 16
+    registers: those that leave room for two channel vectors or more), a smaller one only
+    one size down and only to gain channel vectors."""
+    assert schedules._register_tile(width, vectors, regs) == tile
 
 
 @pytest.mark.parametrize(("kernel", "padding"), [(1, 0), (3, 1)])
