@@ -354,9 +354,9 @@ def _pair_by_name(order: list[tuple[int | None, int | None]], score: np.ndarray)
 def _best_param_diff(pa: dict[str, np.ndarray], pb: dict[str, np.ndarray]) -> float | None:
     """Largest |difference| between the two layers' (or fused groups') parameters, tensor
     by tensor in order of size, each under the axis permutation that fits best (OIHW vs
-    OHWI vs HWIO; a TVM build's weights in channel blocks unblocked first); None unless both sides hold tensors of the same sizes — the same
-    parametrisation (a conv + its BN vs the BN-folded conv, or a BN's four vectors vs a
-    folded scale and offset, are not)."""
+    OHWI vs HWIO; a TVM build's weights in channel blocks unblocked first); None unless
+    both sides hold tensors of the same sizes — the same parametrisation (a conv + its BN
+    vs the BN-folded conv, or a BN's four vectors vs a folded scale and offset, are not)."""
     if not pa or not pb:
         return None
     la = sorted(pa.values(), key=lambda v: -v.size)

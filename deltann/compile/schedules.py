@@ -25,7 +25,9 @@ On ``llvm`` it is one deterministic dlight :class:`ScheduleRule` applied to ever
 
 It pays off most with channel-last layouts, where the innermost spatial loop is the
 output channel, contiguous in output and weights. ``AlterOpLayout`` (NHWC/HWIO, in
-``extended``) gives those to the whole graph; without it (``basic``, ``default``) each
+``extended``) gives those to the whole graph, and its constant weights are stored in
+blocks of one vector of output channels (:func:`prepack_weights`), so that a register
+tile reads its weights as one contiguous run; without it (``basic``, ``default``) each
 NCHW convolution computes channel-last inside its own kernel (:func:`_channels_last`,
 what TOPI's x86 ``conv2d_nchw`` did with NCHWc): its padded input is written
 [n, h, w, c], its weights are read [ry, rx, i, o] (constant weights stored so at build
@@ -75,10 +77,10 @@ LANES = (4, 2)
 def lanes_for(target: Any) -> tuple[int, ...]:
     """float32 lanes of one vector register of ``target``, then smaller fallbacks. One
     register, not more: the register tile below keeps up to 12 (SSE/AVX2: 16 registers)
-    or 21 (AVX-512: 32) accumulators live (:data:`NARROW`, :data:`WIDE`). Generic ``llvm`` (no ``mcpu``)
-    compiles for SSE2: 4 lanes (measured 15% faster there than 16). The last fallback is 2
-    lanes, so that an axis no full register divides (a 10-class head) still gets vector
-    code rather than scalar loops."""
+    or 21 (AVX-512: 32) accumulators live (:data:`NARROW`, :data:`WIDE`). Generic
+    ``llvm`` (no ``mcpu``) compiles for SSE2: 4 lanes (measured 15% faster there than
+    16). The last fallback is 2 lanes, so that an axis no full register divides (a
+    10-class head) still gets vector code rather than scalar loops."""
     from tvm.target import codegen
 
     try:
@@ -292,8 +294,10 @@ WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2))
 #: 2 threads, whole models extended, paired, against 8 accumulators largest column first:
 #: 8 x 1 on most layers): MobileNetV2 0.946, EfficientNet-Lite0 0.975, ResNet101 0.927,
 #: InceptionV3 0.965; 12 accumulators largest column first: 0.988-1.004 (the tile stays
-#: 8 x 1); 16: 1.08-1.10 slower (spills).
-NARROW = Registers(12, 12, (6, 4, 3, 2, 8, 7, 5))
+#: 8 x 1); 16: 1.08-1.10 slower (spills). A prime row of up to 17 columns is tiled whole
+#: even so, 17 accumulators in 16 registers: InceptionV3's 17x17 layers, whose tile was
+#: otherwise 1 column x 8 channel vectors, the model 0.935 (same protocol).
+NARROW = Registers(12, 17, (6, 4, 3, 2, 8, 7, 5))
 
 
 def _tile(extent: int | None, tiles: tuple[int, ...], budget: int) -> int:

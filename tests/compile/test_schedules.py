@@ -404,7 +404,8 @@ def test_register_tiles_write_whole_pixels_or_share_broadcasts(channels: int, ti
     (28, 24, schedules.NARROW, (4, 3)),
     (14, 72, schedules.NARROW, (2, 6)),
     (7, 40, schedules.NARROW, (7, 1)),  # 7 columns: only 7 divides the row
-    (13, 4, schedules.NARROW, (1, 4)),  # a prime row over 12: channel vectors only
+    (17, 24, schedules.NARROW, (17, 1)),  # InceptionV3's 17x17: a prime row, whole (spilling beats 1 x 8)
+    (19, 4, schedules.NARROW, (1, 4)),  # a prime row over 17: channel vectors only
 ])
 def test_register_tiles_prefer_whole_pixels_then_columns(width: int, vectors: int, regs: schedules.Registers,
                                                          tile: tuple[int, int]) -> None:
