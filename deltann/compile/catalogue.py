@@ -63,7 +63,7 @@ CATALOGUE: tuple[PassEntry, ...] = (
         "batch-norm/dropout/layer-norm to arithmetic; in every setting, as in Relay's opt_level 0", seed=False,
     ),
     PassEntry(
-        "AlterOpLayout", ("ClipToMinMax", "FoldExplicitPadding", "ConvertLayout"), (),
+        "AlterOpLayout", ("ClipToMinMax", "FoldExplicitPadding", "ConvertLayout", "PadConvolutionWidths"), (),
         "~ ConvertLayout(conv2d: NHWC data, HWIO weights): output channels innermost in output and "
         "weights, the axis DefaultSchedule vectorises, for the whole graph (without it each NCHW "
         "convolution transposes its input inside its kernel and scatters its output back); Relay's "
@@ -72,7 +72,9 @@ CATALOGUE: tuple[PassEntry, ...] = (
         "deltann's ClipToMinMax turns clips (ReLU6) into maximum/minimum, which ConvertLayout keeps "
         "channel-last (it has no rule for clip: a transpose pair around every ReLU6), and "
         "FoldExplicitPadding (Relay's pass of that name) makes a zero pad before a convolution its "
-        "padding (no rule for nn.pad either: a transpose pair around every 'same' pad)",
+        "padding (no rule for nn.pad either: a transpose pair around every 'same' pad). After it, "
+        "deltann's PadConvolutionWidths computes a channel-last convolution whose width no register "
+        "tile divides (a prime width) a few columns wider, from zero padding, storing its own columns",
     ),
     PassEntry(
         "CanonicalizeOps", (), (),

@@ -10,10 +10,15 @@ transpose back to NCHW and one to NHWC again, and each clip was its own kernel i
 of being fused into the convolution before it (MobileNetV2: two transposes per ReLU6).
 Only these exact forms are rewritten; the result is
 bit-identical (max/min against the same bound).
+
+``PadConvolutionWidths`` (same entry, after ``ConvertLayout``): a channel-last
+convolution whose width no register tile divides is computed a few columns wider and
+sliced back (:func:`pad_convolution_widths`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -310,5 +315,54 @@ def fold_explicit_padding() -> Any:
             if isinstance(func, relax.Function):
                 folder.builder_.update_func(gv, folder.visit_expr(func))
         return relax.transform.DeadCodeElimination()(folder.builder_.finalize())
+
+    return _pass
+
+
+def pad_convolution_widths(width_for: Callable[[int, int], int]) -> Any:
+    """The module pass ``PadConvolutionWidths`` (in the ``AlterOpLayout`` catalogue entry,
+    after ``ConvertLayout``): a channel-last ``conv2d`` (NHWC, one group, static shapes) of
+    W output columns and C output channels for which ``width_for(W, C)`` is wider gets that
+    many more columns of right padding (times its stride) and a ``strided_slice`` back to
+    its W columns. FuseOps puts the slice into the convolution's kernel, whose write-back
+    then stores W columns only; the values are bit-identical (each column is the same sum,
+    the extra ones are dropped). Why: see :func:`deltann.compile.schedules.computed_width`."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    conv_op = tvm.ir.Op.get("relax.nn.conv2d")
+
+    @mutator
+    class _Widener(PyExprMutator):
+        def visit_call_(self, call: Any) -> Any:
+            call = self.visit_expr_post_order(call)
+            if not call.op.same_as(conv_op):
+                return call
+            a = call.attrs
+            if a.data_layout != "NHWC" or a.out_layout != "NHWC" or int(a.groups) != 1 or len(a.padding) != 4:
+                return call
+            shape = getattr(self.builder_.normalize(call).ty, "shape", None)
+            dims = [_int(d) for d in shape] if shape is not None else [None]
+            if len(dims) != 4 or None in dims:
+                return call
+            width, channels = dims[2], dims[3]
+            wider = width_for(width, channels)
+            if wider <= width:
+                return call
+            top, left, bottom, right = (int(p) for p in a.padding)
+            padding = [top, left, bottom, right + (wider - width) * int(a.strides[1])]
+            conv = self.builder_.emit(relax.op.nn.conv2d(
+                call.args[0], call.args[1], strides=a.strides, padding=padding, dilation=a.dilation, groups=1,
+                data_layout="NHWC", kernel_layout=a.kernel_layout, out_layout="NHWC", out_dtype=a.out_dtype))
+            return relax.op.strided_slice(conv, axes=[2], begin=[0], end=[width])
+
+    @tvm.transform.module_pass(opt_level=0, name="PadConvolutionWidths")
+    def _pass(mod: Any, _ctx: Any) -> Any:
+        widener = _Widener(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                widener.builder_.update_func(gv, widener.visit_expr(func))
+        return widener.builder_.finalize()
 
     return _pass

@@ -37,12 +37,12 @@ the scattered write-back and the NCHW elementwise kernels between them. Any kern
 rule cannot schedule is left as it was (logged at debug level), so the pass never fails
 a build that would build without it; :func:`unscheduled_kernels` lists such kernels.
 
-Known gap: prime output widths longer than a register file holds (InceptionV3's 149, 73
-and 71 columns) get no column tile, only channel tiles, and run below the other
-convolutions' throughput; a short one (17) is tiled whole (:attr:`Registers.row`). Splitting
-such widths with TIR's ``loop_partition`` into a multiple of 8 and a remainder was tried
-and was slower: the partition's wrapper blocks keep the accumulator buffer from being
-compacted to one tile.
+Prime output widths longer than a register file holds (InceptionV3's 17 on AVX2, 71, 73
+and 149) have no column tile: such a convolution is computed a few columns wider, from
+zero padding, and only its own columns stored (:func:`computed_width`, applied before
+legalisation by ``PadConvolutionWidths``). Splitting such widths with TIR's
+``loop_partition`` into a multiple of 8 and a remainder was tried and was slower: the
+partition's wrapper blocks keep the accumulator buffer from being compacted to one tile.
 
 ReLU6 (clip) has no ConvertLayout rule, and the ONNX frontend emits it already legalised
 (``call_tir(maximum/minimum)``); ``ClipToMinMax`` (:mod:`deltann.compile.rewrites`, run
@@ -154,21 +154,38 @@ def _is_padding(sch: Any, block: Any) -> bool:
             and getattr(body.value.op, "name", "") in ("prim.if_then_else", "tir.if_then_else"))
 
 
-def _window_reduction(sch: Any, block: Any) -> bool:
-    """A reduction over a window only (at most two reduction axes longer than one): a
-    depthwise convolution or a pooling, whose inner loop is a few taps per output, not a
-    sum over input channels."""
+def _window_reduction(sch: Any, block: Any, source: Any) -> bool:
+    """A reduction over a window of ``source`` only: a depthwise convolution or a pooling,
+    whose inner loop is a few taps per output, not a sum over input channels. Told by its
+    reads of ``source``: a reduction axis that indexes it on its own (``x[n, h + ry,
+    w + rx, rc]``'s ``rc``) sums over channels; a window's axes only offset spatial ones
+    (``h + ry``). Counting the reduction axes instead took a 1x7 conv over 192 channels
+    (two axes longer than one) for a window and put the padding's branch in its inner loop."""
     from tvm import tirx
 
-    axes = [it for it in sch.get(block).iter_vars if it.iter_type == tirx.IterVar.CommReduce]
-    return bool(axes) and sum(1 for it in axes if _const(it.dom.extent) != 1) <= 2
+    sblock = sch.get(block)
+    axes = [it.var for it in sblock.iter_vars if it.iter_type == tirx.IterVar.CommReduce]
+    alone = any(r.min.same_as(v) for read in sblock.reads if read.source.same_as(source)
+                for r in read.region for v in axes)
+    return bool(axes) and not alone
+
+
+def _pads_rows_only(sch: Any, block: Any) -> bool:
+    """The padding's condition tests none of the last two axes of what it writes (NHWC:
+    rows only, as a 7x1 conv's padding): inlined, its branch depends on loops outside a
+    register tile (columns x channels), so it is taken once per row of taps, not per tap."""
+    sblock = sch.get(block)
+    cond = sblock.body.value.args[0]
+    return not any(_uses(cond, it.var) for it in sblock.iter_vars[-2:])
 
 
 def _inlines_into_reductions(sch: Any, block: Any, consumers: list[Any]) -> bool:
     """Whether ``block`` goes into its consumers although some are reductions (see
-    :func:`_inline`): a plain copy, or a padding of window reductions only; never
-    into an NCHW conv."""
-    fits = _is_copy(sch, block) or (_is_padding(sch, block) and all(_window_reduction(sch, c) for c in consumers))
+    :func:`_inline`): a plain copy, a padding of window reductions only, or a padding of
+    rows only; never into an NCHW conv."""
+    padded = sch.get(block).writes[0].source
+    fits = _is_copy(sch, block) or (_is_padding(sch, block) and (
+        all(_window_reduction(sch, c, padded) for c in consumers) or _pads_rows_only(sch, block)))
     return fits and not any(_nchw_conv(sch, c) for c in consumers)
 
 
@@ -294,10 +311,11 @@ WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2))
 #: 2 threads, whole models extended, paired, against 8 accumulators largest column first:
 #: 8 x 1 on most layers): MobileNetV2 0.946, EfficientNet-Lite0 0.975, ResNet101 0.927,
 #: InceptionV3 0.965; 12 accumulators largest column first: 0.988-1.004 (the tile stays
-#: 8 x 1); 16: 1.08-1.10 slower (spills). A prime row of up to 17 columns is tiled whole
-#: even so, 17 accumulators in 16 registers: InceptionV3's 17x17 layers, whose tile was
-#: otherwise 1 column x 8 channel vectors, the model 0.935 (same protocol).
-NARROW = Registers(12, 17, (6, 4, 3, 2, 8, 7, 5))
+#: 8 x 1); 16: 1.08-1.10 slower (spills). A prime row longer than 12 is computed a few
+#: columns wider instead (:func:`computed_width`): InceptionV3's 17x17 layers at 18
+#: columns, 6 x 2 tiles, ran 0.55-0.74 of their time as 17 whole columns (17 accumulators
+#: in 16 registers) and half their time as 1 column x 8 channel vectors.
+NARROW = Registers(12, 12, (6, 4, 3, 2, 8, 7, 5))
 
 
 def _tile(extent: int | None, tiles: tuple[int, ...], budget: int) -> int:
@@ -349,6 +367,34 @@ def _register_tile(wext: int | None, cext: int | None, regs: Registers) -> tuple
         if c > 1 and w >= first - 1:
             return w, c
     return first, 1
+
+
+#: How much wider than its output a convolution may be computed (:func:`computed_width`).
+WIDER = 0.1
+
+
+def computed_width(width: int, channels: int, lanes_tried: tuple[int, ...]) -> int:
+    """The number of output columns a channel-last convolution of ``width`` columns and
+    ``channels`` output channels is best computed at, on a target with ``lanes_tried``
+    (:func:`lanes_for`): ``width`` itself when a column tile divides it (or it is short
+    enough to be tiled whole: :attr:`Registers.row`); else, for a prime row such as
+    InceptionV3's 17, 71, 73 and 149, the width up to :data:`WIDER` more whose register
+    tile holds the most accumulators (the smallest such). Its extra columns are computed
+    from zero padding and never stored (``PadConvolutionWidths``,
+    :mod:`deltann.compile.rewrites`). Why: without a column tile each weight vector loaded
+    serves one output column; InceptionV3's 3x3 conv 80->192 at 71x71 and its 17x17 layers
+    ran 2.5-3.3x onnxruntime's time per call so (AVX2, in the model)."""
+    regs = WIDE if lanes_tried[0] >= 16 else NARROW
+    lanes = _lane(channels, lanes_tried)
+    vectors = channels // lanes if lanes > 1 else None
+    if _register_tile(width, vectors, regs)[0] > 1:
+        return width
+    best, most = width, 0
+    for wider in range(width + 1, width + max(1, int(width * WIDER)) + 1):
+        columns, vecs = _register_tile(wider, vectors, regs)
+        if columns > 1 and columns * vecs > most:
+            best, most = wider, columns * vecs
+    return best
 
 
 def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tuple[int, ...],
@@ -937,6 +983,21 @@ def clip_to_min_max() -> Any:
     return rewrites.clip_to_min_max()
 
 
+def pad_convolution_widths() -> Any:
+    """``PadConvolutionWidths`` (:mod:`deltann.compile.rewrites`): a channel-last
+    convolution whose width has no register tile is computed at :func:`computed_width`
+    (CPU targets; elsewhere the pass changes nothing)."""
+    from tvm.target import Target
+
+    def width_for(width: int, channels: int) -> int:
+        target = Target.current(allow_none=True)
+        if target is None or not is_cpu(target):
+            return width
+        return computed_width(width, channels, lanes_for(target))
+
+    return rewrites.pad_convolution_widths(width_for)
+
+
 def fold_explicit_padding() -> Any:
     """``FoldExplicitPadding`` (:mod:`deltann.compile.rewrites`): zero pads before a
     convolution become its own padding (no pad kernel, no transpose pair around it in NHWC)."""
@@ -951,5 +1012,5 @@ SCHEDULING = frozenset({"DefaultSchedule", "DefaultCpuSchedule"})
 #: every setting give it (``deltann localize`` rebuilds such rows from their own list).
 PASSES: dict[str, Callable[[], Any]] = {
     "DefaultSchedule": default_schedule, "DefaultCpuSchedule": default_schedule, "ClipToMinMax": clip_to_min_max,
-    "FoldExplicitPadding": fold_explicit_padding,
+    "FoldExplicitPadding": fold_explicit_padding, "PadConvolutionWidths": pad_convolution_widths,
 }

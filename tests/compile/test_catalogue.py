@@ -48,7 +48,7 @@ def test_settings_are_composed_from_the_catalogue() -> None:
     )
     assert compile_settings.SETTINGS["extended"] == (
         "FoldBatchnormToConv2D", "FoldConstant", "DecomposeOpsForInference", "ClipToMinMax", "FoldExplicitPadding",
-        "ConvertLayout",
+        "ConvertLayout", "PadConvolutionWidths",
         "FoldConstant", "EliminateCommonSubexpr", "CombineParallelMatmul", "FastMathTransform", "LegalizeOps",
         "AnnotateTIROpPattern", "FoldConstant", "FuseOps", "FuseTIR", "DefaultSchedule",
     )

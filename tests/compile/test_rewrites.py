@@ -207,3 +207,61 @@ def test_extended_has_no_pad_kernel_between_transposes() -> None:
     without = [gv.name_hint for gv, _ in lower(mod, tuple(p for p in extended if p != "FoldExplicitPadding"),
                                                target).functions_items()]
     assert sum("pad" in k for k in with_fold) < sum("pad" in k for k in without)
+
+
+def _conv_module(width: int, channels: int, kernel: tuple[int, int], stride: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A Relax NCHW conv (+ bias, ReLU) of a ``width``-column input, its weights and bias."""
+    from tvm import relax
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((channels, 8, *kernel)).astype(np.float32)
+    b = rng.standard_normal((channels,)).astype(np.float32)
+    pad = [kernel[0] // 2, kernel[1] // 2] * 2
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 9, width), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride, padding=pad))
+            y = bb.emit(relax.op.nn.relu(relax.op.add(y, relax.const(b.reshape(1, channels, 1, 1)))))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get(), w, b
+
+
+@pytest.mark.parametrize(("width", "kernel", "stride", "computed"), [
+    (17, (1, 7), 1, 18),   # InceptionV3's 17x17 1x7 convs: a prime row, 3 x 4 tiles at 18
+    (33, (3, 3), 2, 18),   # stride 2: 17 output columns from 33, the padding grows by 2 per column
+    (16, (3, 3), 1, 16),   # a column tile divides 16: as it was
+])
+def test_a_prime_width_conv_is_computed_wider_and_stores_its_own_columns(
+        width: int, kernel: tuple[int, int], stride: int, computed: int) -> None:
+    """Under ``extended`` on a CPU target, a channel-last conv whose width no column tile
+    divides is computed a few columns wider (its kernel's accumulators span ``computed``
+    columns) and stores only its own: the output has the conv's shape and equals the build
+    without PadConvolutionWidths (and numpy). Generic llvm: SSE's 4 lanes, 16 channels."""
+    import tvm
+    from tvm import relax
+
+    from deltann.compile.pipeline import build, lower
+
+    mod, w, b = _conv_module(width, 16, kernel, stride)
+    extended = compile_settings.SETTINGS["extended"]
+    without = tuple(p for p in extended if p != "PadConvolutionWidths")
+    target = tvm.target.Target("llvm")
+    (conv,) = [f for gv, f in lower(mod, extended, target).functions_items() if "conv2d" in gv.name_hint]
+    local = [buf for buf in conv.body.block.alloc_buffers if buf.scope() == "local"]
+    assert [int(buf.shape[2]) for buf in local] == [computed]
+    x = np.random.default_rng(4).standard_normal((1, 8, 9, width)).astype(np.float32)
+    outs = []
+    for passes in (extended, without):
+        vm = relax.VirtualMachine(build(mod, passes, target), tvm.cpu())
+        out = vm["main"](tvm.runtime.tensor(x))
+        outs.append((out if hasattr(out, "numpy") else out[0]).numpy())
+    import torch
+
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride,
+                                     (kernel[0] // 2, kernel[1] // 2)).relu().numpy()
+    assert outs[0].shape == ref.shape
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-4, atol=1e-4)
+    assert extended.index("ConvertLayout") < extended.index("PadConvolutionWidths")

@@ -404,8 +404,7 @@ def test_register_tiles_write_whole_pixels_or_share_broadcasts(channels: int, ti
     (28, 24, schedules.NARROW, (4, 3)),
     (14, 72, schedules.NARROW, (2, 6)),
     (7, 40, schedules.NARROW, (7, 1)),  # 7 columns: only 7 divides the row
-    (17, 24, schedules.NARROW, (17, 1)),  # InceptionV3's 17x17: a prime row, whole (spilling beats 1 x 8)
-    (19, 4, schedules.NARROW, (1, 4)),  # a prime row over 17: channel vectors only
+    (13, 4, schedules.NARROW, (1, 4)),  # a prime row over 12: channel vectors only (see computed_width)
 ])
 def test_register_tiles_prefer_whole_pixels_then_columns(width: int, vectors: int, regs: schedules.Registers,
                                                          tile: tuple[int, int]) -> None:
@@ -494,4 +493,52 @@ def test_a_padding_is_inlined_into_window_reductions(op: str) -> None:
     lib = tvm_build(sch.mod, target=tvm.target.Target("llvm"))
     result = tvm.runtime.tensor(np.zeros(ref.shape, np.float32))
     lib[lib.entry_name](tvm.runtime.tensor(x), *(tvm.runtime.tensor(v) for _, v in args), result)
+    np.testing.assert_allclose(result.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("width", "channels", "lanes", "computed"), [
+    (17, 192, (8, 4, 2), 18),   # InceptionV3's 17x17 layers on AVX2: 6 x 2 at 18
+    (71, 192, (8, 4, 2), 72),   # its 3x3 conv 80->192 at 71x71
+    (73, 80, (8, 4, 2), 78),    # its 1x1 conv 64->80 at 73x73: 6 x 2 at 78 beats 4 x 2 at 76
+    (149, 32, (8, 4, 2), 150),  # its first conv: 4 channel vectors, 3 x 4 at 150
+    (56, 24, (8, 4, 2), 56),    # a column tile divides it: as it is
+    (7, 512, (8, 4, 2), 7),     # short enough to be tiled whole
+    (17, 192, (16, 8, 4, 2), 17),  # AVX-512's 32 registers hold a whole row of 17
+])
+def test_a_width_no_column_tile_divides_is_computed_wider(width: int, channels: int, lanes: tuple[int, ...],
+                                                          computed: int) -> None:
+    """computed_width: a prime row longer than the register file's whole-row limit is
+    computed at the width, at most 10 % more, whose register tile has the most accumulators
+    (and that tile has several columns); any other row is computed as it is."""
+    assert schedules.computed_width(width, channels, lanes) == computed
+    regs = schedules.WIDE if lanes[0] >= 16 else schedules.NARROW
+    assert schedules._register_tile(computed, channels // lanes[0], regs)[0] > 1
+
+
+@pytest.mark.parametrize(("kernel", "inlined"), [((1, 7), False), ((7, 1), True)])
+def test_a_padding_of_columns_stays_before_a_conv_over_channels(kernel: tuple[int, int], inlined: bool) -> None:
+    """A 1x7 conv over channels has two reduction axes longer than one, like a window, but
+    sums over channels: its padding of columns stays a copy (inlined, the branch ran in its
+    inner loop, once per tap: InceptionV3's 1x7 convs 2x slower). A 7x1 conv's padding of
+    rows goes in (its branch is outside the register tile). Values match numpy."""
+    import tvm
+    from tvm import te, topi
+    from tvm.driver import build as tvm_build
+
+    a = te.placeholder((1, 17, 17, 16), "float32", name="a")
+    w = te.placeholder((*kernel, 16, 24), "float32", name="w")
+    pad = [kernel[0] // 2, kernel[1] // 2]
+    out = topi.nn.conv2d_nhwc(a, w, 1, pad, 1)
+    sch = schedules.schedule_func(te.create_prim_func([a, w, out]), (4, 2))
+    assert sch is not None
+    blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    assert ("pad_temp" not in blocks) == inlined, blocks
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 17, 17, 16)).astype(np.float32)
+    k = rng.standard_normal((*kernel, 16, 24)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))
+    ref = sum(padded[:, i:i + 17, j:j + 17, :] @ k[i, j] for i in range(kernel[0]) for j in range(kernel[1]))
+    lib = tvm_build(sch.mod, target=tvm.target.Target("llvm"))
+    result = tvm.runtime.tensor(np.zeros((1, 17, 17, 24), np.float32))
+    lib[lib.entry_name](tvm.runtime.tensor(x), tvm.runtime.tensor(k), result)
     np.testing.assert_allclose(result.numpy(), ref, rtol=1e-4, atol=1e-4)
