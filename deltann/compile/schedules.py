@@ -431,6 +431,8 @@ def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tup
             spatial = spatial[:-2] + [wo, spatial[-1]]
             tiles = [wi, *tiles]
         inner = [*tiles, vi]
+    if tiles and len(spatial) >= 3 and not channel_first and _weights_outweigh_inputs(sch, block):
+        spatial = [spatial[-1], *spatial[:-1]]  # channel tiles outermost, pixels inside
     sch.reorder(*spatial, *reduce, *inner)
     parallel = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     # parallel/vectorize need a complete reduction block, i.e. before its init is split off
@@ -461,6 +463,33 @@ def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tup
         sch.vectorize(init_loops[-1])
         for loop in init_loops[len(init_loops) - 1 - len(tiles):-1]:
             sch.unroll(loop)
+
+
+def _weights_outweigh_inputs(sch: Any, block: Any) -> bool:
+    """The block's largest read that no output pixel indexes (a channel-last conv's
+    weights) is larger than its largest read that one does (its input). Then the parallel
+    loop runs channel tiles outermost, pixels inside: each thread streams the weights of
+    one channel tile once, over all pixels, instead of all the weights once per tile of
+    pixels (ResNet101's 3x3 conv 256->256 at 14x14: 2.4 MB of weights, past a Zen 3 core's
+    512 KB L2, read 98 times per call: 2.3 -> 1.4 ms. Whole models extended, AVX2 (Zen 3,
+    2 threads), paired against pixels outermost: ResNet101 0.849, MobileNetV2 0.997,
+    EfficientNet-Lite0 0.981, InceptionV3 0.986; channel tiles outermost on every
+    reduction made MobileNetV2 1.04 slower)."""
+    import math
+
+    sblock = sch.get(block)
+    out = sblock.writes[0]
+    indices = [r.min for r in out.region]
+    pixels = [it.var for it in sblock.iter_vars if any(_uses(i, it.var) for i in indices[:-1])
+              and _const(it.dom.extent) != 1]
+    largest = {True: 0, False: 0}
+    for read in sblock.reads:
+        if read.source.same_as(out.source):
+            continue
+        by_pixel = any(_uses(r.min, v) for r in read.region for v in pixels)
+        size = math.prod(_const(d) or 0 for d in read.source.shape)
+        largest[by_pixel] = max(largest[by_pixel], size)
+    return largest[False] > largest[True] > 0
 
 
 def _fold_epilogue(sch: Any, writeback: Any) -> None:

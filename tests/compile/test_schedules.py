@@ -542,3 +542,34 @@ def test_a_padding_of_columns_stays_before_a_conv_over_channels(kernel: tuple[in
     result = tvm.runtime.tensor(np.zeros((1, 17, 17, 24), np.float32))
     lib[lib.entry_name](tvm.runtime.tensor(x), tvm.runtime.tensor(k), result)
     np.testing.assert_allclose(result.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("size", "weights_first"), [(14, True), (56, False)])
+def test_channel_tiles_run_outermost_where_the_weights_outweigh_the_input(size: int, weights_first: bool) -> None:
+    """A 3x3 conv 64->64 at 14x14 reads more weights (36,864 floats) than input (16x16x64):
+    its parallel loop runs channel tiles outermost, so each thread streams one tile's
+    weights once over all pixels (ResNet101's 14x14 layers: weights past the L2, read once
+    per tile of pixels). At 56x56 the input is larger and pixels stay outermost. Values
+    match numpy either way."""
+    import tvm
+    from tvm import te, topi
+    from tvm.driver import build as tvm_build
+
+    a = te.placeholder((1, size, size, 64), "float32", name="a")
+    w = te.placeholder((3, 3, 64, 64), "float32", name="w")
+    out = topi.nn.conv2d_nhwc(a, w, 1, 1, 1)
+    sch = schedules.schedule_func(te.create_prim_func([a, w, out]), (8, 4, 2))
+    assert sch is not None
+    (update,) = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint.endswith("update")]
+    parallel = sch.get(sch.get_loops(update)[0])
+    assert parallel.kind == tvm.tirx.ForKind.PARALLEL
+    assert parallel.loop_var.name.startswith("ff") == weights_first, parallel.loop_var.name
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, size, size, 64)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 64, 64)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = sum(padded[:, i:i + size, j:j + size, :] @ k[i, j] for i in range(3) for j in range(3))
+    lib = tvm_build(sch.mod, target=tvm.target.Target("llvm"))
+    result = tvm.runtime.tensor(np.zeros((1, size, size, 64), np.float32))
+    lib[lib.entry_name](tvm.runtime.tensor(x), tvm.runtime.tensor(k), result)
+    np.testing.assert_allclose(result.numpy(), ref, rtol=1e-4, atol=1e-4)
