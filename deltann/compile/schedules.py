@@ -290,11 +290,27 @@ class Registers:
     that no tile divides (a prime width) is tiled whole when at most this long;
     ``tiles``: column-tile sizes tried for the second-innermost spatial loop (output
     columns in NHWC), in order of preference: that many accumulators share each weight
-    vector load."""
+    vector load; ``registers``: the vector registers there are (16 with AVX2, 32 with
+    AVX-512)."""
 
     accumulators: int
     row: int
     tiles: tuple[int, ...]
+    registers: int
+
+    def channel_vectors(self, columns: int) -> int:
+        """The most channel vectors c a tile of ``columns`` may have with its accumulators
+        (``columns`` x c) and its c weight vectors all in registers. Why: LLVM loads a
+        tile's weight vectors together, and on AVX2 a 2 x 6 tile (12 accumulators and 6
+        weights in 16 registers) spilled accumulators to the stack inside the reduction
+        loop; 2 x 4 instead (EfficientNet-Lite0's 1x1 convs at 14x14). Whole models
+        extended, AVX2, paired: EfficientNet-Lite0 0.951, MobileNetV2 0.955, InceptionV3
+        1.001 (counting a broadcast register too cost it 1.024: its 3 x 4 tiles became 3 x 2).
+        AVX-512's tiles all fit its 32 registers: unchanged."""
+        return self.registers // (columns + 1)
+
+    def holds(self, columns: int, vectors: int) -> bool:
+        return vectors <= self.channel_vectors(columns)
 
 
 #: AVX-512's 32 registers: 21 accumulators (7 columns x 3 channel vectors, with 3 weight
@@ -302,7 +318,7 @@ class Registers:
 #: first. They hold for its 8-lane kernels too (24 or 40 channels): still 32 registers.
 #: A prime row of up to 24 columns is tiled whole (InceptionV3's 17x17 convolutions, one
 #: thread: a 1x7 conv 192->192 3.7 -> 1.4 ms, a 1x1 conv 768->192 1.7 -> 0.8 ms).
-WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2))
+WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2), 32)
 
 #: SSE/AVX2's 16 registers: 12 accumulators, column tiles that leave room for at least
 #: two channel vectors first (6 x 2, 4 x 3, 3 x 4: a weight load is a whole 64-byte
@@ -315,7 +331,7 @@ WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2))
 #: columns wider instead (:func:`computed_width`): InceptionV3's 17x17 layers at 18
 #: columns, 6 x 2 tiles, ran 0.55-0.74 of their time as 17 whole columns (17 accumulators
 #: in 16 registers) and half their time as 1 column x 8 channel vectors.
-NARROW = Registers(12, 12, (6, 4, 3, 2, 8, 7, 5))
+NARROW = Registers(12, 12, (6, 4, 3, 2, 8, 7, 5), 16)
 
 
 def _tile(extent: int | None, tiles: tuple[int, ...], budget: int) -> int:
@@ -358,12 +374,12 @@ def _register_tile(wext: int | None, cext: int | None, regs: Registers) -> tuple
     if not columns:
         columns = [wext] if wext is not None and 1 < wext <= regs.row else [1]
     if cext is not None and 1 < cext <= WHOLE_CHANNELS:
-        fits = [t for t in columns if 1 < t and t * cext <= regs.accumulators]
+        fits = [t for t in columns if 1 < t and t * cext <= regs.accumulators and regs.holds(t, cext)]
         if fits:
             return fits[0], cext
     first = columns[0]
     for w in columns[:2]:
-        c = _tile(cext, CTILES, regs.accumulators // w)
+        c = _tile(cext, CTILES, min(regs.accumulators // w, regs.channel_vectors(w)))
         if c > 1 and w >= first - 1:
             return w, c
     return first, 1

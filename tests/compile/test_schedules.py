@@ -398,11 +398,12 @@ def test_register_tiles_write_whole_pixels_or_share_broadcasts(channels: int, ti
     (28, 8, schedules.WIDE, (7, 2)),  # 28x28x128: no 4 x 4
     (56, 4, schedules.WIDE, (4, 4)),  # 56x56x64: whole pixels
     (17, 4, schedules.WIDE, (17, 1)),  # a short prime row, whole
-    (112, 6, schedules.NARROW, (2, 6)),  # 16 registers: whole pixels, 2 at a time (8 x 6 is over 12)
+    (112, 6, schedules.NARROW, (4, 3)),  # 16 registers: 2 x 6 whole pixels and 6 weights would spill
     (56, 3, schedules.NARROW, (4, 3)),  # whole pixels, 4 at a time
     (112, 12, schedules.NARROW, (4, 3)),  # 96 channels with AVX2: 4 columns x 3 vectors, not 8 x 1
     (28, 24, schedules.NARROW, (4, 3)),
-    (14, 72, schedules.NARROW, (2, 6)),
+    (14, 72, schedules.NARROW, (2, 4)),  # 2 x 6: 12 accumulators + 6 weight vectors > 16 registers
+    (147, 8, schedules.NARROW, (3, 4)),  # 12 accumulators + 4 weight vectors: just fits
     (7, 40, schedules.NARROW, (7, 1)),  # 7 columns: only 7 divides the row
     (13, 4, schedules.NARROW, (1, 4)),  # a prime row over 12: channel vectors only (see computed_width)
 ])
