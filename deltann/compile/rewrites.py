@@ -22,6 +22,17 @@ from collections.abc import Callable
 from typing import Any
 
 
+def _mutated(mutator: Any, mod: Any) -> Any:
+    """``mod`` with each of its Relax functions rewritten by ``mutator`` (a
+    ``PyExprMutator`` made over ``mod``)."""
+    from tvm import relax
+
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return mutator.builder_.finalize()
+
+
 def _elementwise_scalar_op(func: Any) -> str | None:
     """``"maximum"``/``"minimum"`` when ``func`` is a PrimFunc ``out[i] = max/min(a[i], b[()])``
     over the whole of ``a`` (same shape and dtype as ``out``, ``b`` 0-d), else None. That
@@ -151,10 +162,7 @@ def clip_to_min_max() -> Any:
     @tvm.transform.module_pass(opt_level=0, name="ClipToMinMax")
     def _pass(mod: Any, _ctx: Any) -> Any:
         rewriter = _Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        out = rewriter.builder_.finalize()
+        out = _mutated(rewriter, mod)
         replaced = [gv for gv, kind in rewriter.kinds.items() if kind is not None]
         if replaced:
             used: set[str] = set()
@@ -310,11 +318,7 @@ def fold_explicit_padding() -> Any:
 
     @tvm.transform.module_pass(opt_level=0, name="FoldExplicitPadding")
     def _pass(mod: Any, _ctx: Any) -> Any:
-        folder = _Folder(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                folder.builder_.update_func(gv, folder.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(folder.builder_.finalize())
+        return relax.transform.DeadCodeElimination()(_mutated(_Folder(mod), mod))
 
     return _pass
 
@@ -359,10 +363,6 @@ def pad_convolution_widths(width_for: Callable[[int, int], int]) -> Any:
 
     @tvm.transform.module_pass(opt_level=0, name="PadConvolutionWidths")
     def _pass(mod: Any, _ctx: Any) -> Any:
-        widener = _Widener(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                widener.builder_.update_func(gv, widener.visit_expr(func))
-        return widener.builder_.finalize()
+        return _mutated(_Widener(mod), mod)
 
     return _pass
