@@ -15,10 +15,10 @@ On ``llvm`` it is one deterministic dlight :class:`ScheduleRule` applied to ever
   split into a vector lane (one register of the target: 16 floats with AVX-512, 8 with
   AVX2, 4 otherwise), the reduction loops moved above that lane, a register tile of
   output columns x channel vectors around it (whole pixels where the output has few
-  channels; :func:`_register_tile`) accumulated in a local buffer,
-  its init hoisted out of the reduction (``decompose_reduction``), the elementwise
-  epilogue folded into the write-back, the outer spatial loops fused into one parallel
-  loop;
+  channels; :func:`_register_tile`) accumulated in a buffer on the stack
+  (:data:`TILE_SCOPE`), which LLVM keeps in registers, its init hoisted out of the
+  reduction (``decompose_reduction``), the elementwise epilogue folded into the
+  write-back, the outer spatial loops fused into one parallel loop;
 - an injective block gets all its loops fused, split into a vector lane, parallel
   outside; one whose innermost axis is short and holds no vector (3 channels) gets its
   outer loops parallel and that axis unrolled instead.
@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from deltann.compile import rewrites
@@ -77,7 +77,7 @@ LANES = (4, 2)
 def lanes_for(target: Any) -> tuple[int, ...]:
     """float32 lanes of one vector register of ``target``, then smaller fallbacks. One
     register, not more: the register tile below keeps up to 12 (SSE/AVX2: 16 registers)
-    or 21 (AVX-512: 32) accumulators live (:data:`NARROW`, :data:`WIDE`). Generic
+    or 15 to 21 (AVX-512: 32) accumulators live (:data:`NARROW`, :data:`WIDE`). Generic
     ``llvm`` (no ``mcpu``) compiles for SSE2: 4 lanes (measured 15% faster there than
     16). The last fallback is 2 lanes, so that an axis no full register divides (a
     10-class head) still gets vector code rather than scalar loops."""
@@ -300,28 +300,56 @@ class Registers:
 
     def channel_vectors(self, columns: int) -> int:
         """The most channel vectors c a tile of ``columns`` may have with its accumulators
-        (``columns`` x c) and its c weight vectors all in registers. Why: LLVM loads a
-        tile's weight vectors together, and on AVX2 a 2 x 6 tile (12 accumulators and 6
-        weights in 16 registers) spilled accumulators to the stack inside the reduction
-        loop; 2 x 4 instead (EfficientNet-Lite0's 1x1 convs at 14x14). Whole models
-        extended, AVX2, paired: EfficientNet-Lite0 0.951, MobileNetV2 0.955, InceptionV3
-        1.001 (counting a broadcast register too cost it 1.024: its 3 x 4 tiles became 3 x 2).
-        AVX-512's tiles all fit its 32 registers: unchanged."""
-        return self.registers // (columns + 1)
+        (``columns`` x c), its c weight vectors and the broadcast input all in registers.
+        Why: LLVM loads a tile's weight vectors together, and on AVX2 a 2 x 6 tile (12
+        accumulators and 6 weights in 16 registers) spilled accumulators to the stack
+        inside the reduction loop; 2 x 4 instead (EfficientNet-Lite0's 1x1 convs at 14x14;
+        whole models extended, AVX2, paired: EfficientNet-Lite0 0.951, MobileNetV2 0.955).
+        The broadcast counts since the tile lives on the stack (:data:`TILE_SCOPE`): a
+        3 x 4 tile (12 + 4 + 1 = 17 registers) then kept one accumulator in memory, a
+        store and a reload in every step of the reduction (InceptionV3's 3x3 convs at
+        147x147 1.7x slower); as 3 x 2, InceptionV3 0.909, the other zoo models 1.00.
+        AVX-512's tiles all fit its 32 registers."""
+        return (self.registers - 1) // (columns + 1)
 
     def holds(self, columns: int, vectors: int) -> bool:
         return vectors <= self.channel_vectors(columns)
 
+    def on_stack(self, vector_bytes: int) -> Registers:
+        """These registers for a kernel whose vectors are ``vector_bytes`` long, the tile
+        kept under :data:`STACK_BYTES` (at most 15 accumulators of AVX-512's 64 bytes; 8
+        lanes of 4 bytes keep the 21), the whole-row limit with it."""
+        most = (STACK_BYTES - 1) // vector_bytes
+        return replace(self, accumulators=min(self.accumulators, most), row=min(self.row, most))
+
+
+#: The scope of a register tile's accumulator buffer. TVM's ``LowerTVMBuiltin`` turns a
+#: CPU buffer into a stack ``alloca`` only when its scope is ``global`` and it is smaller
+#: than :data:`STACK_BYTES` (``runtime::kMaxStackAlloca``); any other (``local``
+#: included) becomes a ``TVMBackendAllocWorkspace``/``FreeWorkspace`` pair in every
+#: iteration of the parallel loop, behind a pointer LLVM cannot keep in registers: a
+#: depthwise conv, whose padding branch sits inside the tile, stored every accumulator
+#: after every multiply-add. On the stack LLVM promotes the tile to registers. Kernel
+#: alone (AVX2, Zen 3): MobileNetV2's 3x3 depthwise conv over 56x56x144 198 -> 102 us
+#: (onnxruntime's node 125); whole models extended, paired against ``local``:
+#: MobileNetV2 0.588, EfficientNet-Lite0 0.811, ResNet101 0.946.
+TILE_SCOPE = "global"
+
+#: Bytes under which TVM puts a ``global`` CPU buffer on the stack (kMaxStackAlloca).
+STACK_BYTES = 1024
+
 
 #: AVX-512's 32 registers: 21 accumulators (7 columns x 3 channel vectors, with 3 weight
 #: vectors and a broadcast beside them; 8 x 3 measured slower), largest column tile
-#: first. They hold for its 8-lane kernels too (24 or 40 channels): still 32 registers.
-#: A prime row of up to 24 columns is tiled whole (InceptionV3's 17x17 convolutions, one
-#: thread: a 1x7 conv 192->192 3.7 -> 1.4 ms, a 1x1 conv 768->192 1.7 -> 0.8 ms).
+#: first, for its 8-lane kernels (24 or 40 channels); 16-lane ones keep their tile under
+#: :data:`STACK_BYTES`: 15 accumulators (:meth:`Registers.on_stack`; 7 x 2, 5 x 3, 4 x 3).
+#: A prime row of up to 24 columns (15 of 16 lanes) is tiled whole (InceptionV3's 17x17
+#: convolutions, one thread, before the stack limit: a 1x7 conv 192->192 3.7 -> 1.4 ms,
+#: a 1x1 conv 768->192 1.7 -> 0.8 ms; 16 lanes now compute them 18 wide).
 WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2), 32)
 
 #: SSE/AVX2's 16 registers: 12 accumulators, column tiles that leave room for at least
-#: two channel vectors first (6 x 2, 4 x 3, 3 x 4: a weight load is a whole 64-byte
+#: two channel vectors first (6 x 2, 4 x 3, 3 x 3: a weight load is a whole 64-byte
 #: line with AVX2's 8 lanes, and each broadcast input feeds two or more accumulators),
 #: 8, 7 and 5 columns only where nothing else divides the row. Measured on AVX2 (Zen 3,
 #: 2 threads, whole models extended, paired, against 8 accumulators largest column first:
@@ -332,6 +360,12 @@ WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2), 32)
 #: columns, 6 x 2 tiles, ran 0.55-0.74 of their time as 17 whole columns (17 accumulators
 #: in 16 registers) and half their time as 1 column x 8 channel vectors.
 NARROW = Registers(12, 12, (6, 4, 3, 2, 8, 7, 5), 16)
+
+
+def _registers(lanes_tried: tuple[int, ...], vector_bytes: int) -> Registers:
+    """The register file of a target with ``lanes_tried`` (32 vector registers with
+    AVX-512, whatever a kernel's lane width), for a tile of ``vector_bytes`` vectors."""
+    return (WIDE if lanes_tried[0] >= 16 else NARROW).on_stack(vector_bytes)
 
 
 def _tile(extent: int | None, tiles: tuple[int, ...], budget: int) -> int:
@@ -400,8 +434,8 @@ def computed_width(width: int, channels: int, lanes_tried: tuple[int, ...]) -> i
     :mod:`deltann.compile.rewrites`). Why: without a column tile each weight vector loaded
     serves one output column; InceptionV3's 3x3 conv 80->192 at 71x71 and its 17x17 layers
     ran 2.5-3.3x onnxruntime's time per call so (AVX2, in the model)."""
-    regs = WIDE if lanes_tried[0] >= 16 else NARROW
     lanes = _lane(channels, lanes_tried)
+    regs = _registers(lanes_tried, lanes * 4)
     vectors = channels // lanes if lanes > 1 else None
     if _register_tile(width, vectors, regs)[0] > 1:
         return width
@@ -436,8 +470,8 @@ def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tup
     tiles: list[Any] = []  # unrolled register-tile loops, outermost first
     if vi is not None and reduce:
         wext = _const(sch.get(spatial[-2]).extent) if len(spatial) >= 2 else None
-        wide = lanes_tried[0] >= 16  # 32 vector registers, whatever this kernel's lane width
-        wtile, ctile = _register_tile(wext, _const(sch.get(spatial[-1]).extent), WIDE if wide else NARROW)
+        regs = _registers(lanes_tried, lanes * sch.get(block).writes[0].source.dtype.bits // 8)
+        wtile, ctile = _register_tile(wext, _const(sch.get(spatial[-1]).extent), regs)
         if ctile > 1:  # a few channel vectors share each input value
             co, ci = sch.split(spatial[-1], [None, ctile])
             spatial = spatial[:-1] + [co]
@@ -460,7 +494,7 @@ def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tup
     if not reduce:
         return
     if tiles:
-        local = sch.cache_write(block, 0, "local")
+        local = sch.cache_write(block, 0, TILE_SCOPE)
         if channel_first:
             sch.transform_layout(block, ("write", 0), _nhwc)
         sch.reverse_compute_at(local, parallel)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deltann.compile import rewrites
+from deltann.compile import rewrites, schedules
 from deltann.compile import settings as compile_settings
 
 SHAPE = (1, 3, 8, 8)
@@ -249,8 +249,8 @@ def test_a_prime_width_conv_is_computed_wider_and_stores_its_own_columns(
     without = tuple(p for p in extended if p != "PadConvolutionWidths")
     target = tvm.target.Target("llvm")
     (conv,) = [f for gv, f in lower(mod, extended, target).functions_items() if "conv2d" in gv.name_hint]
-    local = [buf for buf in conv.body.block.alloc_buffers if buf.scope() == "local"]
-    assert [int(buf.shape[2]) for buf in local] == [computed]
+    tile = [buf for buf in conv.body.block.alloc_buffers if buf.name.endswith("_" + schedules.TILE_SCOPE)]
+    assert [int(buf.shape[2]) for buf in tile] == [computed]
     x = np.random.default_rng(4).standard_normal((1, 8, 9, width)).astype(np.float32)
     outs = []
     for passes in (extended, without):
