@@ -451,9 +451,9 @@ def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tup
                         channel_first: bool = False) -> None:
     """Outer spatial loops parallel; inside them the reduction loops; innermost a small
     register tile (second-innermost spatial loop, unrolled) times a vector lane
-    (innermost spatial loop), accumulated in a local buffer so LLVM keeps it in
-    registers. ``channel_first``: the block writes NCHW but runs channel-last
-    (:func:`_channels_last`); its local tile is laid out channel-last too, so that each
+    (innermost spatial loop), accumulated in a buffer on the stack (:data:`TILE_SCOPE`)
+    so LLVM keeps it in registers. ``channel_first``: the block writes NCHW but runs
+    channel-last (:func:`_channels_last`); its tile is laid out channel-last too, so that each
     vector of accumulators is contiguous."""
     loops = sch.get_loops(block)
     spatial = [lp for lp, k in zip(loops, kinds, strict=True) if k == "S"]
@@ -494,12 +494,12 @@ def _schedule_reduction(sch: Any, block: Any, kinds: list[str], lanes_tried: tup
     if not reduce:
         return
     if tiles:
-        local = sch.cache_write(block, 0, TILE_SCOPE)
+        writeback = sch.cache_write(block, 0, TILE_SCOPE)
         if channel_first:
             sch.transform_layout(block, ("write", 0), _nhwc)
-        sch.reverse_compute_at(local, parallel)
-        _fold_epilogue(sch, local)
-        wb = sch.get_loops(local)[1:]
+        sch.reverse_compute_at(writeback, parallel)
+        _fold_epilogue(sch, writeback)
+        wb = sch.get_loops(writeback)[1:]
         if wb and channel_first:
             # NCHW: each channel's run of the tile's columns is contiguous: one vector store
             # each (fused with the channels, every vector was a scatter: ~2x slower)
