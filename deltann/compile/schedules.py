@@ -277,11 +277,6 @@ def _schedule_injective(sch: Any, block: Any, lanes_tried: tuple[int, ...]) -> N
         sch.parallel(fused)
 
 
-#: Channel-vector tiles (innermost spatial loop, in vectors): that many accumulators
-#: share each broadcast input value; combined with a column tile within the budget.
-CTILES = (8, 6, 4, 3, 2)
-
-
 @dataclass(frozen=True)
 class Registers:
     """What a register tile may use of a vector register file.
@@ -291,12 +286,13 @@ class Registers:
     ``tiles``: column-tile sizes tried for the second-innermost spatial loop (output
     columns in NHWC), in order of preference: that many accumulators share each weight
     vector load; ``registers``: the vector registers there are (16 with AVX2, 32 with
-    AVX-512)."""
+    AVX-512); ``vector_bytes``: the length of a kernel's vectors (:meth:`on_stack`)."""
 
     accumulators: int
     row: int
     tiles: tuple[int, ...]
     registers: int
+    vector_bytes: int
 
     def channel_vectors(self, columns: int) -> int:
         """The most channel vectors c a tile of ``columns`` may have with its accumulators
@@ -315,12 +311,29 @@ class Registers:
     def holds(self, columns: int, vectors: int) -> bool:
         return vectors <= self.channel_vectors(columns)
 
+    def loads(self, columns: int, vectors: int) -> float:
+        """What a tile of ``columns`` x ``vectors`` loads per multiply-add: a weight vector
+        per ``columns`` of them, a broadcast input value per ``vectors``, the weight vector
+        costing ``vector_bytes`` / 16 broadcasts. Why: a layer's weights outgrow L1 and
+        come from L2 once for every tile of pixels, a broadcast reads 4 bytes of the
+        input tile in L1. Measured (AVX2, Zen 3, 1x1 convs at 14x14 alone, against
+        onnxruntime's node at 184 and 102 us): 672->112 channels as 2 x 2 (1.5) 295 us,
+        as 7 x 1 (1.29) 196 us; 480->80 as 2 x 2 150 us, 7 x 1 133 us, 2 x 5 (1.2) 85 us;
+        96->576 as 2 x 4 (1.25) 119 us, 7 x 1 150 us. Whole models extended, AVX2, paired
+        against the rule before (the first dividing column tile, then channel vectors of
+        8, 6, 4, 3 or 2): EfficientNet-Lite0 0.939, InceptionV3 0.953 (35x35 layers 5 x 2,
+        not 7 x 1), MobileNetV2 1.013 and ResNet101 1.011 (only their classifier's tile
+        changed, 1 x 5 accumulators, not one chain). It keeps AVX-512 from small column
+        tiles with many channel vectors (2 x 8 made ResNet101 1.23x slower)."""
+        return self.vector_bytes / 16 / columns + 1 / vectors
+
     def on_stack(self, vector_bytes: int) -> Registers:
         """These registers for a kernel whose vectors are ``vector_bytes`` long, the tile
         kept under :data:`STACK_BYTES` (at most 15 accumulators of AVX-512's 64 bytes; 8
         lanes of 4 bytes keep the 21), the whole-row limit with it."""
         most = (STACK_BYTES - 1) // vector_bytes
-        return replace(self, accumulators=min(self.accumulators, most), row=min(self.row, most))
+        return replace(self, accumulators=min(self.accumulators, most), row=min(self.row, most),
+                       vector_bytes=vector_bytes)
 
 
 #: The scope of a register tile's accumulator buffer. TVM's ``LowerTVMBuiltin`` turns a
@@ -346,7 +359,7 @@ STACK_BYTES = 1024
 #: A prime row of up to 24 columns (15 of 16 lanes) is tiled whole (InceptionV3's 17x17
 #: convolutions, one thread, before the stack limit: a 1x7 conv 192->192 3.7 -> 1.4 ms,
 #: a 1x1 conv 768->192 1.7 -> 0.8 ms; 16 lanes now compute them 18 wide).
-WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2), 32)
+WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2), 32, 64)
 
 #: SSE/AVX2's 16 registers: 12 accumulators, column tiles that leave room for at least
 #: two channel vectors first (6 x 2, 4 x 3, 3 x 3: a weight load is a whole 64-byte
@@ -359,7 +372,7 @@ WIDE = Registers(21, 24, (8, 7, 6, 5, 4, 3, 2), 32)
 #: columns wider instead (:func:`computed_width`): InceptionV3's 17x17 layers at 18
 #: columns, 6 x 2 tiles, ran 0.55-0.74 of their time as 17 whole columns (17 accumulators
 #: in 16 registers) and half their time as 1 column x 8 channel vectors.
-NARROW = Registers(12, 12, (6, 4, 3, 2, 8, 7, 5), 16)
+NARROW = Registers(12, 12, (6, 4, 3, 2, 8, 7, 5), 16, 32)
 
 
 def _registers(lanes_tried: tuple[int, ...], vector_bytes: int) -> Registers:
@@ -368,20 +381,16 @@ def _registers(lanes_tried: tuple[int, ...], vector_bytes: int) -> Registers:
     return (WIDE if lanes_tried[0] >= 16 else NARROW).on_stack(vector_bytes)
 
 
-def _tile(extent: int | None, tiles: tuple[int, ...], budget: int) -> int:
-    """The largest of ``tiles`` within ``budget`` that divides ``extent`` (a guarded,
-    non-dividing tile measured 2-3x slower: the guard stays in the unrolled inner loop)."""
-    if extent is None:
-        return 1
-    for t in tiles:
-        if t <= budget and extent % t == 0:
-            return t
-    return 1
-
-
 #: Channel vectors an output may have and still be tiled whole (96 channels with AVX-512).
 #: 9 (144 channels) measured no better than 6 on MobileNetV2 and EfficientNet-Lite0.
 WHOLE_CHANNELS = 6
+
+
+def _divisor(extent: int | None, budget: int) -> int:
+    """The largest divisor of ``extent`` within ``budget`` (1 for an unknown extent)."""
+    if extent is None:
+        return 1
+    return max(d for d in range(1, min(extent, max(budget, 1)) + 1) if extent % d == 0)
 
 
 def _register_tile(wext: int | None, cext: int | None, regs: Registers) -> tuple[int, int]:
@@ -396,14 +405,10 @@ def _register_tile(wext: int | None, cext: int | None, regs: Registers) -> tuple
     whole pixels (MobileNetV2's 1x1 conv 16->96 at 112x112, output flushed: 620 -> 368 us;
     warm, all tiles ran alike, 358-375 us).
 
-    Otherwise: the first column tile that divides the row (a short row no tile divides,
-    up to ``regs.row``: the whole row), then the largest channel tile within the budget
-    left; when that leaves one channel vector and a column tile one smaller admits several
-    (7 x 3 where 8 x 2 would not divide 9 vectors), that smaller tile, so each broadcast
-    input feeds several accumulators (MobileNetV2's 1x1 conv 24->144 at 56x56, warm:
-    183 -> 155 us). Only one size smaller: a small column tile with many channel vectors
-    (2 x 8) keeps the weights of many channels per input position in play and made
-    ResNet101 1.23x slower."""
+    Otherwise: of the column tiles that divide the row (a short row no tile divides, up
+    to ``regs.row``: the whole row), each with the most channel vectors that divide the
+    output and fit beside it, the tile that loads least per multiply-add
+    (:meth:`Registers.loads`); the first in ``regs.tiles``' order on a tie."""
     columns = [t for t in regs.tiles if wext is not None and wext % t == 0]
     if not columns:
         columns = [wext] if wext is not None and 1 < wext <= regs.row else [1]
@@ -411,12 +416,8 @@ def _register_tile(wext: int | None, cext: int | None, regs: Registers) -> tuple
         fits = [t for t in columns if 1 < t and t * cext <= regs.accumulators and regs.holds(t, cext)]
         if fits:
             return fits[0], cext
-    first = columns[0]
-    for w in columns[:2]:
-        c = _tile(cext, CTILES, min(regs.accumulators // w, regs.channel_vectors(w)))
-        if c > 1 and w >= first - 1:
-            return w, c
-    return first, 1
+    tiles = [(w, _divisor(cext, min(regs.accumulators // w, regs.channel_vectors(w)))) for w in columns]
+    return min(tiles, key=lambda tile: regs.loads(*tile))
 
 
 #: How much wider than its output a convolution may be computed (:func:`computed_width`).

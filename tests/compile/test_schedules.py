@@ -364,7 +364,7 @@ def test_a_short_prime_row_is_tiled_whole(width: int, tile: int) -> None:
 
 
 @pytest.mark.parametrize(("channels", "tile", "absent"), [
-    (48, (4, 3), {8, 7}), (24, (7, 3), {8}), (32, (7, 2), {8, 3}), (96, (2, 6), {8, 7}), (144, (8,), {7, 3, 9}),
+    (48, (4, 3), {8, 7}), (24, (7, 3), {8}), (32, (7, 2), {8, 3}), (96, (2, 6), {8, 7}), (144, (4, 3), {8, 7, 9}),
 ])
 def test_register_tiles_write_whole_pixels_or_share_broadcasts(channels: int, tile: tuple[int, int],
                                                                absent: set[int]) -> None:
@@ -372,8 +372,9 @@ def test_register_tiles_write_whole_pixels_or_share_broadcasts(channels: int, ti
     holds them all (whole pixels), within 15 accumulators of 16 lanes (the tile stays
     under TVM's stack limit): 48 channels as 4 columns x 3 vectors, 32 as 7 x 2, 96 as
     2 x 6; 24 channels as 7 x 3 (3 vectors of the 8 lanes that 24 allows: 21 of those fit).
-    More (144: 9 vectors): 7 columns can take 2 of 9 vectors, which does not divide it:
-    8 x 1. Values unchanged."""
+    More (144: 9 vectors): 4 columns x 3 vectors, which load less per multiply-add than
+    8 x 1 (a broadcast for each) or 7 x 1 (2 of 9 vectors do not divide it). Values
+    unchanged."""
     import tvm
     from tvm import te, topi
     from tvm.driver import build as tvm_build
@@ -409,12 +410,15 @@ def test_register_tiles_write_whole_pixels_or_share_broadcasts(channels: int, ti
     (147, 8, schedules.NARROW, (3, 2)),  # 3 x 4: 12 accumulators + 4 weights + a broadcast > 16
     (7, 40, schedules.NARROW, (7, 1)),  # 7 columns: only 7 divides the row
     (13, 4, schedules.NARROW, (1, 4)),  # a prime row over 12: channel vectors only (see computed_width)
+    (14, 14, schedules.NARROW, (7, 1)),  # EfficientNet-Lite0's 672->112 at 14x14: 2 x 2 reread the weights
+    (14, 10, schedules.NARROW, (2, 5)),  # 80 channels: 5 vectors, though no power of two
+    (35, 8, schedules.NARROW, (5, 2)),  # InceptionV3's 35x35: 5 x 2 loads less than 7 x 1
+    (1, 125, schedules.NARROW, (1, 5)),  # a 1000-class head: 5 accumulators, not one chain
 ])
 def test_register_tiles_prefer_whole_pixels_then_columns(width: int, vectors: int, regs: schedules.Registers,
                                                          tile: tuple[int, int]) -> None:
-    """Whole pixels where they fit; else column tiles first (AVX-512: the largest; 16
-    registers: those that leave room for two channel vectors or more), a smaller one only
-    one size down and only to gain channel vectors."""
+    """Whole pixels where they fit; else the tile that loads least per multiply-add, a
+    weight vector costing more than a broadcast input (AVX-512: twice as much as AVX2)."""
     assert schedules._register_tile(width, vectors, regs) == tile
 
 
